@@ -64,6 +64,11 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         return {_check_value(k, key_hint, f"{where}.<key>"): _check_value(v, val_hint, f"{where}.{k}")
                 for k, v in value.items()}
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -91,7 +91,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 def boto3_client():
     """A boto3 S3 client with the same endpoint as `resolve`."""
     import boto3
-    return boto3.client("s3", endpoint_url=_endpoint(),
+    # a fresh session each time, so changed credentials or endpoints in the environment take effect
+    return boto3.session.Session().client("s3", endpoint_url=_endpoint(),
                         region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
 
@@ -104,11 +105,23 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
             or "signaturedoesnotmatch" in low):
         return StorageError(f"{uri}: access denied or no AWS credentials "
                             "(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile)")
-    if isinstance(exc, FileNotFoundError) or "not found" in low or "nosuchkey" in low or "does not exist" in low:
+    if isinstance(exc, FileNotFoundError) or "not found" in low or "nosuchkey" in low or "does not exist" in low \
+            or "404" in low:
+        if is_s3(uri) and not _bucket_exists(uri[len("s3://"):].split("/", 1)[0]):
+            return StorageError(f"{uri}: bucket does not exist")
         return StorageError(f"{uri}: no such file or directory")
     if "connect" in low or "curl" in low:
         return StorageError(f"{uri}: cannot reach the S3 endpoint ({_endpoint() or 'AWS'}): {text}")
     return StorageError(f"{uri}: {text}")
+
+
+def _bucket_exists(bucket: str) -> bool:
+    try:
+        boto3_client().head_bucket(Bucket=bucket)
+        return True
+    except Exception as exc:  # botocore ClientError: 404 for a missing bucket, 403 for a foreign one
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        return code not in ("404", "NoSuchBucket")
 
 
 @contextlib.contextmanager
@@ -156,10 +169,14 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object. On S3 a single PUT, so the ETag is the content's md5."""
     fs, path = resolve(uri)
     with _errors(uri):
-        if not is_s3(uri):
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if is_s3(uri):
+            bucket, _, key = path.partition("/")
+            boto3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
 
@@ -254,7 +271,8 @@ def check_bucket(uri: str) -> None:
         return
     bucket = uri[len("s3://"):].split("/", 1)[0]
     with _errors(uri):
-        boto3_client().head_bucket(Bucket=bucket)
+        if not _bucket_exists(bucket):
+            raise StorageError(f"{uri}: bucket does not exist")
 
 
 @contextlib.contextmanager
