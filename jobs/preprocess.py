@@ -1,0 +1,35 @@
+"""Preprocess a corpus into Parquet feature shards on Ray Data.
+
+    python jobs/preprocess.py --input demo_out/corpus --out demo_out/features [--config tiny]
+    ray job submit --working-dir . -- python jobs/preprocess.py --input s3://b/corpus --out s3://b/features
+"""
+from __future__ import annotations
+
+import argparse
+
+import _common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="corpus URI (MAESTRO layout, PercePiano, or a library)")
+    parser.add_argument("--out", required=True, help="output URI (local directory or s3://bucket/prefix)")
+    parser.add_argument("--layout", default="auto", choices=["auto", "maestro", "percepiano", "library"])
+    parser.add_argument("--num-actors", type=int, default=None, help="preprocessing actors (default: config)")
+    parser.add_argument("--soundfont", default=None, help="soundfont for recordings rendered from MIDI")
+    _common.add_config_args(parser)
+    args = parser.parse_args(argv)
+
+    from pipelines.config import load_config
+    from pipelines.datasets import format_summary, run_preprocess
+
+    config = load_config(args.config, args.overrides)
+    _common.init_ray(args.address)
+    manifest = run_preprocess(args.input, args.out, config, layout=args.layout, num_actors=args.num_actors,
+                              soundfont=args.soundfont)
+    print(format_summary(manifest, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

@@ -1,0 +1,594 @@
+"""Evaluation of score predictions: metrics per dimension, calibration, plots and simple baselines.
+
+Everything here is plain numpy / scipy / scikit-learn / matplotlib (Agg, no pyplot state), so the
+scorer, the training loop and `jobs/evaluate.py` can all call it without Ray.
+
+Inputs, for N performances (or segments) and D dimensions, on the 0-100 score scale:
+- `y_true` [N, D]: labels; NaN where a dimension has no label for a row.
+- `y_pred` [N, D]: predictions.
+- `sigma`  [N, D]: predicted standard deviation (Gaussian), or None when the model gives none.
+- `groups` [N]:    piece / passage ids; ranking pairs are formed only within a group.
+
+Each metric of a dimension uses the rows where both the label and the prediction are finite (and,
+for ECE and sharpness, sigma too). A metric that is undefined (fewer than 2 rows, constant input,
+no valid pairs) is NaN from the metric functions, and `None` (JSON null) in `evaluate`'s result.
+
+Metrics (keys of the result):
+- `pearson`, `spearman`, `kendall` (tau-b): correlation of prediction with label.
+- `mae`, `rmse`: absolute / root-mean-square error in score points.
+- `r2`: 1 - SS_res / SS_tot (undefined when the labels are constant).
+- `ra@A`: range accuracy, fraction of rows with |pred - true| <= A score points.
+- `pair_acc`: pairwise ranking accuracy. Over pairs (i, j) in the same group with
+  |true_i - true_j| > `rank_margin`, the fraction with sign(pred_i - pred_j) = sign(true_i - true_j);
+  a tied prediction counts one half.
+- `ece`: expected calibration error of the central Gaussian prediction intervals. For each level p
+  of a grid (default 0.05, 0.10, ..., 0.95), the interval pred +- z_p * sigma with
+  z_p = Phi^-1((1 + p) / 2) should hold the label in a fraction p of the rows; with observed
+  coverage c(p), ECE = mean over the grid of |c(p) - p|. 0 is perfect, the maximum is about 0.5.
+- `sharpness`: mean predicted sigma (score points) over the evaluated rows; smaller is sharper,
+  and only meaningful beside a small ECE.
+The result's `mean` averages each metric over the dimensions where it is defined.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pipelines import constants as C
+
+DEFAULT_ALPHAS: tuple[float, ...] = (5.0, 10.0)                 # range-accuracy tolerances, score points
+DEFAULT_RANK_MARGIN = 1.0                                         # score points a pair must differ by
+DEFAULT_COVERAGE_LEVELS: tuple[float, ...] = tuple(np.round(np.arange(1, 20) * 0.05, 2))  # 0.05 .. 0.95
+SCORE_MIN, SCORE_MAX = 0.0, 100.0
+
+CORRELATION_METRICS = ("pearson", "spearman", "kendall")
+ERROR_METRICS = ("mae", "rmse", "r2")
+CALIBRATION_METRICS = ("ece", "sharpness")
+
+Array = np.ndarray
+
+
+# --- input handling ----------------------------------------------------------------------------
+
+def as_matrix(values: Any, name: str) -> Array:
+    """A float64 [N, D] copy of `values`; a 1-D array becomes one column [N, 1]."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be [N] or [N, D], got shape {array.shape}")
+    return array
+
+
+def _check_same_shape(reference: Array, other: Array, name: str) -> None:
+    if other.shape != reference.shape:
+        raise ValueError(f"{name} has shape {other.shape}, expected {reference.shape} like y_true")
+
+
+def _dimension_names(names: Sequence[str] | None, n_dims: int) -> list[str]:
+    if names is None:
+        return [f"dim_{d}" for d in range(n_dims)]
+    names = [str(n) for n in names]
+    if len(names) != n_dims:
+        raise ValueError(f"got {len(names)} dimension names for {n_dims} dimensions")
+    if len(set(names)) != len(names):
+        raise ValueError("dimension names repeat")
+    return names
+
+
+def finite_pairs(y_true: Array, y_pred: Array, *others: Array | None) -> tuple[Array, ...]:
+    """Entries of 1-D arrays where every given array is finite: (t [n], p [n], *others [n])."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in (y_true, y_pred, *[o for o in others if o is not None])]
+    mask = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+    return tuple(a[mask] for a in arrays)
+
+
+def _is_constant(x: Array) -> bool:
+    return x.size == 0 or bool(np.all(x == x[0]))
+
+
+# --- point metrics (1-D, already masked) -------------------------------------------------------
+
+def pearson(y_true: Array, y_pred: Array) -> float:
+    """Pearson correlation of two 1-D arrays [n]; NaN for n < 2 or constant input."""
+    t, p = finite_pairs(y_true, y_pred)
+    if t.size < 2 or _is_constant(t) or _is_constant(p):
+        return math.nan
+    tc, pc = t - t.mean(), p - p.mean()
+    r = float(np.dot(tc, pc) / math.sqrt(float(np.dot(tc, tc)) * float(np.dot(pc, pc))))
+    return float(np.clip(r, -1.0, 1.0))
+
+
+def spearman(y_true: Array, y_pred: Array) -> float:
+    """Spearman rank correlation [n]: Pearson on average ranks; NaN for n < 2 or constant input."""
+    t, p = finite_pairs(y_true, y_pred)
+    if t.size < 2 or _is_constant(t) or _is_constant(p):
+        return math.nan
+    return pearson(stats.rankdata(t), stats.rankdata(p))
+
+
+def kendall(y_true: Array, y_pred: Array) -> float:
+    """Kendall tau-b [n] (ties handled, O(n log n) via scipy); NaN for n < 2 or constant input."""
+    t, p = finite_pairs(y_true, y_pred)
+    if t.size < 2 or _is_constant(t) or _is_constant(p):
+        return math.nan
+    return float(stats.kendalltau(t, p).statistic)
+
+
+def mae(y_true: Array, y_pred: Array) -> float:
+    """Mean absolute error [n] in score points; NaN when empty."""
+    t, p = finite_pairs(y_true, y_pred)
+    return float(np.mean(np.abs(p - t))) if t.size else math.nan
+
+
+def rmse(y_true: Array, y_pred: Array) -> float:
+    """Root-mean-square error [n] in score points; NaN when empty."""
+    t, p = finite_pairs(y_true, y_pred)
+    return float(math.sqrt(np.mean((p - t) ** 2))) if t.size else math.nan
+
+
+def r2(y_true: Array, y_pred: Array) -> float:
+    """Coefficient of determination 1 - SS_res/SS_tot [n]; NaN for n < 2 or constant labels."""
+    t, p = finite_pairs(y_true, y_pred)
+    if t.size < 2 or _is_constant(t):
+        return math.nan
+    ss_res = float(np.sum((t - p) ** 2))
+    ss_tot = float(np.sum((t - t.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot
+
+
+def range_accuracy(y_true: Array, y_pred: Array, alpha: float) -> float:
+    """Fraction of rows [n] with |pred - true| <= alpha score points; NaN when empty."""
+    t, p = finite_pairs(y_true, y_pred)
+    return float(np.mean(np.abs(p - t) <= alpha)) if t.size else math.nan
+
+
+# --- ranking -----------------------------------------------------------------------------------
+
+def _group_indices(groups: Array | None, n: int) -> list[Array]:
+    """Row indices of each group with at least 2 rows; `None` puts every row in one group."""
+    if groups is None:
+        return [np.arange(n)] if n >= 2 else []
+    keys = np.asarray(groups).astype(str)
+    if keys.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {keys.shape}")
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    order = np.argsort(inverse, kind="stable")
+    splits = np.split(order, np.cumsum(counts)[:-1])
+    return [idx for idx in splits if idx.size >= 2]
+
+
+def _pair_scores(t: Array, p: Array, margin: float) -> tuple[float, int]:
+    """(sum of pair credits, number of pairs) over all pairs of one group with |dt| > margin."""
+    i, j = np.triu_indices(t.size, k=1)
+    dt, dp = t[i] - t[j], p[i] - p[j]
+    keep = np.abs(dt) > margin
+    dt, dp = dt[keep], dp[keep]
+    credit = np.where(dp == 0.0, 0.5, (np.sign(dt) == np.sign(dp)).astype(np.float64))
+    return float(credit.sum()), int(keep.sum())
+
+
+def pairwise_ranking(y_true: Array, y_pred: Array, groups: Array | None = None,
+                     margin: float = DEFAULT_RANK_MARGIN) -> tuple[float, int]:
+    """Pairwise ranking accuracy of one dimension and its number of pairs.
+
+    y_true, y_pred: [N] (NaN rows are skipped); groups: [N] ids or None (all rows one group).
+    Pairs are taken within each group, where the labels differ by more than `margin`; a pair is
+    correct when the prediction orders it the same way, and a tied prediction counts 0.5.
+    Memory is O(m^2) for a group of m rows. Returns (accuracy, n_pairs); NaN when n_pairs is 0.
+    """
+    t = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_pred, dtype=np.float64).ravel()
+    valid = np.isfinite(t) & np.isfinite(p)
+    credit, n_pairs = 0.0, 0
+    for idx in _group_indices(groups, t.size):
+        idx = idx[valid[idx]]
+        if idx.size >= 2:
+            c, k = _pair_scores(t[idx], p[idx], margin)
+            credit, n_pairs = credit + c, n_pairs + k
+    return (credit / n_pairs if n_pairs else math.nan), n_pairs
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def interval_coverage(y_true: Array, y_pred: Array, sigma: Array,
+                      levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> Array:
+    """Observed coverage of central Gaussian intervals, one value per level.
+
+    y_true, y_pred, sigma: [n] (non-finite rows skipped); levels: [L] in (0, 1).
+    coverage[l] = fraction of rows with |true - pred| <= z_l * sigma, z_l = Phi^-1((1 + level_l) / 2).
+    Returns [L]; all NaN when no row is left.
+    """
+    t, p, s = finite_pairs(y_true, y_pred, sigma)
+    levels_arr = np.asarray(levels, dtype=np.float64)
+    if np.any((levels_arr <= 0) | (levels_arr >= 1)):
+        raise ValueError(f"coverage levels must lie in (0, 1), got {levels_arr.tolist()}")
+    if t.size == 0:
+        return np.full(levels_arr.shape, math.nan)
+    z = stats.norm.ppf((1.0 + levels_arr) / 2.0)                       # [L]
+    inside = np.abs(t - p)[None, :] <= z[:, None] * np.maximum(s, 0.0)[None, :]   # [L, n]
+    return inside.mean(axis=1)
+
+
+def expected_calibration_error(y_true: Array, y_pred: Array, sigma: Array,
+                               levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> float:
+    """ECE = mean over levels p of |observed coverage(p) - p| (see the module docstring); NaN if empty."""
+    coverage = interval_coverage(y_true, y_pred, sigma, levels)
+    if np.all(np.isnan(coverage)):
+        return math.nan
+    return float(np.mean(np.abs(coverage - np.asarray(levels, dtype=np.float64))))
+
+
+def sharpness(y_true: Array, y_pred: Array, sigma: Array) -> float:
+    """Mean predicted sigma [n] over the rows with a finite label, prediction and sigma; NaN if none."""
+    _, _, s = finite_pairs(y_true, y_pred, sigma)
+    return float(np.mean(s)) if s.size else math.nan
+
+
+# --- the whole suite ---------------------------------------------------------------------------
+
+def alpha_key(alpha: float) -> str:
+    """Result key of range accuracy at `alpha` score points, e.g. 'ra@5'."""
+    return f"ra@{alpha:g}"
+
+
+def dimension_metrics(y_true: Array, y_pred: Array, sigma: Array | None, groups: Array | None,
+                      alphas: Sequence[float] = DEFAULT_ALPHAS, rank_margin: float = DEFAULT_RANK_MARGIN,
+                      levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> dict[str, float]:
+    """Every metric of one dimension from 1-D arrays [N]; NaN where undefined.
+
+    Includes the counts `n` (rows with a finite label and prediction) and `n_pairs` (ranking pairs).
+    Calibration metrics are present only when `sigma` is given.
+    """
+    t, p = finite_pairs(y_true, y_pred)
+    out: dict[str, float] = {"n": int(t.size)}
+    out.update(pearson=pearson(t, p), spearman=spearman(t, p), kendall=kendall(t, p),
+               mae=mae(t, p), rmse=rmse(t, p), r2=r2(t, p))
+    for alpha in alphas:
+        out[alpha_key(alpha)] = range_accuracy(t, p, alpha)
+    out["pair_acc"], out["n_pairs"] = pairwise_ranking(y_true, y_pred, groups, rank_margin)
+    if sigma is not None:
+        out["ece"] = expected_calibration_error(y_true, y_pred, sigma, levels)
+        out["sharpness"] = sharpness(y_true, y_pred, sigma)
+    return out
+
+
+def _json_number(value: float | int) -> float | int | None:
+    """A JSON-safe number: NaN/inf become None, numpy scalars become Python ones."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _mean_over_dimensions(per_dim: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """Average of each metric over the dimensions where it is defined (counts are summed)."""
+    metrics = next(iter(per_dim.values())).keys()
+    out: dict[str, float | None] = {}
+    for metric in metrics:
+        values = np.array([per_dim[d][metric] for d in per_dim], dtype=np.float64)
+        if metric in ("n", "n_pairs"):
+            out[metric] = int(values.sum())
+            continue
+        finite = values[np.isfinite(values)]
+        out[metric] = float(finite.mean()) if finite.size else None
+    return out
+
+
+def evaluate(y_true: Any, y_pred: Any, sigma: Any | None = None, groups: Any | None = None,
+             names: Sequence[str] | None = None, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
+             rank_margin: float = DEFAULT_RANK_MARGIN,
+             levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> dict[str, Any]:
+    """The evaluation suite over every dimension.
+
+    y_true [N, D] (NaN = no label), y_pred [N, D], sigma [N, D] or None, groups [N] or None (one
+    group), names [D] or None (dim_0, ...). 1-D inputs are one dimension.
+    Returns a JSON-serialisable dict (undefined values are None):
+      {"per_dimension": {name: {metric: value}}, "mean": {metric: value}, "n": N,
+       "dimensions": [names], "settings": {"alphas", "rank_margin", "coverage_levels"}}
+    where `mean` averages over dimensions and sums the counts `n` and `n_pairs`.
+    """
+    t = as_matrix(y_true, "y_true")
+    p = as_matrix(y_pred, "y_pred")
+    _check_same_shape(t, p, "y_pred")
+    s = None
+    if sigma is not None:
+        s = as_matrix(sigma, "sigma")
+        _check_same_shape(t, s, "sigma")
+    dim_names = _dimension_names(names, t.shape[1])
+    group_ids = None if groups is None else np.asarray(groups)
+    per_dim = {
+        name: dimension_metrics(t[:, d], p[:, d], None if s is None else s[:, d], group_ids,
+                                alphas, rank_margin, levels)
+        for d, name in enumerate(dim_names)
+    }
+    return {
+        "per_dimension": {name: {k: _json_number(v) for k, v in m.items()} for name, m in per_dim.items()},
+        "mean": _mean_over_dimensions(per_dim),
+        "n": int(t.shape[0]),
+        "dimensions": dim_names,
+        "settings": {"alphas": [float(a) for a in alphas], "rank_margin": float(rank_margin),
+                     "coverage_levels": [float(x) for x in levels]},
+    }
+
+
+def _format_value(metric: str, value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    if metric in ("n", "n_pairs"):
+        return str(int(value))
+    if metric in ("mae", "rmse", "sharpness"):
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of `evaluate`'s result: one row per dimension, then the mean row."""
+    per_dim = result["per_dimension"]
+    metrics = [m for m in result["mean"] if m not in ("n", "n_pairs")] + ["n", "n_pairs"]
+    lines = ["| dimension | " + " | ".join(metrics) + " |",
+             "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    rows = [(name, per_dim[name]) for name in per_dim] + [("**mean**", result["mean"])]
+    for name, values in rows:
+        cells = [_format_value(m, values.get(m)) for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- plots (matplotlib Agg, no pyplot) ---------------------------------------------------------
+
+def _new_figure(width_in: float, height_in: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def reliability_diagram(y_true: Any, y_pred: Any, sigma: Any, path: str | Path,
+                        names: Sequence[str] | None = None,
+                        levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> Path:
+    """Write a PNG of observed vs nominal interval coverage: one thin line per dimension, the
+    coverage pooled over all dimensions in bold, the diagonal for perfect calibration.
+
+    y_true, y_pred, sigma: [N, D] (or [N]); path: a local file. Returns the path written.
+    """
+    t, p, s = as_matrix(y_true, "y_true"), as_matrix(y_pred, "y_pred"), as_matrix(sigma, "sigma")
+    _check_same_shape(t, p, "y_pred")
+    _check_same_shape(t, s, "sigma")
+    dim_names = _dimension_names(names, t.shape[1])
+    lv = np.asarray(levels, dtype=np.float64)
+    fig = _new_figure(5.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    eces = []
+    for d, name in enumerate(dim_names):
+        coverage = interval_coverage(t[:, d], p[:, d], s[:, d], lv)
+        if not np.all(np.isnan(coverage)):
+            eces.append(float(np.mean(np.abs(coverage - lv))))
+            ax.plot(lv, coverage, linewidth=0.8, alpha=0.6, label=name if len(dim_names) <= 10 else None)
+    pooled = interval_coverage(t.ravel(), p.ravel(), s.ravel(), lv)
+    ax.plot(lv, pooled, color="black", linewidth=2.2, marker="o", markersize=3, label="all dimensions")
+    mean_ece = f"{np.mean(eces):.3f}" if eces else "n/a"
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of central interval",
+           ylabel="observed coverage", title=f"Reliability (mean ECE {mean_ece})")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def scatter_plot(y_true: Any, y_pred: Any, path: str | Path, names: Sequence[str] | None = None,
+                 sigma: Any | None = None) -> Path:
+    """Write a PNG grid with one prediction-vs-label scatter per dimension (0-100 axes, diagonal,
+    Pearson r and n in each title; +-1 sigma bars when `sigma` is given).
+
+    y_true, y_pred, sigma: [N, D] (or [N]); path: a local file. Returns the path written.
+    """
+    t, p = as_matrix(y_true, "y_true"), as_matrix(y_pred, "y_pred")
+    _check_same_shape(t, p, "y_pred")
+    s = None if sigma is None else as_matrix(sigma, "sigma")
+    if s is not None:
+        _check_same_shape(t, s, "sigma")
+    dim_names = _dimension_names(names, t.shape[1])
+    n_cols = int(math.ceil(math.sqrt(len(dim_names))))
+    n_rows = int(math.ceil(len(dim_names) / n_cols))
+    fig = _new_figure(3.0 * n_cols, 3.0 * n_rows)
+    for d, name in enumerate(dim_names):
+        ax = fig.add_subplot(n_rows, n_cols, d + 1)
+        mask = np.isfinite(t[:, d]) & np.isfinite(p[:, d])
+        if s is not None:
+            ax.errorbar(t[mask, d], p[mask, d], yerr=np.nan_to_num(s[mask, d]), fmt="none",
+                        ecolor="tab:blue", alpha=0.2, linewidth=0.6)
+        ax.scatter(t[mask, d], p[mask, d], s=6, alpha=0.6)
+        ax.plot([SCORE_MIN, SCORE_MAX], [SCORE_MIN, SCORE_MAX], color="grey", linestyle="--", linewidth=1)
+        r = pearson(t[mask, d], p[mask, d])
+        r_text = "n/a" if math.isnan(r) else f"{r:.2f}"
+        ax.set(xlim=(SCORE_MIN, SCORE_MAX), ylim=(SCORE_MIN, SCORE_MAX),
+               title=f"{name}\nr={r_text}, n={int(mask.sum())}")
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("label", fontsize=7)
+        ax.set_ylabel("prediction", fontsize=7)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+def _label_range(y_train: Array) -> tuple[Array, Array]:
+    """Per-dimension (min, max) of the finite training labels [D]; NaN for a dimension with none."""
+    lo = np.full(y_train.shape[1], math.nan)
+    hi = np.full(y_train.shape[1], math.nan)
+    for d in range(y_train.shape[1]):
+        column = y_train[np.isfinite(y_train[:, d]), d]
+        if column.size:
+            lo[d], hi[d] = column.min(), column.max()
+    return lo, hi
+
+
+def _label_mean(y_train: Array) -> Array:
+    """Per-dimension mean of the finite training labels [D]; NaN for a dimension with none."""
+    mean = np.full(y_train.shape[1], math.nan)
+    for d in range(y_train.shape[1]):
+        column = y_train[np.isfinite(y_train[:, d]), d]
+        if column.size:
+            mean[d] = column.mean()
+    return mean
+
+
+def uniform_random_baseline(y_train: Any, n: int, seed: int = 0) -> Array:
+    """Predictions [n, D] drawn uniformly in each dimension's training label range [min, max].
+
+    y_train: [N, D] (NaN = missing). A dimension without labels predicts NaN.
+    """
+    labels = as_matrix(y_train, "y_train")
+    lo, hi = _label_range(labels)
+    rng = np.random.default_rng(seed)
+    draws = rng.random((n, labels.shape[1]))
+    return lo[None, :] + draws * (hi - lo)[None, :]
+
+
+def mean_baseline(y_train: Any, n: int) -> Array:
+    """Predictions [n, D] equal to each dimension's training label mean (NaN without labels)."""
+    labels = as_matrix(y_train, "y_train")
+    return np.repeat(_label_mean(labels)[None, :], n, axis=0)
+
+
+class LinearFeatureBaseline:
+    """Ridge regression from simple per-sample features to each dimension's score.
+
+    One standardise-then-Ridge model per dimension, fit on the rows where that dimension has a
+    label. A dimension with fewer than 2 labels predicts its label mean (NaN without labels).
+    Predictions are clipped to the 0-100 score range when `clip` is set.
+    """
+
+    def __init__(self, alpha: float = 1.0, clip: bool = True) -> None:
+        self.alpha = alpha
+        self.clip = clip
+        self.models: list[Pipeline | float] = []
+        self.n_features: int | None = None
+
+    def fit(self, X: Any, Y: Any) -> "LinearFeatureBaseline":
+        """X: [N, k] finite features; Y: [N, D] labels (NaN = missing). Returns self."""
+        features = _finite_features(X)
+        labels = as_matrix(Y, "Y")
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(f"X has {features.shape[0]} rows but Y has {labels.shape[0]}")
+        self.n_features = features.shape[1]
+        self.models = [self._fit_dimension(features, labels[:, d]) for d in range(labels.shape[1])]
+        return self
+
+    def _fit_dimension(self, features: Array, column: Array) -> Pipeline | float:
+        has_label = np.isfinite(column)
+        if has_label.sum() < 2:
+            return float(column[has_label].mean()) if has_label.any() else math.nan
+        model = make_pipeline(StandardScaler(), Ridge(alpha=self.alpha))
+        return model.fit(features[has_label], column[has_label])
+
+    def predict(self, X: Any) -> Array:
+        """X: [M, k] -> predictions [M, D]."""
+        if self.n_features is None:
+            raise RuntimeError("LinearFeatureBaseline.predict called before fit")
+        features = _finite_features(X)
+        if features.shape[1] != self.n_features:
+            raise ValueError(f"X has {features.shape[1]} features, the baseline was fit on {self.n_features}")
+        columns = [np.full(features.shape[0], m) if isinstance(m, float) else m.predict(features)
+                   for m in self.models]
+        out = np.stack(columns, axis=1)
+        return np.clip(out, SCORE_MIN, SCORE_MAX) if self.clip else out
+
+
+def _finite_features(X: Any) -> Array:
+    features = as_matrix(X, "X")
+    if not np.all(np.isfinite(features)):
+        raise ValueError("features X contain NaN or inf; impute or drop those rows first")
+    return features
+
+
+# --- simple audio features ---------------------------------------------------------------------
+
+SIMPLE_FEATURE_NAMES: tuple[str, ...] = (
+    "log_mag_mean",          # mean log-magnitude over all frames and bins
+    "log_mag_std",           # its standard deviation
+    "loudness_mean",         # per-frame log of the mean linear magnitude, averaged over frames
+    "loudness_std",          # ... its standard deviation over frames (dynamics variation)
+    "loudness_range",        # 95th - 5th percentile of per-frame loudness (dynamic range)
+    "centroid_mean",         # magnitude-weighted mean bin per frame, in octaves above C1, averaged
+    "centroid_std",          # ... its standard deviation over frames
+    "spread_mean",           # magnitude-weighted std of the bin per frame, in octaves, averaged
+    "onset_strength_mean",   # mean over frames of the mean positive log-magnitude increase per bin
+    "onset_strength_std",    # ... its standard deviation
+    "onset_rate_hz",         # peaks of onset strength above mean + 1 std, per second
+)
+
+
+def _frame_loudness(cqt: Array) -> Array:
+    """Per-frame log of the mean linear magnitude [F] from a log-magnitude CQT [F, B]."""
+    peak = cqt.max(axis=1, keepdims=True)                              # [F, 1], for stability
+    return peak[:, 0] + np.log(np.mean(np.exp(cqt - peak), axis=1))
+
+
+def _frame_centroid_spread(cqt: Array) -> tuple[Array, Array]:
+    """Magnitude-weighted mean and std of the bin index per frame, in octaves: ([F], [F])."""
+    weights = np.exp(cqt - cqt.max(axis=1, keepdims=True))           # [F, B], linear magnitude / peak
+    weights /= weights.sum(axis=1, keepdims=True)
+    octaves = np.arange(cqt.shape[1]) / C.CQT_BINS_PER_OCTAVE        # [B]
+    centroid = weights @ octaves                                       # [F]
+    spread = np.sqrt(np.maximum(weights @ octaves ** 2 - centroid ** 2, 0.0))
+    return centroid, spread
+
+
+def _onset_strength(cqt: Array) -> Array:
+    """Mean positive log-magnitude increase per bin between consecutive frames [F - 1]."""
+    return np.maximum(np.diff(cqt, axis=0), 0.0).mean(axis=1)
+
+
+def _peak_rate_hz(strength: Array, frames_per_s: float) -> float:
+    """Local maxima of an onset-strength curve above mean + 1 std, per second."""
+    if strength.size < 3:
+        return 0.0
+    threshold = strength.mean() + strength.std()
+    mid = strength[1:-1]
+    peaks = (mid > strength[:-2]) & (mid >= strength[2:]) & (mid > threshold)
+    return float(peaks.sum() / (strength.size / frames_per_s))
+
+
+def simple_audio_features(cqt: Any, frames_per_s: float = C.CQT_FRAMES_PER_S) -> Array:
+    """A handful of cheap descriptors of a log-magnitude CQT, for the linear baseline.
+
+    cqt: [F, B] log-magnitude (B = 168 in this project), F >= 1 frames at `frames_per_s`.
+    Returns float64 [len(SIMPLE_FEATURE_NAMES)] = [11] in the order of SIMPLE_FEATURE_NAMES.
+    With a single frame the onset features are 0.
+    """
+    x = np.asarray(cqt, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"cqt must be [frames, bins] with at least one of each, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("cqt contains NaN or inf")
+    loudness = _frame_loudness(x)
+    centroid, spread = _frame_centroid_spread(x)
+    strength = _onset_strength(x) if x.shape[0] >= 2 else np.zeros(1)
+    p05, p95 = np.percentile(loudness, [5, 95])
+    return np.array([
+        x.mean(), x.std(),
+        loudness.mean(), loudness.std(), p95 - p05,
+        centroid.mean(), centroid.std(), spread.mean(),
+        strength.mean(), strength.std(), _peak_rate_hz(strength, frames_per_s),
+    ], dtype=np.float64)
