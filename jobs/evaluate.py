@@ -1,0 +1,39 @@
+"""Evaluate a checkpoint against baselines on a split of preprocessed features.
+
+    python jobs/evaluate.py --checkpoint demo_out/runs/expert/<checkpoint>/model --data demo_out/features
+"""
+from __future__ import annotations
+
+import argparse
+
+import _common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint URI (a model/ directory or a Ray checkpoint)")
+    parser.add_argument("--data", required=True, help="preprocessed features URI")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--target", default=None, choices=["pseudo", "expert"],
+                        help="compare with pseudo-labels or expert labels (default: the checkpoint's stage)")
+    parser.add_argument("--audio-only", action="store_true", help="ablation: ignore the score branch")
+    parser.add_argument("--out", default=None, help="where to write evaluation.json/.md and PNGs "
+                                                    "(default: <checkpoint>/../evaluation-<split>)")
+    args = parser.parse_args(argv)
+
+    from pipelines import storage
+    from tune.evaluate import comparison_table, evaluate_checkpoint
+    from tune.trainer import model_dir_uri
+
+    checkpoint = model_dir_uri(args.checkpoint)
+    out = args.out or storage.join(storage.parent(checkpoint), f"evaluation-{args.split}")
+    summary = evaluate_checkpoint(checkpoint, args.data, out, split=args.split, target=args.target,
+                                  audio_only=True if args.audio_only else None)
+    print(f"{summary['recordings']} recordings, target {summary['target']}")
+    print(comparison_table(summary))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

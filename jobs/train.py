@@ -1,0 +1,62 @@
+"""Train the assessment model on Ray Train.
+
+    python jobs/train.py --config tiny --data demo_out/features --storage demo_out/runs --stage pseudo
+    python jobs/train.py --config tiny --data demo_out/features --storage demo_out/runs --stage expert \\
+        --init demo_out/runs/pseudo/<checkpoint> --name expert
+    ray job submit --working-dir . -- python jobs/train.py --config mert-v1-95m --data s3://b/features \\
+        --storage s3://b/runs --gpu --num-workers 4
+
+A rerun with the same --name resumes from the latest checkpoint. Everything not on the command line is
+in the config (--set section.key=value to override).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import _common
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="preprocessed features URI (jobs/preprocess.py --out)")
+    parser.add_argument("--storage", required=True, help="checkpoint/log storage URI (local or s3://)")
+    parser.add_argument("--stage", choices=["pseudo", "expert"], default=None, help="default: config train.stage")
+    parser.add_argument("--init", default=None, help="checkpoint to initialise from (e.g. the pseudo stage's best)")
+    parser.add_argument("--labels", default=None, help="labels table (CSV/Parquet: recording_id + dimensions)")
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--gpu", action="store_true", help="train on GPUs (nccl, fp16 autocast)")
+    parser.add_argument("--name", default=None, help="run name (default: <config>-<stage>)")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the test split")
+    _common.add_config_args(parser)
+    args = parser.parse_args(argv)
+
+    from pipelines.config import load_config
+    from tune.trainer import run_training
+
+    overrides = list(args.overrides)
+    if args.stage:
+        overrides.append(f"train.stage={args.stage}")
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    if args.gpu:
+        overrides += ["train.use_gpu=true"]
+    config = load_config(args.config, overrides)
+    name = args.name or f"{config.name}-{config.train.stage}"
+    _common.init_ray(args.address)
+    summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels)
+    print(json.dumps({k: summary[k] for k in ("name", "best_checkpoint", "latest_checkpoint", "tensorboard")},
+                     indent=2))
+    if args.evaluate and summary["best_checkpoint"]:
+        from pipelines import storage
+        from tune.evaluate import comparison_table, evaluate_checkpoint
+
+        out = storage.join(summary["run_dir"], "evaluation")
+        result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out)
+        print(comparison_table(result))
+        print(f"evaluation written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    _common.run_main(main)

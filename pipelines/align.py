@@ -1,0 +1,469 @@
+"""Score <-> performance note alignment, local tempo, and per-token performance attributes.
+
+`align(score, perf)` matches written to performed notes with parangonar (DualDTWNoteMatcher by default:
+an onset-level DTW on pitch sets in both directions, then pitch-wise matching; see
+benchmarks/bench_alignment.py for the measured comparison with AutomaticNoteMatcher) and returns one
+token per symbolic event: a matched score note, a missed (unplayed) score note or an extra (unwritten)
+performed note, sorted by performed onset (estimated from the local tempo for missed notes).
+
+Local tempo: the matched (score beat, performed onset) pairs are reduced to one onset per score onset
+(the median over a chord) and fitted with a robust, locally weighted linear regression (Gaussian
+kernel of `TEMPO_BANDWIDTH_BEATS` quarter notes, bisquare re-weighting as in LOWESS). The fit gives,
+at every score onset, the expected performed time and the seconds per beat (the local slope, clipped
+to a plausible range and made monotone). Phrase-level rubato is absorbed by the fit; what remains is
+note-level timing, which is what `onset_dev` measures.
+
+`note_attributes` gives one float32 vector per token in the order of `constants.PERF_ATTR_NAMES`;
+`tokens` gives OctupleMIDI rows via `pipelines.octuple.encode_fields`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterable
+
+import numpy as np
+
+from pipelines.constants import (
+    CC_SOFT,
+    CC_SOSTENUTO,
+    CC_SUSTAIN,
+    N_PERF_ATTRS,
+    PERF_ATTR_NAMES,
+)
+from pipelines.notes import (
+    ALIGNED_NOTE_DTYPE,
+    EXTRA,
+    MATCHED,
+    MISSED,
+    PEDAL_DTYPE,
+    PERF_NOTE_DTYPE,
+    Performance,
+    Score,
+)
+
+# --- alignment and tempo constants ----------------------------------------------------------------
+DEFAULT_MATCHER = "dualdtw"           # parangonar matcher (see MATCHERS)
+PARTITURA_DIVS_PER_QUARTER = 480      # tick resolution of the note arrays handed to parangonar
+TEMPO_BANDWIDTH_BEATS = 2.0           # std of the Gaussian kernel of the local tempo fit, quarter notes
+TEMPO_KERNEL_SPAN = 4.0               # the kernel is cut at this many bandwidths
+TEMPO_ROBUST_ITERATIONS = 2           # bisquare re-weighting passes
+TEMPO_BISQUARE_SCALE = 6.0            # residuals beyond this many median-absolute-residuals get weight 0
+MIN_SECONDS_PER_BEAT = 0.05           # 1200 qpm: faster local slopes are clipped
+MAX_SECONDS_PER_BEAT = 5.0            # 12 qpm
+DEFAULT_INSTRUMENT = 0                # GM acoustic grand piano
+
+# --- attribute clipping (documented in constants.PERF_ATTR_NAMES) ---------------------------------
+ONSET_DEV_CLIP_BEATS = 2.0
+LOG_IOI_RATIO_CLIP = 2.0
+LOG_DURATION_RATIO_CLIP = 3.0
+MIN_DURATION_S = 1e-3                 # floor for performed/expected durations in log ratios
+ATTR_INDEX = {name: i for i, name in enumerate(PERF_ATTR_NAMES)}
+
+
+# --- local tempo -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LocalTempo:
+    """A monotone map from score beats (quarter notes) to performed seconds, with its local slope."""
+    beats: np.ndarray        # f8 [G]: distinct score onsets with a matched note, ascending
+    times: np.ndarray        # f8 [G]: fitted performed time of each onset, seconds, non-decreasing
+    spb: np.ndarray          # f8 [G]: local seconds per beat at each onset
+
+    def time_at(self, beats: np.ndarray) -> np.ndarray:
+        """Expected performed time (s) of score positions `beats` [n]; linear beyond the ends."""
+        beats = np.asarray(beats, dtype=np.float64)
+        out = np.interp(beats, self.beats, self.times)
+        before, after = beats < self.beats[0], beats > self.beats[-1]
+        out[before] = self.times[0] - (self.beats[0] - beats[before]) * self.spb[0]
+        out[after] = self.times[-1] + (beats[after] - self.beats[-1]) * self.spb[-1]
+        return out
+
+    def spb_at_beat(self, beats: np.ndarray) -> np.ndarray:
+        """Local seconds per beat at score positions `beats` [n]."""
+        return np.interp(np.asarray(beats, dtype=np.float64), self.beats, self.spb)
+
+    def spb_at_time(self, times_s: np.ndarray) -> np.ndarray:
+        """Local seconds per beat at performed times `times_s` [n]."""
+        return np.interp(np.asarray(times_s, dtype=np.float64), self.times, self.spb)
+
+    @property
+    def median_spb(self) -> float:
+        return float(np.median(self.spb))
+
+
+def fit_local_tempo(score_beats: np.ndarray, perf_onsets_s: np.ndarray, default_spb: float = 0.5,
+                    bandwidth_beats: float = TEMPO_BANDWIDTH_BEATS) -> LocalTempo:
+    """Robust local-linear fit of performed onset (s) against score onset (beats) of matched notes [n].
+
+    Chords are reduced to their median performed onset first. With fewer than two distinct onsets the
+    slope is `default_spb` (the written tempo).
+    """
+    beats, times = _median_per_onset(np.asarray(score_beats, float), np.asarray(perf_onsets_s, float))
+    if len(beats) == 0:
+        return LocalTempo(np.zeros(1), np.zeros(1), np.full(1, default_spb))
+    if len(beats) == 1:
+        return LocalTempo(beats, times, np.full(1, default_spb))
+    global_spb = float(np.clip(np.polyfit(beats, times, 1)[0], MIN_SECONDS_PER_BEAT, MAX_SECONDS_PER_BEAT))
+    robust = np.ones(len(beats))
+    for _ in range(TEMPO_ROBUST_ITERATIONS + 1):
+        fitted, slope = _local_linear(beats, times, robust, bandwidth_beats, global_spb)
+        robust = _bisquare_weights(times - fitted)
+    slope = np.clip(slope, MIN_SECONDS_PER_BEAT, MAX_SECONDS_PER_BEAT)
+    return LocalTempo(beats, np.maximum.accumulate(fitted), slope)
+
+
+def _median_per_onset(beats: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct score onsets [G] (ascending) and the median performed time of the notes at each [G]."""
+    if len(beats) == 0:
+        return beats, times
+    order = np.lexsort((times, beats))
+    beats, times = beats[order], times[order]
+    unique, start = np.unique(beats, return_index=True)
+    medians = np.array([np.median(chunk) for chunk in np.split(times, start[1:])])
+    return unique, medians
+
+
+def _local_linear(x: np.ndarray, y: np.ndarray, robust: np.ndarray, bandwidth: float,
+                  fallback_slope: float, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-kernel weighted linear regression of y on x evaluated at each x [G]: (fit, slope)."""
+    fitted, slope = np.empty_like(y), np.empty_like(y)
+    reach = TEMPO_KERNEL_SPAN * bandwidth
+    for lo in range(0, len(x), chunk):
+        centre = x[lo:lo + chunk]
+        a, b = np.searchsorted(x, centre[0] - reach), np.searchsorted(x, centre[-1] + reach, side="right")
+        xs, ys = x[a:b], y[a:b]
+        w = np.exp(-0.5 * ((xs[None, :] - centre[:, None]) / bandwidth) ** 2) * robust[None, a:b]   # [c, m]
+        sw = w.sum(1) + 1e-12
+        xm, ym = (w * xs).sum(1) / sw, (w * ys).sum(1) / sw
+        sxx = (w * (xs[None] - xm[:, None]) ** 2).sum(1)
+        sxy = (w * (xs[None] - xm[:, None]) * (ys[None] - ym[:, None])).sum(1)
+        s = np.where(sxx > 1e-9 * sw, sxy / np.maximum(sxx, 1e-12), fallback_slope)
+        slope[lo:lo + chunk] = s
+        fitted[lo:lo + chunk] = ym + s * (centre - xm)
+    return fitted, slope
+
+
+def _bisquare_weights(residuals: np.ndarray) -> np.ndarray:
+    scale = TEMPO_BISQUARE_SCALE * max(float(np.median(np.abs(residuals))), 1e-3)
+    u = np.clip(residuals / scale, -1.0, 1.0)
+    return (1.0 - u ** 2) ** 2
+
+
+# --- alignment ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Alignment:
+    """One token per symbolic event, sorted by performed (or, for missed notes, estimated) onset."""
+    tokens: np.ndarray                  # ALIGNED_NOTE_DTYPE [n_tokens]
+    n_matched: int
+    n_missed: int
+    n_extra: int
+    tempo: LocalTempo | None = None     # fitted on the matched notes
+
+    @property
+    def n_tokens(self) -> int:
+        return int(len(self.tokens))
+
+    @property
+    def matched_pairs(self) -> np.ndarray:
+        """i8 [n_matched, 2]: (score_index, perf_index) of each matched note."""
+        m = self.tokens[self.tokens["kind"] == MATCHED]
+        return np.stack([m["score_index"], m["perf_index"]], axis=1).astype(np.int64)
+
+    @property
+    def n_score_notes(self) -> int:
+        return self.n_matched + self.n_missed
+
+    @property
+    def n_perf_notes(self) -> int:
+        return self.n_matched + self.n_extra
+
+    @property
+    def match_rate(self) -> float:
+        """Fraction of score notes that were played (1.0 for an empty score)."""
+        return self.n_matched / self.n_score_notes if self.n_score_notes else 1.0
+
+    def mask(self, kind: int) -> np.ndarray:
+        """bool [n_tokens]: tokens of `kind` (MATCHED, MISSED or EXTRA)."""
+        return self.tokens["kind"] == kind
+
+
+def align(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER) -> Alignment:
+    """Align `perf` to `score` and build the token list with its local tempo."""
+    pairs = match_notes(score, perf, matcher)
+    tempo = fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
+                            default_spb=60.0 / score.tempo_qpm)
+    if len(pairs) == 0 and len(perf.notes):   # nothing matched: anchor the written tempo at the first onset
+        tempo = LocalTempo(np.zeros(1), np.full(1, perf.notes["onset_s"][0]), np.full(1, 60.0 / score.tempo_qpm))
+    return Alignment(_build_tokens(score, perf, pairs, tempo), int(len(pairs)),
+                     int(len(score.notes) - len(pairs)), int(len(perf.notes) - len(pairs)), tempo)
+
+
+def match_notes(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER) -> np.ndarray:
+    """i8 [k, 2]: (score_index, perf_index) pairs found by the parangonar `matcher`, one-to-one."""
+    if len(score.notes) == 0 or len(perf.notes) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    result = _matcher(matcher)(score_note_array(score), performance_note_array(perf))
+    pairs = [(int(a["score_id"][1:]), int(a["performance_id"][1:])) for a in result if a["label"] == "match"]
+    return _one_to_one(np.array(pairs, dtype=np.int64).reshape(-1, 2))
+
+
+@functools.lru_cache(maxsize=None)
+def _matcher(name: str):
+    import parangonar
+
+    matchers = {"dualdtw": parangonar.DualDTWNoteMatcher, "automatic": parangonar.AutomaticNoteMatcher}
+    if name not in matchers:
+        raise ValueError(f"unknown matcher {name!r}: use one of {sorted(matchers)}")
+    return matchers[name]()
+
+
+def _one_to_one(pairs: np.ndarray) -> np.ndarray:
+    """Drop repeated score or perf indices (keep the first), sorted by score index."""
+    _, first_score = np.unique(pairs[:, 0], return_index=True)
+    pairs = pairs[np.sort(first_score)]
+    _, first_perf = np.unique(pairs[:, 1], return_index=True)
+    pairs = pairs[np.sort(first_perf)]
+    return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+
+def score_note_array(score: Score) -> np.ndarray:
+    """Score notes as partitura's note array (the fields parangonar reads); ids are 's<index>'."""
+    sn = score.notes
+    fields = [("onset_beat", "f4"), ("duration_beat", "f4"), ("onset_quarter", "f4"), ("duration_quarter", "f4"),
+              ("onset_div", "i8"), ("duration_div", "i8"), ("pitch", "i4"), ("voice", "i4"), ("id", "U16"),
+              ("is_grace", "i1"), ("grace_type", "U16"), ("steal_proportion", "f4"),
+              ("local_grace_order", "i4"), ("divs_pq", "i4")]
+    out = np.zeros(len(sn), dtype=fields)
+    out["onset_beat"] = out["onset_quarter"] = sn["onset_beat"]
+    out["duration_beat"] = out["duration_quarter"] = sn["duration_beat"]
+    out["onset_div"] = np.round(sn["onset_beat"] * PARTITURA_DIVS_PER_QUARTER)
+    out["duration_div"] = np.round(sn["duration_beat"] * PARTITURA_DIVS_PER_QUARTER)
+    out["pitch"], out["voice"] = sn["pitch"], sn["voice"]
+    out["id"] = [f"s{i}" for i in range(len(sn))]
+    out["steal_proportion"], out["local_grace_order"] = -1.0, -1
+    out["divs_pq"] = PARTITURA_DIVS_PER_QUARTER
+    return out
+
+
+def performance_note_array(perf: Performance) -> np.ndarray:
+    """Performed notes as partitura's performance note array; ids are 'p<index>'."""
+    pn = perf.notes
+    fields = [("onset_sec", "f4"), ("duration_sec", "f4"), ("onset_tick", "i4"), ("duration_tick", "i4"),
+              ("pitch", "i4"), ("velocity", "i4"), ("track", "i4"), ("channel", "i4"), ("id", "U16")]
+    out = np.zeros(len(pn), dtype=fields)
+    out["onset_sec"], out["duration_sec"] = pn["onset_s"], pn["offset_s"] - pn["onset_s"]
+    out["onset_tick"] = np.round(pn["onset_s"] * PARTITURA_DIVS_PER_QUARTER * 2)   # 120 qpm ticks
+    out["duration_tick"] = np.round(out["duration_sec"] * PARTITURA_DIVS_PER_QUARTER * 2)
+    out["pitch"], out["velocity"] = pn["pitch"], pn["velocity"]
+    out["id"] = [f"p{i}" for i in range(len(pn))]
+    return out
+
+
+def _build_tokens(score: Score, perf: Performance, pairs: np.ndarray, tempo: LocalTempo) -> np.ndarray:
+    """ALIGNED_NOTE_DTYPE rows for matched, missed and extra notes, sorted by (onset, kind, pitch)."""
+    sn, pn = score.notes, perf.notes
+    missed = np.setdiff1d(np.arange(len(sn)), pairs[:, 0])
+    extra = np.setdiff1d(np.arange(len(pn)), pairs[:, 1])
+    tokens = np.zeros(len(pairs) + len(missed) + len(extra), dtype=ALIGNED_NOTE_DTYPE)
+    m, k = len(pairs), len(pairs) + len(missed)
+    tokens["kind"][:m], tokens["kind"][m:k], tokens["kind"][k:] = MATCHED, MISSED, EXTRA
+    tokens["score_index"][:m], tokens["perf_index"][:m] = pairs[:, 0], pairs[:, 1]
+    tokens["score_index"][m:k], tokens["perf_index"][m:k] = missed, -1
+    tokens["score_index"][k:], tokens["perf_index"][k:] = -1, extra
+    tokens["perf_onset_s"][:m] = pn["onset_s"][pairs[:, 1]]
+    tokens["perf_onset_s"][m:k] = tempo.time_at(sn["onset_beat"][missed]) if len(missed) else 0.0
+    tokens["perf_onset_s"][k:] = pn["onset_s"][extra]
+    tokens["pitch"][:k] = sn["pitch"][tokens["score_index"][:k]]
+    tokens["pitch"][k:] = pn["pitch"][extra]
+    tokens["bar"][:k] = sn["bar"][tokens["score_index"][:k]]
+    anchors = nearest_matched_score_note(pn["onset_s"][extra], pn["onset_s"][pairs[:, 1]], pairs[:, 0])
+    tokens["bar"][k:] = np.where(anchors >= 0, sn["bar"][np.maximum(anchors, 0)], 0) if len(sn) else 0
+    return tokens[np.lexsort((tokens["pitch"], tokens["kind"], tokens["perf_onset_s"]))]
+
+
+def nearest_matched_score_note(times_s: np.ndarray, matched_onsets_s: np.ndarray,
+                               matched_score_index: np.ndarray) -> np.ndarray:
+    """i8 [n]: score index of the matched note whose performed onset is nearest each time; -1 if none."""
+    if len(matched_onsets_s) == 0:
+        return np.full(len(times_s), -1, dtype=np.int64)
+    order = np.argsort(matched_onsets_s, kind="stable")
+    onsets, index = matched_onsets_s[order], matched_score_index[order]
+    right = np.clip(np.searchsorted(onsets, times_s), 0, len(onsets) - 1)
+    left = np.clip(right - 1, 0, len(onsets) - 1)
+    use_left = np.abs(times_s - onsets[left]) <= np.abs(onsets[right] - times_s)
+    return np.where(use_left, index[left], index[right]).astype(np.int64)
+
+
+def local_tempo(score: Score, perf: Performance, alignment: Alignment) -> LocalTempo:
+    """The alignment's tempo, refitted from its matched pairs if it carries none."""
+    if alignment.tempo is not None:
+        return alignment.tempo
+    pairs = alignment.matched_pairs
+    return fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
+                           default_spb=60.0 / score.tempo_qpm)
+
+
+# --- per-token attributes ---------------------------------------------------------------------------
+def note_attributes(score: Score, perf: Performance, alignment: Alignment) -> np.ndarray:
+    """f4 [n_tokens, N_PERF_ATTRS]: performance attributes of each token, in PERF_ATTR_NAMES order.
+
+    Matched: velocity/127; onset deviation from the local-tempo fit in beats (clipped +-2); log of the
+    performed IOI to the next score onset over the written IOI at the piece's median tempo (clipped
+    +-2; 0 for the last onset); log of performed over written duration at the local tempo (clipped +-3).
+    Missed: only `missed` and the pedal state at the estimated onset. Extra: `extra`, velocity, pedal.
+    Pedal columns are 0/1 states of CC64 / CC67 / CC66 at the token's (performed or estimated) onset.
+    """
+    tok = alignment.tokens
+    attrs = np.zeros((len(tok), N_PERF_ATTRS), dtype=np.float32)
+    kind = tok["kind"]
+    matched, extra = kind == MATCHED, kind == EXTRA
+    attrs[:, ATTR_INDEX["played"]] = matched
+    attrs[:, ATTR_INDEX["missed"]] = kind == MISSED
+    attrs[:, ATTR_INDEX["extra"]] = extra
+    played = matched | extra
+    attrs[played, ATTR_INDEX["velocity"]] = perf.notes["velocity"][tok["perf_index"][played]] / 127.0
+    if matched.any():
+        tempo = local_tempo(score, perf, alignment)
+        timing = matched_timing(score, perf, tok[matched], tempo)
+        for name, clip in (("onset_dev", ONSET_DEV_CLIP_BEATS), ("log_ioi_ratio", LOG_IOI_RATIO_CLIP),
+                           ("log_duration_ratio", LOG_DURATION_RATIO_CLIP)):
+            attrs[matched, ATTR_INDEX[name]] = np.clip(timing[name], -clip, clip)
+    for name, controller in (("sustain", CC_SUSTAIN), ("soft", CC_SOFT), ("sostenuto", CC_SOSTENUTO)):
+        attrs[:, ATTR_INDEX[name]] = _pedal_down_at(perf.pedal, tok["perf_onset_s"], controller)
+    return attrs
+
+
+def matched_timing(score: Score, perf: Performance, matched_tokens: np.ndarray,
+                   tempo: LocalTempo) -> dict[str, np.ndarray]:
+    """Unclipped timing of matched tokens [k]: onset_dev (beats), log_ioi_ratio, log_duration_ratio."""
+    sn, pn = score.notes[matched_tokens["score_index"]], perf.notes[matched_tokens["perf_index"]]
+    spb = tempo.spb_at_beat(sn["onset_beat"])
+    onset_dev = (pn["onset_s"] - tempo.time_at(sn["onset_beat"])) / spb
+    written_s = np.maximum(sn["duration_beat"] * spb, MIN_DURATION_S)
+    played_s = np.maximum(pn["offset_s"] - pn["onset_s"], MIN_DURATION_S)
+    return {"onset_dev": onset_dev, "log_ioi_ratio": _log_ioi_ratio(sn["onset_beat"], pn["onset_s"], tempo),
+            "log_duration_ratio": np.log(played_s / written_s)}
+
+
+def _log_ioi_ratio(beats: np.ndarray, onsets_s: np.ndarray, tempo: LocalTempo) -> np.ndarray:
+    """log(performed IOI / written IOI at the median tempo) to the next distinct score onset [k]."""
+    group_beats, group_times = _median_per_onset(beats, onsets_s)
+    nxt = np.searchsorted(group_beats, beats, side="right")
+    has_next = nxt < len(group_beats)
+    out = np.zeros(len(beats))
+    j = nxt[has_next]
+    performed = np.maximum(group_times[j] - onsets_s[has_next], MIN_DURATION_S)
+    written = (group_beats[j] - beats[has_next]) * tempo.median_spb
+    out[has_next] = np.log(performed / written)
+    return out
+
+
+def _pedal_down_at(pedal: np.ndarray, times_s: np.ndarray, controller: int) -> np.ndarray:
+    from pipelines.performance import pedal_down_at
+
+    return pedal_down_at(pedal, np.asarray(times_s, dtype=np.float64), controller).astype(np.float32)
+
+
+# --- OctupleMIDI tokens --------------------------------------------------------------------------------
+def tokens(score: Score, perf: Performance, alignment: Alignment, bar_offset: int = 0) -> np.ndarray:
+    """i8 [n_tokens, 8]: OctupleMIDI rows of the alignment tokens, bars relative to `bar_offset`.
+
+    Matched: NOTE with the score's bar/position/pitch/duration and the performed velocity. Missed: MISSED
+    with score fields and velocity 0. Extra: EXTRA at the bar/position/time signature of the matched note
+    nearest in performed time, with the performed pitch, velocity and duration (seconds / local spb).
+    """
+    from pipelines import octuple
+
+    tok, sn, pn = alignment.tokens, score.notes, perf.notes
+    n = len(tok)
+    ref = tok["score_index"].astype(np.int64)
+    extra = tok["kind"] == EXTRA
+    pairs = alignment.matched_pairs
+    ref[extra] = nearest_matched_score_note(tok["perf_onset_s"][extra], pn["onset_s"][pairs[:, 1]], pairs[:, 0])
+    has_ref = ref >= 0
+    safe = np.where(has_ref, ref, 0)
+    field = lambda name, default: np.where(has_ref, sn[name][safe], default) if len(sn) else np.full(n, default)  # noqa: E731
+    duration = field("duration_beat", 0.0).astype(np.float64)
+    velocity = np.zeros(n, dtype=np.int64)
+    played = tok["perf_index"] >= 0
+    velocity[played] = pn["velocity"][tok["perf_index"][played]]
+    if extra.any():
+        tempo = local_tempo(score, perf, alignment)
+        e = pn[tok["perf_index"][extra]]
+        duration[extra] = (e["offset_s"] - e["onset_s"]) / tempo.spb_at_time(e["onset_s"])
+    token_type = np.select([tok["kind"] == MATCHED, tok["kind"] == MISSED],
+                           [octuple.TYPE_NOTE, octuple.TYPE_MISSED], octuple.TYPE_EXTRA)
+    return octuple.encode_fields(
+        token_type, field("bar", 0).astype(np.int64) - bar_offset, field("position_beat", 0.0),
+        tok["pitch"].astype(np.int64), duration, velocity, np.full(n, DEFAULT_INSTRUMENT),
+        field("ts_num", 4).astype(np.int64), field("ts_den", 4).astype(np.int64))
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+def match_fscore(predicted_pairs: Iterable, ground_truth_pairs: Iterable) -> dict[str, float]:
+    """Precision, recall and F1 of predicted (score_index, perf_index) matches against the ground truth.
+
+    Both empty counts as perfect (1, 1, 1).
+    """
+    predicted = {(int(s), int(p)) for s, p in predicted_pairs}
+    truth = {(int(s), int(p)) for s, p in ground_truth_pairs}
+    if not predicted and not truth:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    hit = len(predicted & truth)
+    precision = hit / len(predicted) if predicted else 0.0
+    recall = hit / len(truth) if truth else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# --- the real reference example ------------------------------------------------------------------------
+def k265_example() -> tuple[Score, Performance, set[tuple[int, int]]]:
+    """Mozart K265 var. 1 from parangonar: a human performance, its score and the ground-truth matches.
+
+    Returns (score, performance, {(score_index, perf_index)}), indices into the returned arrays.
+    """
+    import parangonar
+    import partitura
+    import partitura.score as pscore
+
+    performance, ground_truth, part_score = partitura.load_match(parangonar.EXAMPLE, create_score=True)
+    part = part_score.parts[0]
+    sna = part_score.note_array(include_time_signature=True)
+    divs = float(sna["divs_pq"][0])
+    bar_starts = np.array([m.start.t for m in part.iter_all(pscore.Measure)], dtype=float) / divs
+    score, score_ids = _score_from_partitura(sna, bar_starts)
+    perf, perf_ids = _performance_from_partitura(performance)
+    truth = {(score_ids[a["score_id"]], perf_ids[a["performance_id"]])
+             for a in ground_truth if a["label"] == "match"}
+    return score, perf, truth
+
+
+def _score_from_partitura(sna: np.ndarray, bar_starts: np.ndarray, qpm: float = 120.0) -> tuple[Score, dict]:
+    from pipelines.notes import SCORE_NOTE_DTYPE
+
+    order = np.lexsort((sna["pitch"], sna["onset_quarter"]))
+    sna = sna[order]
+    notes = np.zeros(len(sna), dtype=SCORE_NOTE_DTYPE)
+    notes["onset_beat"], notes["duration_beat"] = sna["onset_quarter"], sna["duration_quarter"]
+    notes["onset_s"], notes["duration_s"] = notes["onset_beat"] * 60 / qpm, notes["duration_beat"] * 60 / qpm
+    notes["pitch"], notes["voice"], notes["velocity"] = sna["pitch"], sna["voice"], 64
+    notes["bar"] = np.searchsorted(bar_starts, notes["onset_beat"] + 1e-6, side="right") - 1
+    notes["position_beat"] = notes["onset_beat"] - bar_starts[notes["bar"]]
+    notes["ts_num"], notes["ts_den"] = sna["ts_beats"], sna["ts_beat_type"]
+    notes["id"] = np.arange(len(notes))
+    return Score(notes, bar_starts, qpm, "musicxml"), {str(i): k for k, i in enumerate(sna["id"])}
+
+
+def _performance_from_partitura(performance) -> tuple[Performance, dict]:
+    """Key-release offsets (`note_off`, not the pedal-extended `sound_off`) and all controller events."""
+    raw = [n for part in performance.performedparts for n in part.notes]
+    notes = np.zeros(len(raw), dtype=PERF_NOTE_DTYPE)
+    notes["onset_s"] = [n["note_on"] for n in raw]
+    notes["offset_s"] = [n["note_off"] for n in raw]
+    notes["pitch"] = [n["midi_pitch"] for n in raw]
+    notes["velocity"] = [n["velocity"] for n in raw]
+    order = np.lexsort((notes["pitch"], notes["onset_s"]))
+    controls = [c for part in performance.performedparts for c in part.controls]
+    pedal = np.array([(c["time"], c["number"], c["value"]) for c in controls], dtype=PEDAL_DTYPE)
+    pedal = pedal[np.argsort(pedal["time_s"], kind="stable")]
+    return Performance(notes[order], pedal), {str(raw[i]["id"]): k for k, i in enumerate(order)}
