@@ -1,7 +1,9 @@
 """ModelConfig: every size and switch of the assessment model, typed and validated.
 
 Presets (`tiny`, `mert-v1-95m`, `mert-v1-330m`) live in pipelines/presets/*.yaml as overrides of these
-defaults. Derived sizes are properties.
+defaults. Derived sizes are properties. `model/` does not import `pipelines/`: the few signal facts the
+model needs (sample rate, CQT frame rate, OctupleMIDI vocabulary) are repeated here and a test checks
+that they equal `pipelines.constants`.
 """
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ from model.typed_config import require
 # Must equal pipelines.constants.OCTUPLE_VOCAB_SIZES / N_PERF_ATTRS (checked by tests).
 DEFAULT_OCTUPLE_VOCAB_SIZES = (7, 258, 386, 90, 387, 130, 131, 98)
 DEFAULT_N_NOTE_ATTRS = 10
+# Must equal pipelines.constants.MERT_SAMPLE_RATE_HZ / CQT_FRAMES_PER_S (checked by tests).
+MERT_SAMPLE_RATE_HZ = 24_000                     # MERT-v1 input rate, Hz
+CQT_FRAMES_PER_S = 44_100 / 512                  # log-CQT frame rate (44.1 kHz, hop 512), ~86.13 Hz
 
 
 @dataclasses.dataclass
 class ModelConfig:
     # --- audio branch ---
+    # mert: MERT/HuBERT on the 24 kHz waveform; cqt: the light CQT encoder; both: their sum on MERT's
+    # time axis; none: a score-only model (the symbolic branch alone).
     audio_encoder: Literal["mert", "cqt", "both", "none"] = "mert"
     # MERT / HuBERT: a Hugging Face id (m-a-p/MERT-v1-95M), a local or s3:// directory, or null for a
     # randomly initialised model of the shape below.
@@ -31,6 +38,16 @@ class ModelConfig:
     mert_conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
     mert_num_conv_pos_embeddings: int = 128
     mert_num_conv_pos_embedding_groups: int = 16
+    # Normalisation layout of the checkpoint: HuBERT-base / MERT-v1-95M use a GroupNorm conv front end
+    # and post-norm transformer layers; HuBERT-large-like checkpoints use LayerNorm everywhere
+    # ("layer" + stable layer norm). Loading a checkpoint adopts its values (the checkpoint's
+    # config.json decides) and the resolved values are saved with the model.
+    mert_feat_extract_norm: Literal["group", "layer"] = "group"
+    mert_do_stable_layer_norm: bool = False
+    mert_conv_bias: bool = False
+    # zero-mean, unit-variance normalisation of each waveform over its valid samples, as MERT's
+    # feature extractor (Wav2Vec2FeatureExtractor, do_normalize=True) does
+    mert_normalize_input: bool = True
     freeze_feature_encoder: bool = True
     freeze_audio_backbone: bool = False
     gradient_checkpointing: bool = False
@@ -39,6 +56,7 @@ class ModelConfig:
     cqt_channels: int = 32
     cqt_hidden_size: int = 256
     cqt_layers: int = 2
+    cqt_dropout: float = 0.1
     # --- symbolic branch ---
     symbolic_encoder: bool = True
     symbolic_source: str | None = None
@@ -46,6 +64,7 @@ class ModelConfig:
     symbolic_num_layers: int = 6
     symbolic_num_heads: int = 4
     symbolic_intermediate_size: int = 1024
+    symbolic_dropout: float = 0.1
     octuple_vocab_sizes: tuple[int, ...] = DEFAULT_OCTUPLE_VOCAB_SIZES
     n_note_attrs: int = DEFAULT_N_NOTE_ATTRS
     max_notes: int = 512
@@ -53,6 +72,7 @@ class ModelConfig:
     fusion_dim: int = 256
     fusion_heads: int = 8
     fusion_dropout: float = 0.1
+    fusion_time_bias: bool = True      # learned relative time-offset bias in the cross-attention
     # --- aggregation ---
     lstm_hidden_size: int = 256
     lstm_layers: int = 2
@@ -74,12 +94,53 @@ class ModelConfig:
             hop *= s
         return hop
 
+    @property
+    def mert_frames_per_s(self) -> float:
+        """MERT frame rate in Hz (75 for the v1 front end at 24 kHz)."""
+        return MERT_SAMPLE_RATE_HZ / self.mert_hop_samples
+
+    @property
+    def mert_receptive_field_samples(self) -> int:
+        """Samples seen by one MERT frame (400 for the v1 front end); also the shortest usable input."""
+        field, jump = 1, 1
+        for kernel, stride in zip(self.mert_conv_kernel, self.mert_conv_stride):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
+    @property
+    def uses_mert(self) -> bool:
+        return self.audio_encoder in ("mert", "both")
+
+    @property
+    def uses_cqt(self) -> bool:
+        return self.audio_encoder in ("cqt", "both")
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.audio_encoder != "none"
+
+    def mert_frames(self, n_samples: int) -> int:
+        """Frames MERT yields for `n_samples` of audio (the conv stack's output length)."""
+        length = n_samples
+        for kernel, stride in zip(self.mert_conv_kernel, self.mert_conv_stride):
+            length = (length - kernel) // stride + 1
+        return max(length, 0)
+
+    def dropout_overridden(self, dropout: float) -> "ModelConfig":
+        """A copy with every dropout this model owns set to `dropout` (the pretrained MERT keeps its own)."""
+        return dataclasses.replace(self, fusion_dropout=dropout, lstm_dropout=dropout, head_dropout=dropout,
+                                   cqt_dropout=dropout, symbolic_dropout=dropout)
+
     def validate(self) -> None:
         require(len(self.mert_conv_dim) == len(self.mert_conv_kernel) == len(self.mert_conv_stride),
                 "mert_conv_dim, mert_conv_kernel and mert_conv_stride must have the same length "
                 f"(got {len(self.mert_conv_dim)}, {len(self.mert_conv_kernel)}, {len(self.mert_conv_stride)})")
         require(self.mert_hidden_size % self.mert_num_heads == 0,
                 f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_heads {self.mert_num_heads}")
+        require(self.mert_hidden_size % self.mert_num_conv_pos_embedding_groups == 0,
+                f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_conv_pos_embedding_groups "
+                f"{self.mert_num_conv_pos_embedding_groups}")
         require(self.symbolic_hidden_size % self.symbolic_num_heads == 0,
                 f"symbolic_hidden_size {self.symbolic_hidden_size} is not divisible by symbolic_num_heads "
                 f"{self.symbolic_num_heads}")
@@ -88,10 +149,14 @@ class ModelConfig:
         require(self.pooled_size % self.pool_heads == 0,
                 f"2*lstm_hidden_size {self.pooled_size} is not divisible by pool_heads {self.pool_heads}")
         require(len(self.octuple_vocab_sizes) == 8, "octuple_vocab_sizes must list 8 fields")
-        for name in ("fusion_dropout", "lstm_dropout", "head_dropout"):
+        require(all(v >= 2 for v in self.octuple_vocab_sizes), "octuple_vocab_sizes must each be >= 2 (PAD, MASK)")
+        require(self.cqt_bins % 4 == 0, f"cqt_bins must be divisible by 4 (two 2x frequency poolings), got {self.cqt_bins}")
+        for name in ("fusion_dropout", "lstm_dropout", "head_dropout", "cqt_dropout", "symbolic_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
-        for name in ("mert_num_layers", "cqt_layers", "symbolic_num_layers", "lstm_layers", "max_notes"):
+        for name in ("mert_num_layers", "cqt_layers", "symbolic_num_layers", "lstm_layers", "max_notes",
+                     "cqt_channels", "cqt_hidden_size", "fusion_dim", "head_shared_size", "head_hidden_size",
+                     "n_note_attrs"):
             require(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         require(self.audio_encoder != "none" or self.symbolic_encoder,
                 "audio_encoder is 'none' and symbolic_encoder is off: the model would have no input")

@@ -51,6 +51,8 @@ TEMPO_ROBUST_ITERATIONS = 2           # bisquare re-weighting passes
 TEMPO_BISQUARE_SCALE = 6.0            # residuals beyond this many median-absolute-residuals get weight 0
 MIN_SECONDS_PER_BEAT = 0.05           # 1200 qpm: faster local slopes are clipped
 MAX_SECONDS_PER_BEAT = 5.0            # 12 qpm
+REFINE_MAX_DEV_BEATS = 1.0            # a re-decided match may deviate at most this much from the local tempo
+REFINE_REACH_BEATS = 2.0              # same-pitch notes this close to an unmatched note are re-decided
 DEFAULT_INSTRUMENT = 0                # GM acoustic grand piano
 
 # --- attribute clipping (documented in constants.PERF_ATTR_NAMES) ---------------------------------
@@ -187,11 +189,17 @@ class Alignment:
         return self.tokens["kind"] == kind
 
 
-def align(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER) -> Alignment:
-    """Align `perf` to `score` and build the token list with its local tempo."""
+def align(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER, refine: bool = True) -> Alignment:
+    """Align `perf` to `score` and build the token list with its local tempo.
+
+    `refine` re-decides, pitch by pitch, the matches around each missed or extra note with the fitted
+    local tempo (see `refine_pairs`).
+    """
     pairs = match_notes(score, perf, matcher)
-    tempo = fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
-                            default_spb=60.0 / score.tempo_qpm)
+    tempo = _tempo_of_pairs(score, perf, pairs)
+    if refine and len(pairs):
+        pairs = refine_pairs(score, perf, pairs, tempo)
+        tempo = _tempo_of_pairs(score, perf, pairs)
     if len(pairs) == 0 and len(perf.notes):   # nothing matched: anchor the written tempo at the first onset
         tempo = LocalTempo(np.zeros(1), np.full(1, perf.notes["onset_s"][0]), np.full(1, 60.0 / score.tempo_qpm))
     return Alignment(_build_tokens(score, perf, pairs, tempo), int(len(pairs)),
@@ -205,6 +213,98 @@ def match_notes(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER)
     result = _matcher(matcher)(score_note_array(score), performance_note_array(perf))
     pairs = [(int(a["score_id"][1:]), int(a["performance_id"][1:])) for a in result if a["label"] == "match"]
     return _one_to_one(np.array(pairs, dtype=np.int64).reshape(-1, 2))
+
+
+def _tempo_of_pairs(score: Score, perf: Performance, pairs: np.ndarray) -> LocalTempo:
+    return fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
+                           default_spb=60.0 / score.tempo_qpm)
+
+
+def refine_pairs(score: Score, perf: Performance, pairs: np.ndarray, tempo: LocalTempo) -> np.ndarray:
+    """Re-decide same-pitch matches near every unmatched note with an exact monotone alignment.
+
+    For each pitch with an unmatched score or performed note, the same-pitch notes within
+    `REFINE_REACH_BEATS` of it (and their current partners) form a small problem: a monotone
+    sequence alignment whose match cost is the onset deviation from the local tempo in beats (allowed up
+    to `REFINE_MAX_DEV_BEATS`; pairs the matcher proposed are always allowed, at most at that cost) and
+    whose cost per unmatched note is half of it. Returns i8 [k', 2] pairs sorted by score index.
+    """
+    sn, pn = score.notes, perf.notes
+    expected = tempo.time_at(sn["onset_beat"])
+    spb = tempo.spb_at_beat(sn["onset_beat"])
+    partner_of_score = np.full(len(sn), -1, dtype=np.int64)
+    partner_of_score[pairs[:, 0]] = pairs[:, 1]
+    partner_of_perf = np.full(len(pn), -1, dtype=np.int64)
+    partner_of_perf[pairs[:, 1]] = pairs[:, 0]
+    for pitch in np.unique(np.concatenate([sn["pitch"][partner_of_score < 0], pn["pitch"][partner_of_perf < 0]])):
+        s_idx = np.flatnonzero(sn["pitch"] == pitch)
+        p_idx = np.flatnonzero(pn["pitch"] == pitch)
+        for s_sub, p_sub in _error_clusters(s_idx, p_idx, expected, spb, pn["onset_s"], partner_of_score,
+                                            partner_of_perf):
+            proposed = {(int(s), int(partner_of_score[s])) for s in s_sub if partner_of_score[s] >= 0}
+            new = _monotone_pitch_alignment(s_sub, p_sub, expected, spb, pn["onset_s"], proposed)
+            partner_of_score[s_sub], partner_of_perf[p_sub] = -1, -1
+            for s, p in new:
+                partner_of_score[s], partner_of_perf[p] = p, s
+    matched = np.flatnonzero(partner_of_score >= 0)
+    return np.stack([matched, partner_of_score[matched]], axis=1).astype(np.int64)
+
+
+def _error_clusters(s_idx: np.ndarray, p_idx: np.ndarray, expected: np.ndarray, spb: np.ndarray,
+                    onsets: np.ndarray, partner_of_score: np.ndarray, partner_of_perf: np.ndarray
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Groups of same-pitch (score, perf) indices around unmatched notes, closed under current pairs."""
+    s_time, p_time = expected[s_idx], onsets[p_idx]
+    reach = REFINE_REACH_BEATS * float(np.median(spb[s_idx]))
+    seeds = np.concatenate([s_time[partner_of_score[s_idx] < 0], p_time[partner_of_perf[p_idx] < 0]])
+    intervals = _merge_intervals(np.sort(seeds), reach)
+    clusters = []
+    for lo, hi in intervals:
+        s_in = set(s_idx[(s_time >= lo) & (s_time <= hi)].tolist())
+        p_in = set(p_idx[(p_time >= lo) & (p_time <= hi)].tolist())
+        s_in |= {int(partner_of_perf[p]) for p in p_in if partner_of_perf[p] >= 0}
+        p_in |= {int(partner_of_score[s]) for s in s_in if partner_of_score[s] >= 0}
+        clusters.append((np.array(sorted(s_in, key=lambda s: expected[s]), dtype=np.int64),
+                         np.array(sorted(p_in, key=lambda p: onsets[p]), dtype=np.int64)))
+    return clusters
+
+
+def _merge_intervals(points: np.ndarray, reach: float) -> list[tuple[float, float]]:
+    """[point - reach, point + reach] intervals of sorted `points`, overlapping ones merged."""
+    merged: list[list[float]] = []
+    for t in points:
+        if merged and t - reach <= merged[-1][1]:
+            merged[-1][1] = t + reach
+        else:
+            merged.append([t - reach, t + reach])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _monotone_pitch_alignment(s_sub: np.ndarray, p_sub: np.ndarray, expected: np.ndarray, spb: np.ndarray,
+                              onsets: np.ndarray, proposed: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Minimum-cost order-preserving matching of same-pitch score and performed notes (edit-distance DP)."""
+    n, m = len(s_sub), len(p_sub)
+    gap = REFINE_MAX_DEV_BEATS / 2.0
+    dev = np.abs(onsets[p_sub][None, :] - expected[s_sub][:, None]) / spb[s_sub][:, None]     # [n, m]
+    is_proposed = np.array([[(int(s), int(p)) in proposed for p in p_sub] for s in s_sub]).reshape(n, m)
+    cost = np.where(is_proposed, np.minimum(dev, REFINE_MAX_DEV_BEATS) - 1e-6,
+                    np.where(dev <= REFINE_MAX_DEV_BEATS, dev, np.inf))
+    total = np.full((n + 1, m + 1), np.inf)
+    total[0, :] = gap * np.arange(m + 1)
+    total[:, 0] = gap * np.arange(n + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            total[i, j] = min(total[i - 1, j - 1] + cost[i - 1, j - 1], total[i - 1, j] + gap, total[i, j - 1] + gap)
+    pairs, i, j = [], n, m
+    while i > 0 and j > 0:
+        if np.isclose(total[i, j], total[i - 1, j - 1] + cost[i - 1, j - 1]):
+            pairs.append((int(s_sub[i - 1]), int(p_sub[j - 1])))
+            i, j = i - 1, j - 1
+        elif np.isclose(total[i, j], total[i - 1, j] + gap):
+            i -= 1
+        else:
+            j -= 1
+    return pairs[::-1]
 
 
 @functools.lru_cache(maxsize=None)

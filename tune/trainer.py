@@ -83,9 +83,9 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def _maybe_die(epoch: int, rank: int) -> None:
-    """Fault injection for the fault-tolerance test: PIANOEVAL_KILL_AT=<epoch>:<marker file>."""
-    spec = os.environ.get("PIANOEVAL_KILL_AT")
+def _maybe_die(spec: str | None, epoch: int, rank: int) -> None:
+    """Fault injection for the fault-tolerance test: PIANOEVAL_KILL_AT=<epoch>:<marker file> in the
+    driver's environment makes one worker process exit at that epoch, once (the marker records it)."""
     if not spec or rank != min(1, _world_size() - 1):
         return
     at, marker = spec.split(":", 1)
@@ -138,7 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = cosine_with_warmup(optimizer, steps_per_epoch * t.epochs, t.warmup_fraction)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "attempt": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
@@ -152,13 +152,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = json.loads(saved["state"])
         if rank == 0:
             log.info("resumed from the checkpoint of epoch %d", state["epoch"])
+    state["attempt"] = state.get("attempt", 0) + 1        # 1 on a fresh start, +1 per restore/resume
 
     writer = _tensorboard_writer(loop_config) if rank == 0 else None
     names = schema.names
     stopped = state.get("stopped", False)
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"]
-        _maybe_die(epoch, rank)
+        _maybe_die(loop_config.get("kill_at"), epoch, rank)
         started = time.time()
         train_metrics = _run_epoch(model, loss_fn, optimizer, scheduler, scaler, ray.train.get_dataset_shard("train"),
                                    names, config, device, precision, train=True)
@@ -175,7 +176,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": train_metrics["loss"], "val_loss": val_metrics["loss"],
                    "val_mae": val_metrics["mae"], "train_samples_per_s": train_metrics["samples_per_s"],
                    "lr_head": optimizer.param_groups[-1]["lr"], "epoch_seconds": time.time() - started,
-                   "best_val_loss": state["best_val"], "early_stopped": stopped}
+                   "best_val_loss": state["best_val"], "early_stopped": stopped, "attempt": state["attempt"]}
         metrics.update({f"val_mae/{n}": v for n, v in val_metrics["mae_per_dim"].items()})
         state["history"].append({k: v for k, v in metrics.items() if "/" not in k})
         if writer is not None:
@@ -362,6 +363,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_rows": train_meta.num_rows, "init_dir": model_dir_uri(init) if init else None,
         "tensorboard_local": tensorboard_local, "tensorboard_uri": tensorboard_uri,
         "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(),
+        "kill_at": os.environ.get("PIANOEVAL_KILL_AT"),
     }
     storage_path = storage.resolve(storage_uri)[1]
     storage_fs = storage.s3_filesystem() if storage.is_s3(storage_uri) else None
