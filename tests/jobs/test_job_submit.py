@@ -1,0 +1,87 @@
+"""`ray start --head` in the venv, then `ray job submit --working-dir . -- python jobs/train.py ...`.
+
+Starts its own head on 127.0.0.1 with a private temp dir and stops it by PID (never a bare `ray stop`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port(low: int = 20000) -> int:
+    for port in range(low, low + 2000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def _pids_using(marker: str) -> list[int]:
+    """PIDs of processes whose command line mentions `marker` (our head's private temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_job_submit_runs_train_on_a_local_head(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests" / "tune"))
+    from conftest import make_synthetic_features  # the tune tests' synthetic features
+
+    features = make_synthetic_features(tmp_path / "features", n_pieces=4, takes=3, segments=1)
+    bin_dir = Path(sys.executable).parent
+    temp_dir = tmp_path / "ray"
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
+               RAY_TMPDIR=str(temp_dir))
+    env.pop("RAY_ADDRESS", None)
+    port, dash = _free_port(20000), _free_port(23000)
+    ports = [f"--dashboard-agent-listen-port={_free_port(24000)}", f"--dashboard-agent-grpc-port={_free_port(25000)}",
+             f"--runtime-env-agent-port={_free_port(26000)}", f"--metrics-export-port={_free_port(27000)}",
+             f"--node-manager-port={_free_port(28000)}", f"--object-manager-port={_free_port(29000)}"]
+    start = subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+                            f"--temp-dir={temp_dir}", *ports], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        submit = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+             str(ROOT), "--", "python", "jobs/train.py", "--config", "tiny", "--data", str(features),
+             "--storage", str(tmp_path / "runs"), "--stage", "expert", "--name", "submitted",
+             "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set", "train.cpus_per_worker=0.5"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "succeeded" in submit.stdout
+        assert "best_checkpoint" in submit.stdout
+        assert (tmp_path / "runs" / "submitted" / "summary.json").exists()
+    finally:
+        for pid in _pids_using(str(temp_dir)):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+        for pid in _pids_using(str(temp_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
