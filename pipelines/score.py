@@ -170,6 +170,11 @@ def _musicxml_tempo_map(part) -> tuple[np.ndarray, np.ndarray]:
     return change_beat[keep], qpm[keep]
 
 
+def _clean_beats(beats: np.ndarray) -> np.ndarray:
+    """Round quarter-note values to 1e-9 (removes float noise such as -4e-16 from partitura's maps)."""
+    return np.round(beats, 9) + 0.0
+
+
 def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     """A `Score` from a partitura Score (all parts merged; bars from the first part's measures)."""
     parts = list(pscore_obj.parts)
@@ -181,11 +186,15 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
         raise ScoreError(f"{name}: score has no notes")
     measures = list(part.measures)
     bar_starts = np.array(sorted(float(part.quarter_map(m.start.t)) for m in measures), dtype=np.float64)
-    if len(bar_starts) == 0:
-        bar_starts = np.zeros(1)
     onset = np.asarray(na["onset_quarter"], np.float64)
-    duration = np.asarray(na["duration_quarter"], np.float64)
+    # partitura may put a pickup before 0: measure everything from the first bar line (or note)
+    origin = min(float(bar_starts[0]) if len(bar_starts) else 0.0, float(onset.min()))
+    bar_starts = _clean_beats(bar_starts - origin) if len(bar_starts) else np.zeros(1)
+    onset = _clean_beats(onset - origin)
+    duration = _clean_beats(np.asarray(na["duration_quarter"], np.float64))
     change_beat, qpm = _musicxml_tempo_map(part)
+    change_beat = np.maximum(change_beat - origin, 0.0)
+    change_beat[0] = 0.0
     onset_s = beats_to_seconds(onset, change_beat, qpm)
     notes = np.zeros(len(na), dtype=SCORE_NOTE_DTYPE)
     bar = bar_of(onset, bar_starts)

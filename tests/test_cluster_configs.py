@@ -1,0 +1,203 @@
+"""Cluster configs: every YAML parses, the AWS config passes Ray's schema, GPU worker types declare
+their accelerator type, every container gets the S3 secret, and job commands name real job scripts."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+KNOWN_JOBS = {"train.py", "score.py", "preprocess.py", "evaluate.py", "make_corpus.py", "tune.py"}
+GPU_INSTANCE_ACCELERATOR = {"p3.2xlarge": "V100", "p4d.24xlarge": "A100"}
+RAY_VERSION = "2.60.0"
+S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+JOB_COMMAND = re.compile(r"python\s+(?:\S*/)?jobs/([\w.-]+\.py)")
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(CLUSTER.rglob("*.yaml")) + sorted(CLUSTER.rglob("*.yml"))
+
+
+def _load_one(path: Path) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert len(docs) == 1, f"{path.name}: expected one YAML document, got {len(docs)}"
+    return docs[0]
+
+
+def _kuberay_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, _load_one(p)) for p in sorted(KUBERAY.glob("*.yaml"))]
+
+
+def _ray_cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    """The RayClusterSpec inside a RayCluster, RayJob or RayCronJob."""
+    kind, spec = doc["kind"], doc["spec"]
+    if kind == "RayCluster":
+        return spec
+    if kind == "RayJob":
+        return spec["rayClusterSpec"]
+    if kind == "RayCronJob":
+        return spec["jobTemplate"]["rayClusterSpec"]
+    raise AssertionError(f"unexpected kind {kind}")
+
+
+def _groups(cluster_spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "head", cluster_spec["headGroupSpec"]
+    for group in cluster_spec.get("workerGroupSpecs", []):
+        yield group["groupName"], group
+
+
+def _start_resources(group: dict[str, Any]) -> dict[str, float]:
+    """Decode KubeRay's quoted-JSON `rayStartParams.resources` ('"{\\"X\\": 1}"')."""
+    text = group.get("rayStartParams", {}).get("resources")
+    if not text:
+        return {}
+    assert text.startswith('"') and text.endswith('"'), f"resources must be KubeRay's quoted JSON: {text!r}"
+    return json.loads(text[1:-1].replace('\\"', '"'))
+
+
+def _entrypoints() -> list[tuple[str, str]]:
+    out = []
+    for name, doc in _kuberay_docs():
+        if doc["kind"] == "RayJob":
+            out.append((name, doc["spec"]["entrypoint"]))
+        elif doc["kind"] == "RayCronJob":
+            out.append((name, doc["spec"]["jobTemplate"]["entrypoint"]))
+    return out
+
+
+# --- every file ------------------------------------------------------------------------------------
+
+def test_the_expected_files_exist():
+    names = {p.relative_to(CLUSTER).as_posix() for p in _yaml_files()}
+    assert {"aws.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-train.yaml",
+            "kuberay/raycronjob-score.yaml"} <= names
+    assert (CLUSTER / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: p.relative_to(CLUSTER).as_posix())
+def test_yaml_parses(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs and all(isinstance(d, dict) for d in docs)
+
+
+# --- AWS cluster launcher ----------------------------------------------------------------------------
+
+def test_aws_config_passes_rays_cluster_schema():
+    util = pytest.importorskip("ray.autoscaler._private.util")
+    config = util.prepare_config(_load_one(CLUSTER / "aws.yaml"))   # merges defaults.yaml, offline
+    util.validate_config(config)
+
+
+def test_aws_gpu_node_types_declare_their_accelerator():
+    config = _load_one(CLUSTER / "aws.yaml")
+    types = config["available_node_types"]
+    assert config["head_node_type"] in types
+    seen = set()
+    for name, node in types.items():
+        instance = node["node_config"]["InstanceType"]
+        resources = node.get("resources", {})
+        declared = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
+        if instance in GPU_INSTANCE_ACCELERATOR:
+            assert resources.get("GPU", 0) >= 1, f"{name}: GPU instance without GPU resources"
+            assert declared == [GPU_INSTANCE_ACCELERATOR[instance]], f"{name}: accelerator {declared}"
+            seen.add(declared[0])
+        else:
+            assert not declared and not resources.get("GPU"), f"{name}: CPU instance declares a GPU"
+    assert seen == {"V100", "A100"}
+    assert any(not n.get("resources", {}).get("GPU") for k, n in types.items() if k != config["head_node_type"])
+
+
+def test_aws_image_and_setup_install_the_project():
+    config = _load_one(CLUSTER / "aws.yaml")
+    assert config["docker"]["image"].startswith(f"rayproject/ray:{RAY_VERSION}-")
+    assert "." in config["file_mounts"].values()
+    commands = " ; ".join(config["setup_commands"])
+    assert "pip install -q -e ." in commands and "torch==2.13.0" in commands
+
+
+# --- KubeRay -----------------------------------------------------------------------------------------
+
+def test_kuberay_kinds_and_ray_versions():
+    kinds = {name: doc["kind"] for name, doc in _kuberay_docs()}
+    assert kinds == {"raycluster.yaml": "RayCluster", "rayjob-train.yaml": "RayJob",
+                     "raycronjob-score.yaml": "RayCronJob"}
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{RAY_VERSION}-" in dockerfile
+    for name, doc in _kuberay_docs():
+        assert doc["apiVersion"] == "ray.io/v1", name
+        assert _ray_cluster_spec(doc)["rayVersion"] == RAY_VERSION, name
+
+
+def test_raycronjob_has_a_schedule_and_a_rayjob_template():
+    doc = _load_one(KUBERAY / "raycronjob-score.yaml")
+    fields = doc["spec"]["schedule"].split()
+    assert len(fields) == 5, "schedule must be a 5-field cron expression"
+    assert {"entrypoint", "rayClusterSpec"} <= set(doc["spec"]["jobTemplate"])
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "raycronjob-score.yaml"])
+def test_kuberay_gpu_groups_declare_accelerator_and_target_gpu_nodes(name):
+    cluster = _ray_cluster_spec(_load_one(KUBERAY / name))
+    gpu_groups = 0
+    for group_name, group in _groups(cluster):
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values()), \
+            f"{name}/{group_name}: rayStartParams values must be strings"
+        pod = group["template"]["spec"]
+        gpus = sum(int(c["resources"].get("limits", {}).get("nvidia.com/gpu", 0)) for c in pod["containers"])
+        declared = [k.split(":", 1)[1] for k in _start_resources(group) if k.startswith("accelerator_type:")]
+        if not gpus:
+            assert not declared, f"{name}/{group_name}: CPU group declares {declared}"
+            continue
+        gpu_groups += 1
+        instance = pod["nodeSelector"]["node.kubernetes.io/instance-type"]
+        assert declared == [GPU_INSTANCE_ACCELERATOR[instance]], f"{name}/{group_name}: {declared} on {instance}"
+        assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), \
+            f"{name}/{group_name}: no toleration for the GPU taint"
+    assert gpu_groups >= 1
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "raycronjob-score.yaml"])
+def test_every_ray_container_reads_s3_credentials_from_the_secret(name):
+    cluster = _ray_cluster_spec(_load_one(KUBERAY / name))
+    for group_name, group in _groups(cluster):
+        for container in group["template"]["spec"]["containers"]:
+            from_secret = {e["name"] for e in container.get("env", [])
+                           if "secretKeyRef" in e.get("valueFrom", {})}
+            assert S3_ENV <= from_secret, f"{name}/{group_name}: missing {S3_ENV - from_secret}"
+
+
+def test_raycluster_gpu_groups_cover_v100_and_a100():
+    cluster = _ray_cluster_spec(_load_one(KUBERAY / "raycluster.yaml"))
+    declared = {k.split(":", 1)[1] for _, g in _groups(cluster) for k in _start_resources(g)
+                if k.startswith("accelerator_type:")}
+    assert declared == {"V100", "A100"}
+
+
+# --- job commands ------------------------------------------------------------------------------------
+
+def test_job_entrypoints_name_known_job_scripts():
+    entrypoints = dict(_entrypoints())
+    assert set(entrypoints) == {"rayjob-train.yaml", "raycronjob-score.yaml"}
+    train = entrypoints["rayjob-train.yaml"]
+    assert JOB_COMMAND.findall(train) == ["train.py"]
+    for flag in ("--config mert-v1-95m", "--data s3://", "--storage s3://", "--gpu", "--num-workers 4"):
+        assert flag in train
+    score = entrypoints["raycronjob-score.yaml"]
+    assert JOB_COMMAND.findall(score) == ["score.py"]
+    for flag in ("--library s3://", "--checkpoint s3://", "--out s3://"):
+        assert flag in score
+
+
+def test_readme_commands_name_known_jobs_and_existing_files():
+    readme = (CLUSTER / "README.md").read_text()
+    scripts = JOB_COMMAND.findall(readme)
+    assert scripts and set(scripts) <= KNOWN_JOBS
+    for applied in re.findall(r"kubectl (?:apply|delete) -f (\S+)", readme):
+        assert (ROOT / applied).is_file(), applied
+    assert "ray up cluster/aws.yaml" in readme and "ray job submit --address" in readme
