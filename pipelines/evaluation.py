@@ -11,14 +11,15 @@ Inputs, for N performances (or segments) and D dimensions, on the 0-100 score sc
 
 Each metric of a dimension uses the rows where both the label and the prediction are finite (and,
 for ECE and sharpness, sigma too). A metric that is undefined (fewer than 2 rows, constant input,
-no valid pairs) is NaN from the metric functions, and `None` (JSON null) in `evaluate`'s result.
+no valid pairs) is NaN, never an exception or a warning. `evaluate`'s result holds plain Python
+numbers (NaN included, which `json.dumps` writes as `NaN`); `to_json` writes strict JSON (NaN -> null).
 
 Metrics (keys of the result):
 - `pearson`, `spearman`, `kendall` (tau-b): correlation of prediction with label.
 - `mae`, `rmse`: absolute / root-mean-square error in score points.
 - `r2`: 1 - SS_res / SS_tot (undefined when the labels are constant).
 - `ra@A`: range accuracy, fraction of rows with |pred - true| <= A score points.
-- `pair_acc`: pairwise ranking accuracy. Over pairs (i, j) in the same group with
+- `pairwise_accuracy`: pairwise ranking accuracy. Over pairs (i, j) in the same group with
   |true_i - true_j| > `rank_margin`, the fraction with sign(pred_i - pred_j) = sign(true_i - true_j);
   a tied prediction counts one half.
 - `ece`: expected calibration error of the central Gaussian prediction intervals. For each level p
@@ -31,6 +32,7 @@ The result's `mean` averages each metric over the dimensions where it is defined
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,32 +256,29 @@ def dimension_metrics(y_true: Array, y_pred: Array, sigma: Array | None, groups:
                mae=mae(t, p), rmse=rmse(t, p), r2=r2(t, p))
     for alpha in alphas:
         out[alpha_key(alpha)] = range_accuracy(t, p, alpha)
-    out["pair_acc"], out["n_pairs"] = pairwise_ranking(y_true, y_pred, groups, rank_margin)
+    out["pairwise_accuracy"], out["n_pairs"] = pairwise_ranking(y_true, y_pred, groups, rank_margin)
     if sigma is not None:
         out["ece"] = expected_calibration_error(y_true, y_pred, sigma, levels)
         out["sharpness"] = sharpness(y_true, y_pred, sigma)
     return out
 
 
-def _json_number(value: float | int) -> float | int | None:
-    """A JSON-safe number: NaN/inf become None, numpy scalars become Python ones."""
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    value = float(value)
-    return value if math.isfinite(value) else None
+def _plain_number(value: float | int) -> float | int:
+    """A Python int or float (NaN kept) from a numpy or Python number."""
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)
 
 
-def _mean_over_dimensions(per_dim: dict[str, dict[str, float]]) -> dict[str, float | None]:
-    """Average of each metric over the dimensions where it is defined (counts are summed)."""
+def _mean_over_dimensions(per_dim: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Average of each metric over the dimensions where it is defined (counts are summed); NaN if none."""
     metrics = next(iter(per_dim.values())).keys()
-    out: dict[str, float | None] = {}
+    out: dict[str, float] = {}
     for metric in metrics:
         values = np.array([per_dim[d][metric] for d in per_dim], dtype=np.float64)
         if metric in ("n", "n_pairs"):
             out[metric] = int(values.sum())
             continue
         finite = values[np.isfinite(values)]
-        out[metric] = float(finite.mean()) if finite.size else None
+        out[metric] = float(finite.mean()) if finite.size else math.nan
     return out
 
 
@@ -291,7 +290,7 @@ def evaluate(y_true: Any, y_pred: Any, sigma: Any | None = None, groups: Any | N
 
     y_true [N, D] (NaN = no label), y_pred [N, D], sigma [N, D] or None, groups [N] or None (one
     group), names [D] or None (dim_0, ...). 1-D inputs are one dimension.
-    Returns a JSON-serialisable dict (undefined values are None):
+    Returns a dict of plain Python values (undefined metrics are NaN; `to_json` for strict JSON):
       {"per_dimension": {name: {metric: value}}, "mean": {metric: value}, "n": N,
        "dimensions": [names], "settings": {"alphas", "rank_margin", "coverage_levels"}}
     where `mean` averages over dimensions and sums the counts `n` and `n_pairs`.
@@ -311,7 +310,7 @@ def evaluate(y_true: Any, y_pred: Any, sigma: Any | None = None, groups: Any | N
         for d, name in enumerate(dim_names)
     }
     return {
-        "per_dimension": {name: {k: _json_number(v) for k, v in m.items()} for name, m in per_dim.items()},
+        "per_dimension": {name: {k: _plain_number(v) for k, v in m.items()} for name, m in per_dim.items()},
         "mean": _mean_over_dimensions(per_dim),
         "n": int(t.shape[0]),
         "dimensions": dim_names,
@@ -320,8 +319,24 @@ def evaluate(y_true: Any, y_pred: Any, sigma: Any | None = None, groups: Any | N
     }
 
 
+def _strict(value: Any) -> Any:
+    """A copy of nested dicts/lists with non-finite floats replaced by None."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(result: dict[str, Any], indent: int | None = 2) -> str:
+    """Strict JSON text of `evaluate`'s result: NaN (undefined metrics) becomes null."""
+    return json.dumps(_strict(result), indent=indent, allow_nan=False)
+
+
 def _format_value(metric: str, value: float | int | None) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if metric in ("n", "n_pairs"):
         return str(int(value))
@@ -394,12 +409,13 @@ def reliability_diagram(y_true: Any, y_pred: Any, sigma: Any, path: str | Path,
     return _save_figure(fig, path)
 
 
-def scatter_plot(y_true: Any, y_pred: Any, path: str | Path, names: Sequence[str] | None = None,
+def scatter_plot(y_true: Any, y_pred: Any, names: Sequence[str] | None, path: str | Path,
                  sigma: Any | None = None) -> Path:
     """Write a PNG grid with one prediction-vs-label scatter per dimension (0-100 axes, diagonal,
     Pearson r and n in each title; +-1 sigma bars when `sigma` is given).
 
-    y_true, y_pred, sigma: [N, D] (or [N]); path: a local file. Returns the path written.
+    y_true, y_pred, sigma: [N, D] (or [N]); names: [D] or None; path: a local file.
+    Returns the path written.
     """
     t, p = as_matrix(y_true, "y_true"), as_matrix(y_pred, "y_pred")
     _check_same_shape(t, p, "y_pred")

@@ -55,11 +55,13 @@ def test_mean_row_averages_defined_dimensions_and_sums_counts(rng):
     y_true[:, 1] = 70.0                                           # constant labels: r, r2 undefined
     result = E.evaluate(y_true, y_pred)
     per = result["per_dimension"]
-    assert per["dim_1"]["pearson"] is None and per["dim_1"]["r2"] is None
+    assert math.isnan(per["dim_1"]["pearson"]) and math.isnan(per["dim_1"]["r2"])
     assert result["mean"]["pearson"] == pytest.approx(per["dim_0"]["pearson"])
     assert result["mean"]["mae"] == pytest.approx((per["dim_0"]["mae"] + per["dim_1"]["mae"]) / 2)
     assert result["mean"]["n"] == per["dim_0"]["n"] + per["dim_1"]["n"]
     assert result["n"] == 50
+    assert all(isinstance(v, (int, float)) for v in result["mean"].values())   # formattable, e.g. :.3f
+    assert "pairwise_accuracy" in result["mean"] and "n_pairs" in result["mean"]
 
 
 def test_range_accuracy_counts_the_boundary():
@@ -89,16 +91,19 @@ def test_undefined_metrics_are_nan_without_warnings(t, p):
         assert n_pairs == 0 or not math.isnan(acc)
 
 
-def test_evaluate_with_an_empty_dimension_is_strict_json():
+def test_evaluate_with_an_empty_dimension_gives_nan_and_strict_json():
     y_true = np.array([[10.0, np.nan], [20.0, np.nan], [30.0, np.nan]])
     y_pred = np.array([[12.0, 50.0], [18.0, 50.0], [33.0, 50.0]])
     sigma = np.full_like(y_pred, 5.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = E.evaluate(y_true, y_pred, sigma, groups=["x", "x", "y"], names=["ok", "empty"])
-    json.dumps(result, allow_nan=False)                           # strict JSON: NaN became null
     empty = result["per_dimension"]["empty"]
-    assert empty["n"] == 0 and empty["mae"] is None and empty["ece"] is None and empty["sharpness"] is None
+    assert empty["n"] == 0 and all(math.isnan(empty[m]) for m in ("mae", "pearson", "ece", "sharpness"))
+    json.dumps(result)                                            # plain Python numbers
+    strict = json.loads(E.to_json(result))                        # strict JSON: NaN became null
+    assert strict["per_dimension"]["empty"]["mae"] is None
+    assert strict["per_dimension"]["ok"]["mae"] == pytest.approx(result["per_dimension"]["ok"]["mae"])
     assert result["mean"]["mae"] == pytest.approx(result["per_dimension"]["ok"]["mae"])
 
 
@@ -187,7 +192,7 @@ def test_plots_write_png_files(tmp_path, rng):
     sigma = np.full_like(y_pred, 10.0)
     names = [f"d{i}" for i in range(5)]
     for path in (E.reliability_diagram(y_true, y_pred, sigma, tmp_path / "rel" / "reliability.png", names),
-                 E.scatter_plot(y_true, y_pred, tmp_path / "scatter.png", names, sigma=sigma)):
+                 E.scatter_plot(y_true, y_pred, names, tmp_path / "scatter.png", sigma=sigma)):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -200,7 +205,7 @@ def test_mean_baseline_has_zero_r2_on_its_training_data(rng):
     result = E.evaluate(y_train, pred)
     for d in range(3):
         assert result["per_dimension"][f"dim_{d}"]["r2"] == pytest.approx(0.0, abs=1e-12)
-        assert result["per_dimension"][f"dim_{d}"]["pearson"] is None       # constant prediction
+        assert math.isnan(result["per_dimension"][f"dim_{d}"]["pearson"])   # constant prediction
 
 
 def test_uniform_random_baseline_stays_in_the_training_range_and_is_seeded(rng):
