@@ -28,6 +28,7 @@ from transformers import HubertConfig, HubertModel, PretrainedConfig
 
 from model.config import MERT_SAMPLE_RATE_HZ, ModelConfig
 from model.errors import CheckpointError
+from model.hf import enable_activation_checkpointing
 from model.masks import lengths_to_mask, masked_mean_std
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,8 @@ def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
             raw, _ = PretrainedConfig.get_config_dict(where)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{source}: cannot read config.json ({_first_line(exc)}); {expected}") from None
+        if not raw:
+            raise CheckpointError(f"{source}: cannot read config.json (not found); {expected}")
         resolved = resolve_checkpoint_config(cfg, raw, source)
         try:
             hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), dtype=torch.float32,
@@ -220,7 +223,7 @@ class MertEncoder(nn.Module):
         if cfg.freeze_audio_backbone or cfg.freeze_feature_encoder:
             self.hubert.feature_extractor._freeze_parameters()
         if cfg.gradient_checkpointing:
-            self.hubert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.hubert)
 
     @property
     def hidden_size(self) -> int:

@@ -153,7 +153,9 @@ def score_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Score:
 
 def _quarter_tempo(tempo) -> float:
     """A partitura Tempo -> quarter notes per minute."""
-    return 60e6 / tempo.microseconds_per_quarter
+    from partitura.score import to_quarter_tempo
+
+    return float(to_quarter_tempo(tempo.unit or "q", tempo.bpm))
 
 
 def _musicxml_tempo_map(part) -> tuple[np.ndarray, np.ndarray]:
@@ -175,33 +177,42 @@ def _clean_beats(beats: np.ndarray) -> np.ndarray:
     return np.round(beats, 9) + 0.0
 
 
+def _partitura_part_notes(part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(onset_quarter [n], end_quarter [n], note_array) of one partitura part, float64 quarters
+    (partitura's own onset_quarter column is float32)."""
+    na = part.note_array(include_time_signature=True, include_grace_notes=True)
+    onset = np.asarray(part.quarter_map(na["onset_div"]), np.float64).reshape(-1)
+    end = np.asarray(part.quarter_map(na["onset_div"] + na["duration_div"]), np.float64).reshape(-1)
+    return onset, end, na
+
+
 def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     """A `Score` from a partitura Score (all parts merged; bars from the first part's measures)."""
     parts = list(pscore_obj.parts)
     if not parts:
         raise ScoreError(f"{name}: score has no parts")
-    part = parts[0]
-    na = pscore_obj.note_array(include_time_signature=True, include_grace_notes=True)
-    if len(na) == 0:
+    tables = [_partitura_part_notes(part) for part in parts]
+    onset = np.concatenate([t[0] for t in tables])
+    if len(onset) == 0:
         raise ScoreError(f"{name}: score has no notes")
-    measures = list(part.measures)
-    bar_starts = np.array(sorted(float(part.quarter_map(m.start.t)) for m in measures), dtype=np.float64)
-    onset = np.asarray(na["onset_quarter"], np.float64)
+    end = np.concatenate([t[1] for t in tables])
+    na = np.concatenate([t[2][["pitch", "voice", "ts_beats", "ts_beat_type"]] for t in tables])
+    part = parts[0]
+    bar_starts = np.array(sorted(float(part.quarter_map(m.start.t)) for m in part.measures), dtype=np.float64)
     # partitura may put a pickup before 0: measure everything from the first bar line (or note)
     origin = min(float(bar_starts[0]) if len(bar_starts) else 0.0, float(onset.min()))
     bar_starts = _clean_beats(bar_starts - origin) if len(bar_starts) else np.zeros(1)
-    onset = _clean_beats(onset - origin)
-    duration = _clean_beats(np.asarray(na["duration_quarter"], np.float64))
+    onset, end = _clean_beats(onset - origin), _clean_beats(end - origin)
     change_beat, qpm = _musicxml_tempo_map(part)
     change_beat = np.maximum(change_beat - origin, 0.0)
     change_beat[0] = 0.0
     onset_s = beats_to_seconds(onset, change_beat, qpm)
-    notes = np.zeros(len(na), dtype=SCORE_NOTE_DTYPE)
+    notes = np.zeros(len(onset), dtype=SCORE_NOTE_DTYPE)
     bar = bar_of(onset, bar_starts)
-    notes["onset_beat"], notes["duration_beat"] = onset, duration
-    notes["onset_s"], notes["duration_s"] = onset_s, beats_to_seconds(onset + duration, change_beat, qpm) - onset_s
+    notes["onset_beat"], notes["duration_beat"] = onset, np.maximum(end - onset, 0.0)
+    notes["onset_s"], notes["duration_s"] = onset_s, beats_to_seconds(end, change_beat, qpm) - onset_s
     notes["pitch"], notes["velocity"], notes["voice"] = na["pitch"], DEFAULT_VELOCITY, na["voice"]
-    notes["bar"], notes["position_beat"] = bar, onset - bar_starts[bar]
+    notes["bar"], notes["position_beat"] = bar, _clean_beats(onset - bar_starts[bar])
     notes["ts_num"], notes["ts_den"] = na["ts_beats"], na["ts_beat_type"]
     return _finish_score(notes, bar_starts, float(qpm[0]), "musicxml")
 

@@ -154,7 +154,7 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = ("pears
 def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, names) -> None:
     from pipelines import evaluation as E
 
-    storage.write_text(storage.join(out_uri, "evaluation.json"), json.dumps(summary, indent=2, default=float))
+    storage.write_text(storage.join(out_uri, "evaluation.json"), E.to_json(summary))
     text = [f"# Evaluation on the {summary['split']} split ({summary['recordings']} recordings, "
             f"target: {summary['target']})", "", comparison_table(summary), "",
             "## Model, per dimension", "", E.format_table(summary["results"]["model"])]

@@ -1,0 +1,158 @@
+"""Model checkpoints: a directory (local or s3://) that rebuilds its model with one call.
+
+    model.pt    {"format", "version", "state_dict"}  read with torch.load(weights_only=True)
+    model.json  {"format", "version", "config": the whole run config (its "model" entry is the resolved
+                 ModelConfig the weights were built with), "schema": DimensionSchema.to_dict(),
+                 "extra": label statistics, metrics, version, ...}
+
+`load_model` rebuilds with `build_model(cfg, schema, pretrained=False)` (the weights come from model.pt,
+so no MERT download is needed) and returns the model in eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from model.assessor import PianoAssessor
+from model.builder import build_model
+from model.config import ModelConfig
+from model.errors import CheckpointError
+from model.schema import DimensionSchema
+from model.typed_config import ConfigError, from_dict, to_dict
+
+WEIGHTS_FILE = "model.pt"
+META_FILE = "model.json"
+FORMAT = "pianoeval-model"
+VERSION = 1
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")     # DDP and torch.compile wrappers
+
+
+def _unwrap(model: nn.Module) -> PianoAssessor:
+    while not isinstance(model, PianoAssessor):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a PianoAssessor (or a DDP/compiled wrapper of one), got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):           # numpy arrays and scalars
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _clean_floats(value: Any) -> Any:
+    """NaN/inf -> None so that model.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_floats(v) for v in value]
+    return value
+
+
+def save_model(directory: str, model: nn.Module, config_dict: dict, schema: DimensionSchema,
+               extra: dict | None = None) -> str:
+    """Write model.pt and model.json into `directory` (local path or s3:// prefix); returns `directory`.
+
+    `config_dict` is the run's whole config (pipelines' Config.to_dict()); its "model" entry is replaced by
+    the model's resolved ModelConfig, so the checkpoint describes exactly the weights it holds.
+    """
+    model = _unwrap(model)
+    config = copy.deepcopy(dict(config_dict or {}))
+    config["model"] = to_dict(model.config)
+    meta = {"format": FORMAT, "version": VERSION, "config": config, "schema": schema.to_dict(),
+            "extra": extra or {}}
+    meta_text = json.dumps(_clean_floats(json.loads(json.dumps(meta, default=_jsonable))), indent=2, sort_keys=True)
+    payload = {"format": FORMAT, "version": VERSION,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if directory.startswith("s3://"):
+        from pipelines import storage
+
+        with tempfile.TemporaryDirectory(prefix="pianoeval-ckpt-") as tmp:
+            _write(tmp, payload, meta_text)
+            storage.upload_dir(tmp, directory)
+    else:
+        _write(os.path.expanduser(directory), payload, meta_text)
+    return directory
+
+
+def _write(local_dir: str, payload: dict, meta_text: str) -> None:
+    os.makedirs(local_dir, exist_ok=True)
+    weights = os.path.join(local_dir, WEIGHTS_FILE)
+    torch.save(payload, weights + ".tmp")
+    os.replace(weights + ".tmp", weights)          # never a half-written model.pt under its real name
+    with open(os.path.join(local_dir, META_FILE), "w") as f:
+        f.write(meta_text)
+
+
+@contextlib.contextmanager
+def _local_dir(directory: str) -> Iterator[str]:
+    if directory.startswith("s3://"):
+        from pipelines import storage
+
+        with tempfile.TemporaryDirectory(prefix="pianoeval-ckpt-") as tmp:
+            try:
+                storage.download_dir(directory, tmp)
+            except Exception as exc:  # StorageError, FileNotFoundError
+                raise CheckpointError(f"{directory}: cannot download the checkpoint ({exc})") from None
+            yield tmp
+    else:
+        yield os.path.expanduser(directory)
+
+
+def load_model(directory: str, map_location: str | torch.device = "cpu"
+               ) -> tuple[PianoAssessor, dict, DimensionSchema, dict]:
+    """Rebuild the model saved in `directory` -> (model in eval mode, config dict, schema, extra)."""
+    expected = f"expected a directory written by model.checkpoint.save_model ({WEIGHTS_FILE} and {META_FILE})"
+    with _local_dir(directory) as local:
+        meta_path, weights_path = os.path.join(local, META_FILE), os.path.join(local, WEIGHTS_FILE)
+        if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
+            raise CheckpointError(f"{directory}: no {META_FILE} and {WEIGHTS_FILE} there; {expected}")
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            payload = torch.load(weights_path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # JSON / unpickling errors
+            raise CheckpointError(f"{directory}: unreadable checkpoint ({exc}); {expected}") from None
+    if meta.get("format") != FORMAT or not isinstance(payload, dict) or "state_dict" not in payload:
+        raise CheckpointError(f"{directory}: not a pianoeval model checkpoint; {expected}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{directory}: checkpoint format version {meta['version']} is newer than this code "
+                              f"reads ({VERSION})")
+    config = meta["config"]
+    try:
+        cfg = from_dict(ModelConfig, config["model"], "model")
+        schema = DimensionSchema.from_dict(meta["schema"])
+    except (ConfigError, KeyError) as exc:
+        raise CheckpointError(f"{directory}: the saved model config or schema is invalid ({exc})") from None
+    model = build_model(cfg, schema, pretrained=False)
+    state = payload["state_dict"]
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:   # shape mismatches
+        raise CheckpointError(f"{directory}: weights do not fit the saved config ({str(exc).splitlines()[-1].strip()})"
+                              ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{directory}: weights do not fit the saved config (missing {result.missing_keys[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]})")
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval(), config, schema, meta.get("extra", {})

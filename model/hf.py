@@ -1,0 +1,20 @@
+"""Version-tolerant helpers around transformers' pretrained models."""
+from __future__ import annotations
+
+from transformers import PreTrainedModel
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each transformer layer in the backward pass (non-reentrant, so frozen inputs are fine)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):          # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_activation_checkpointing(model: PreTrainedModel) -> bool:
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)

@@ -1,0 +1,74 @@
+"""Multi-task loss over the assessment dimensions, masked where a label is missing.
+
+On the 0..1 scale (scores / 100), for dimension d with valid labels b in V_d and smoothed targets
+y'_bd = (1 - eps) * y_bd + eps * mean_d (label smoothing toward the training mean):
+
+    uncertainty (Kendall & Gal, 2018):  L = sum_d  mean_{b in V_d} [ 0.5 * exp(-2 s_bd) * (p_bd - y'_bd)^2 + s_bd ]
+    equal (ablation: every s fixed at 0): L = sum_d  0.5 * mean_{b in V_d} (p_bd - y'_bd)^2
+
+where s = log sigma from the model output (one learned value per dimension, broadcast over the batch).
+Dimensions without a valid label in the batch contribute nothing. Computed in fp32 whatever the
+autocast context.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from model.schema import DimensionSchema
+
+SCORE_SCALE = 100.0
+
+
+class MultiTaskLoss(nn.Module):
+    """forward(output, labels (B, D) with NaN for missing) -> (loss scalar, {dimension: MSE on 0..1})."""
+
+    def __init__(self, schema_or_n_dims: DimensionSchema | int,
+                 weighting: Literal["uncertainty", "equal"] = "uncertainty", label_smoothing: float = 0.1):
+        super().__init__()
+        if weighting not in ("uncertainty", "equal"):
+            raise ValueError(f"weighting must be 'uncertainty' or 'equal', got {weighting!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if isinstance(schema_or_n_dims, DimensionSchema):
+            self.names = list(schema_or_n_dims.names)
+        else:
+            self.names = [f"dim{i}" for i in range(int(schema_or_n_dims))]
+        self.weighting = weighting
+        self.label_smoothing = label_smoothing
+        # smoothing target per dimension on the 0..1 scale; mid-scale until set_target_mean is called
+        self.register_buffer("target_mean", torch.full((len(self.names),), 0.5))
+
+    def set_target_mean(self, mean: torch.Tensor) -> None:
+        """Smooth toward these per-dimension training means (0..100 scale; NaN keeps mid-scale)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        if mean.numel() != len(self.names):
+            raise ValueError(f"target mean has {mean.numel()} values; the loss has {len(self.names)} dimensions")
+        mean = torch.where(torch.isnan(mean), torch.full_like(mean, SCORE_SCALE / 2), mean)
+        self.target_mean.copy_((mean / SCORE_SCALE).to(self.target_mean.device))
+
+    def forward(self, output, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pred = output.scores.float() / SCORE_SCALE                           # (B, D)
+        log_sigma = output.log_sigma.float()                                 # (B, D)
+        if labels.shape != pred.shape:
+            raise ValueError(f"labels have shape {tuple(labels.shape)}; predictions have {tuple(pred.shape)}")
+        labels = labels.to(device=pred.device, dtype=torch.float32) / SCORE_SCALE
+        valid = ~torch.isnan(labels)                                         # (B, D)
+        eps = self.label_smoothing
+        target = (1.0 - eps) * labels + eps * self.target_mean.to(pred.device)[None]
+        sq_err = torch.where(valid, (pred - torch.where(valid, target, pred)) ** 2, 0.0)  # (B, D)
+        count = valid.sum(dim=0)                                             # (D,)
+        denom = count.clamp_min(1).float()
+        mse = sq_err.sum(dim=0) / denom                                      # (D,)
+        if self.weighting == "uncertainty":
+            per_item = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err + log_sigma, 0.0)
+            per_dim = per_item.sum(dim=0) / denom                            # (D,)
+        else:
+            per_dim = 0.5 * mse
+        present = count > 0
+        # the zero terms keep every output in the graph (no labels -> zero loss that still back-propagates)
+        loss = per_dim[present].sum() + 0.0 * (pred.sum() + log_sigma.sum())
+        details = {name: mse[i].detach() for i, name in enumerate(self.names) if bool(present[i])}
+        return loss, details

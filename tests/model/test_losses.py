@@ -1,0 +1,98 @@
+"""MultiTaskLoss against hand-computed Kendall & Gal values; masking, smoothing, equal weighting."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from model.losses import MultiTaskLoss
+from model.schema import SEED10
+
+NAN = float("nan")
+
+
+def _output(scores, log_sigma):
+    scores = torch.tensor(scores, requires_grad=True)
+    log_sigma = torch.tensor(log_sigma, requires_grad=True)
+    return SimpleNamespace(scores=scores, log_sigma=log_sigma)
+
+
+def test_uncertainty_loss_matches_the_formula_by_hand():
+    # two items, two dimensions; item 1 has no label for dimension 1
+    out = _output([[60.0, 20.0], [40.0, 90.0]], [[0.5, -1.0], [0.5, -1.0]])
+    labels = torch.tensor([[50.0, 30.0], [70.0, NAN]])
+    loss, per_dim = MultiTaskLoss(2, "uncertainty", label_smoothing=0.0)(out, labels)
+    # dimension 0: errors 0.1 and -0.3 on the 0..1 scale, s = 0.5
+    d0 = 0.5 * math.exp(-1.0) * (0.01 + 0.09) / 2 + 0.5
+    # dimension 1: one error of -0.1, s = -1
+    d1 = 0.5 * math.exp(2.0) * 0.01 - 1.0
+    assert loss.item() == pytest.approx(d0 + d1, rel=1e-6)
+    assert float(per_dim["dim0"]) == pytest.approx(0.05) and float(per_dim["dim1"]) == pytest.approx(0.01)
+
+
+def test_masked_labels_are_ignored_in_value_and_gradient():
+    out = _output([[60.0, 20.0], [40.0, 90.0]], [[0.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([[50.0, 30.0], [70.0, NAN]])
+    loss, _ = MultiTaskLoss(2)(out, labels)
+    loss.backward()
+    assert torch.isfinite(out.scores.grad).all() and float(out.scores.grad[1, 1]) == 0.0
+    other = _output([[60.0, 20.0], [40.0, 5.0]], [[0.0, 0.0], [0.0, 0.0]])   # masked prediction changed
+    assert MultiTaskLoss(2)(other, labels)[0].item() == pytest.approx(loss.item())
+
+
+def test_a_dimension_without_labels_adds_nothing():
+    out = _output([[60.0, 20.0]], [[0.3, 0.7]])
+    loss, per_dim = MultiTaskLoss(2, label_smoothing=0.0)(out, torch.tensor([[50.0, NAN]]))
+    assert loss.item() == pytest.approx(0.5 * math.exp(-0.6) * 0.01 + 0.3, rel=1e-6)
+    assert list(per_dim) == ["dim0"]
+
+
+def test_label_smoothing_pulls_targets_toward_the_training_mean():
+    loss_fn = MultiTaskLoss(1, "equal", label_smoothing=0.2)
+    loss_fn.set_target_mean(torch.tensor([40.0]))
+    out = _output([[56.0]], [[0.0]])
+    # target = 0.8 * 0.60 + 0.2 * 0.40 = 0.56: a perfect prediction
+    assert loss_fn(out, torch.tensor([[60.0]]))[0].item() == pytest.approx(0.0, abs=1e-10)
+    loss_fn.set_target_mean(torch.tensor([NAN]))                            # unknown mean -> mid-scale
+    assert float(loss_fn.target_mean[0]) == 0.5
+    with pytest.raises(ValueError, match="3 values; the loss has 1"):
+        loss_fn.set_target_mean(torch.zeros(3))
+
+
+def test_equal_weighting_is_uncertainty_with_sigma_fixed_at_one():
+    out = _output([[60.0, 20.0], [40.0, 90.0]], [[0.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([[50.0, 30.0], [70.0, NAN]])
+    equal, _ = MultiTaskLoss(2, "equal")(out, labels)
+    uncertain, _ = MultiTaskLoss(2, "uncertainty")(out, labels)
+    assert equal.item() == pytest.approx(uncertain.item())
+    out2 = _output([[60.0, 20.0], [40.0, 90.0]], [[2.0, 2.0], [2.0, 2.0]])
+    assert MultiTaskLoss(2, "equal")(out2, labels)[0].item() == pytest.approx(equal.item())
+    loss, _ = MultiTaskLoss(2, "equal")(out2, labels)
+    loss.backward()
+    assert out2.log_sigma.grad is not None                                  # still in the graph (DDP)
+
+
+def test_no_labels_gives_a_zero_loss_with_a_graph():
+    out = _output([[60.0, 20.0]], [[0.1, 0.2]])
+    loss, per_dim = MultiTaskLoss(2)(out, torch.tensor([[NAN, NAN]]))
+    assert loss.item() == 0.0 and per_dim == {} and loss.requires_grad
+    loss.backward()
+    assert float(out.scores.grad.abs().sum()) == 0.0
+
+
+def test_schema_names_and_argument_checks():
+    loss_fn = MultiTaskLoss(SEED10)
+    assert loss_fn.names == SEED10.names
+    with pytest.raises(ValueError, match="weighting"):
+        MultiTaskLoss(2, "sum")
+    with pytest.raises(ValueError, match="labels have shape"):
+        MultiTaskLoss(2)(_output([[1.0, 2.0]], [[0.0, 0.0]]), torch.zeros(1, 3))
+
+
+def test_half_precision_inputs_are_computed_in_fp32():
+    out = SimpleNamespace(scores=torch.tensor([[60.0, 20.0]], dtype=torch.float16),
+                          log_sigma=torch.tensor([[0.1, 0.2]], dtype=torch.float16))
+    loss, _ = MultiTaskLoss(2)(out, torch.tensor([[50.0, 25.0]]))
+    assert loss.dtype == torch.float32
