@@ -88,12 +88,13 @@ class PerformanceStyle:
     jitter_s: float = 0.008          # onset noise std, seconds
     chord_spread_s: float = 0.006    # asynchrony of simultaneous notes, std in seconds
     dynamics_depth: float = 18.0     # amplitude of the phrase-level velocity curve, MIDI steps
+    dynamics_period_beats: float = 16.0
     velocity_jitter: float = 4.0     # note-to-note velocity noise std, MIDI steps
     melody_boost: float = 8.0        # right-hand (voice 1) velocity lead, MIDI steps
     mean_velocity: float = 62.0
     articulation: float = 0.95       # performed / written duration (at the local tempo)
     articulation_jitter: float = 0.05  # std of log duration ratio
-    pedal: str = "bar"               # "bar" (change at each bar), "none", "held" (never lifted)
+    pedal: str = "none"              # "none", "bar" (changed at each bar line), "held" (never lifted)
 
 
 @dataclasses.dataclass
@@ -142,7 +143,7 @@ def render_performance(score: Score, style: PerformanceStyle, rng: np.random.Gen
     onset = at(sn["onset_beat"]) + rng.normal(0, style.jitter_s, n) + rng.normal(0, style.chord_spread_s, n)
     written_s = at(sn["onset_beat"] + sn["duration_beat"]) - at(sn["onset_beat"])
     duration = written_s * style.articulation * np.exp(rng.normal(0, style.articulation_jitter, n))
-    phrase = np.sin(2 * np.pi * sn["onset_beat"] / 8.0 + rng.uniform(0, 2 * np.pi))
+    phrase = np.sin(2 * np.pi * sn["onset_beat"] / style.dynamics_period_beats + rng.uniform(0, 2 * np.pi))
     velocity = (style.mean_velocity + style.dynamics_depth * phrase + rng.normal(0, style.velocity_jitter, n)
                 + style.melody_boost * (sn["voice"] == 1))
     notes = np.zeros(n, dtype=PERF_NOTE_DTYPE)

@@ -32,12 +32,27 @@ dropped and of pedal changes blurred, and the deadpan fraction. A dimension's la
 
     label = 100 * 2 ** ( - sum over its measures m of  m / h[dimension][m] )
 
-with the half-lives h in `LABEL_HALF_LIVES` (the amount of a measure that alone halves the label, e.g.
-8 % note errors halve note_accuracy). A clean take scores 100 on every dimension and any deviation
-lowers the dimensions it touches, more for more. The six technical seed10 dimensions depend only on
-technical deviations. The interpretive ones (phrasing, expressiveness, musicality) are **synthetic
-proxies** derived from deadpan playing and from some technical measures (documented in the table), and
-`overall` is the mean of the other nine; they exercise the interpretive heads, they are not judgements.
+with the half-lives h of `LABEL_HALF_LIVES` (the amount of a measure that alone halves the label):
+
+| dimension | measure: half-life |
+| --- | --- |
+| note_accuracy | note_error_rate: 0.08 |
+| rhythmic_precision | onset_jitter_ms: 30; tempo_drift: 0.20 |
+| dynamics_control | dynamics_flatten: 0.6; velocity_noise: 12 |
+| articulation | duration_log_scale: 0.40; duration_log_jitter: 0.30 |
+| pedaling | pedal_missing: 0.40; pedal_blur: 0.40 |
+| tone | voicing_loss: 0.5; harshness: 18; velocity_noise: 30 |
+| phrasing (proxy) | deadpan: 0.6; tempo_drift: 0.40; dynamics_flatten: 1.2 |
+| expressiveness (proxy) | deadpan: 0.5; dynamics_flatten: 0.8 |
+| musicality (proxy) | deadpan: 1.0; note_error_rate: 0.25; onset_jitter_ms: 90; voicing_loss: 1.2; pedal_blur: 1.2 |
+| overall (proxy) | mean of the other nine |
+
+A clean take scores 100 on every dimension and any deviation lowers the dimensions it touches, more
+for more (a larger rate keeps the smaller rate's choices, drawn noise scales with its sigma). The six
+technical seed10 dimensions depend only on technical deviations. The interpretive ones are **synthetic
+proxies** (deadpan playing plus some technical measures): they exercise the interpretive heads and
+the aggregate, they are not musical judgements. Measures are of what was applied, so a deviation
+with nothing to act on scores nothing (a piece whose clean rendition has no pedal keeps pedaling 100).
 """
 from __future__ import annotations
 
@@ -249,7 +264,8 @@ def _match_arrays() -> dict[str, np.ndarray]:
         if a["label"] == "match":
             perf_score[perf_pos[str(a["performance_id"])]] = score_pos[str(a["score_id"])]
     controls = [c for pp in perf for c in pp.controls if int(c["number"]) in (C.CC_SUSTAIN, C.CC_SOSTENUTO, C.CC_SOFT)]
-    return {"onset_q": np.asarray(sna["onset_quarter"], float), "duration_q": np.asarray(sna["duration_quarter"], float),
+    return {"onset_q": np.asarray(sna["onset_quarter"], float),
+            "duration_q": np.asarray(sna["duration_quarter"], float),
             "pitch": np.asarray(sna["pitch"], np.int64), "voice": np.asarray(sna["voice"], np.int64),
             "velocity": np.full(len(sna), DEFAULT_SCORE_VELOCITY),
             "bar_start_q": starts, "bar_len_q": ends - starts, "ts_num": ts_num, "ts_den": ts_den,
@@ -337,7 +353,8 @@ def score_end_beat(score: Score) -> float:
         return 0.0
     last = score.notes[-1]
     bar_len = last["ts_num"] * 4.0 / last["ts_den"]
-    return float(max(score.bar_starts_beat[-1] + bar_len, np.max(score.notes["onset_beat"] + score.notes["duration_beat"])))
+    last_offset = np.max(score.notes["onset_beat"] + score.notes["duration_beat"])
+    return float(max(score.bar_starts_beat[-1] + bar_len, last_offset))
 
 
 # --- renditions ------------------------------------------------------------------------------
@@ -679,7 +696,8 @@ def _note_errors(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, veloc
     new_onset = np.maximum(onset[a] + extra_shift[:n_extra], 0.0)
     out = (np.concatenate([onset[keep], new_onset]),
            np.concatenate([offset[keep], new_onset + extra_len[:n_extra]]),
-           np.concatenate([pitch[keep], np.clip(pitch[a] + extra_steps[:n_extra], C.PIANO_MIN_PITCH, C.PIANO_MAX_PITCH)]),
+           np.concatenate([pitch[keep], np.clip(pitch[a] + extra_steps[:n_extra], C.PIANO_MIN_PITCH,
+                                                C.PIANO_MAX_PITCH)]),
            np.concatenate([velocity[keep], np.maximum(velocity[a] * extra_gain[:n_extra], VELOCITY_MIN)]),
            np.concatenate([score_index[keep], np.full(n_extra, -1)]))
     return out, (len(wrong), len(missed), n_extra)

@@ -63,7 +63,7 @@ CHORD_ONSET_TOL_S = 0.08        # performed notes of one score onset further apa
 CHORD_SPREAD_TOL_S = 0.025      # melody lead / rolled-chord spread that is normal
 CHORD_SPREAD_SCALE_S = 0.08
 # --- dynamics --------------------------------------------------------------------------------------
-DYNAMICS_SMOOTH_S = 1.0         # std of the Gaussian smoothing of velocity over time
+DYNAMICS_SMOOTH_S = 0.75        # std of the Gaussian smoothing of velocity over time
 JITTER_TOL = 9.0                # velocity steps of note-to-note variation that is normal (human median)
 JITTER_SCALE = 8.0
 SHAPING_REF = 3.0               # phrase-level velocity std (steps) from which shaping costs nothing
@@ -86,7 +86,7 @@ GAP_SCALE = 0.5
 HARSH_VELOCITY = 112
 UNEVEN_TOL = 6.0
 UNEVEN_SCALE = 10.0
-HARSH_SCALE = 0.15
+HARSH_SCALE = 0.3
 NOISE_FLATNESS_TOL = 0.25
 NOISE_SCALE = 0.25
 

@@ -28,6 +28,7 @@ from pipelines.storage import StorageError, local_path
 DEFAULT_TEMPO_QPM = 120.0
 DEFAULT_VELOCITY = 64
 DEFAULT_TIME_SIGNATURE = (4, 4)
+MIDI_TEMPO_DECIMALS = 3       # written tempo of a MIDI score, rounded (qpm)
 _BAR_EPS_BEAT = 1e-6          # onsets this close before a bar line belong to the next bar
 
 
@@ -133,7 +134,8 @@ def score_from_pretty_midi(pm, name: str = "<midi>") -> Score:
     notes["pitch"], notes["velocity"], notes["voice"] = pitch, velocity, voice
     notes["bar"], notes["position_beat"] = bar, onset_beat - bar_starts[bar]
     notes["ts_num"], notes["ts_den"] = bar_num[bar], bar_den[bar]
-    return _finish_score(notes, bar_starts, float(qpm[0]), "midi")
+    # MIDI stores whole microseconds per quarter: 90 qpm reads back as 90.00009
+    return _finish_score(notes, bar_starts, round(float(qpm[0]), MIDI_TEMPO_DECIMALS), "midi")
 
 
 def score_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Score:

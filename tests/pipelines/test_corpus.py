@@ -282,7 +282,8 @@ def test_render_cli_backend_agrees():
 
 def test_render_errors_are_one_line(tmp_path):
     cases = [
-        (lambda: render.render_midi(_midi_bytes(CHORD), soundfont=str(tmp_path / "none.sf2")), "soundfont does not exist"),
+        (lambda: render.render_midi(_midi_bytes(CHORD), soundfont=str(tmp_path / "none.sf2")),
+         "soundfont does not exist"),
         (lambda: render.render_midi(b"MThd garbage"), "not a readable MIDI file"),
         (lambda: render.render_midi(_midi_bytes([])), "no notes"),
         (lambda: render.render_midi(str(tmp_path / "missing.mid")), "no such file"),

@@ -160,3 +160,54 @@ def test_encode_score_uses_given_velocities(rng):
 def test_normalised_velocity():
     assert normalised_velocity(127) == 1.0 and normalised_velocity(0) == 0.0
     np.testing.assert_allclose(normalised_velocity(np.array([-5, 63.5, 300])), [0.0, 0.5, 1.0])
+
+
+# --- real and generated notation through pipelines.score ------------------------------------------
+CORPUS_PIECES = ("joplin/maple_leaf_rag", "mozart/k545", "bach/bwv846", "schumann_clara/polonaise_op1n1",
+                 "schoenberg/opus19/movement2")
+
+
+@pytest.mark.parametrize("piece", CORPUS_PIECES)
+def test_music21_corpus_scores_round_trip_exactly(piece):
+    """Real quantised scores: every onset/duration lies on the 24-tick grid, so encode -> decode is exact."""
+    from music21 import corpus
+
+    from pipelines.score import load_score
+
+    score = load_score(str(corpus.getWork(piece)))
+    notes = score.notes
+    assert np.allclose(notes["position_beat"] * OCTUPLE_TICKS_PER_QUARTER,
+                       np.round(notes["position_beat"] * OCTUPLE_TICKS_PER_QUARTER), atol=1e-6)
+    decoded = decode_score(encode_score(score), score.tempo_qpm, bar_starts_beat=score.bar_starts_beat)
+    assert_scores_equal(decoded, notes, fields=("onset_beat", "duration_beat", "pitch", "bar", "position_beat",
+                                                "ts_num", "ts_den", "velocity", "id"))
+    np.testing.assert_allclose(decoded["onset_s"], notes["onset_beat"] * 60 / score.tempo_qpm, atol=1e-9)
+
+
+def test_generated_musicxml_with_tuplets_and_32nds_round_trips(tmp_path):
+    from fractions import Fraction
+
+    from music21 import meter, note, stream
+
+    from pipelines.score import load_score
+
+    bars = [("3/4", [Fraction(1, 3)] * 3 + [Fraction(1, 8)] * 8 + [Fraction(1)]),
+            ("6/8", [Fraction(1, 2)] * 3 + [Fraction(1, 6)] * 6 + [Fraction(1, 2)]),
+            ("4/4", [Fraction(2, 3)] * 3 + [Fraction(1, 8)] * 8 + [Fraction(1)]),
+            ("4/4", [Fraction(4)])]
+    part = stream.Part()
+    for i, (ts, lengths) in enumerate(bars):
+        measure = stream.Measure(number=i + 1)
+        if i == 0 or ts != bars[i - 1][0]:
+            measure.append(meter.TimeSignature(ts))
+        for k, length in enumerate(lengths):
+            measure.append(note.Note(48 + (5 * k + 7 * i) % 40, quarterLength=length))
+        part.append(measure)
+    path = tmp_path / "tuplets.musicxml"
+    stream.Score([part]).write("musicxml", fp=str(path))
+    score = load_score(str(path))
+    assert score.n_bars == 4
+    assert sorted(set(zip(score.notes["ts_num"].tolist(), score.notes["ts_den"].tolist()))) == [(3, 4), (4, 4), (6, 8)]
+    tokens = encode_score(score)
+    assert_scores_equal(decode_score(tokens, score.tempo_qpm), score.notes,
+                        fields=("onset_beat", "duration_beat", "pitch", "bar", "position_beat", "ts_num", "ts_den"))

@@ -105,26 +105,29 @@ def test_generated_midi_bars_from_time_signature_changes(tmp_path):
     assert (np.diff(score.notes["pitch"].astype(int))[same] >= 0).all()  # ties broken by pitch
 
 
-def test_midi_tempo_change_keeps_beats_exact(tmp_path):
-    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120)
-    inst = pretty_midi.Instrument(0)
-    # tempo 120 for 4 beats (2 s) then 60: beats 0..7 at 0, 0.5, .., 1.5, 2, 3, 4, 5 s
-    pm._tick_scales = [(0, 60.0 / (120 * 480)), (4 * 480, 60.0 / (60 * 480))]
-    pm._update_tick_to_time(8 * 480)
-    times = [pm.tick_to_time(b * 480) for b in range(8)]
-    inst.notes = [pretty_midi.Note(64, 60 + b, t, t + 0.25) for b, t in enumerate(times)]
-    pm.instruments.append(inst)
-    score = score_from_midi_bytes(_midi_bytes(pm, tmp_path), name="tempo.mid")
+def test_midi_tempo_change_keeps_beats_exact():
+    """One note per beat; 120 qpm for 4 beats, then 60 qpm: onsets 0, .5, 1, 1.5, 2, 3, 4, 5 s."""
+    import io
+
+    import mido
+
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)])
+    for beat in range(8):
+        if beat == 4:
+            track.append(mido.MetaMessage("set_tempo", tempo=1_000_000, time=0))
+        track.append(mido.Message("note_on", note=60 + beat, velocity=64, time=0))
+        track.append(mido.Message("note_off", note=60 + beat, velocity=0, time=240))
+        track.append(mido.Message("note_off", note=0, velocity=0, time=240))   # rest to the next beat
+    midi = mido.MidiFile(ticks_per_beat=480)
+    midi.tracks.append(track)
+    buffer = io.BytesIO()
+    midi.save(file=buffer)
+    score = score_from_midi_bytes(buffer.getvalue(), name="tempo.mid")
     np.testing.assert_allclose(score.notes["onset_beat"], np.arange(8), atol=1e-9)
+    np.testing.assert_allclose(score.notes["duration_beat"], 0.5, atol=1e-9)
     np.testing.assert_allclose(score.notes["onset_s"], [0, 0.5, 1, 1.5, 2, 3, 4, 5], atol=1e-6)
     assert score.tempo_qpm == pytest.approx(120.0)
     assert score.n_bars == 2 and score.notes["ts_num"][0] == 4            # 4/4 when none is written
-
-
-def _midi_bytes(pm: pretty_midi.PrettyMIDI, tmp_path: Path) -> bytes:
-    path = tmp_path / "tmp.mid"
-    pm.write(str(path))
-    return path.read_bytes()
 
 
 def test_slice_bars_rebases_and_keeps_ids(tmp_path):
