@@ -150,7 +150,8 @@ class ModelConfig:
                 f"2*lstm_hidden_size {self.pooled_size} is not divisible by pool_heads {self.pool_heads}")
         require(len(self.octuple_vocab_sizes) == 8, "octuple_vocab_sizes must list 8 fields")
         require(all(v >= 2 for v in self.octuple_vocab_sizes), "octuple_vocab_sizes must each be >= 2 (PAD, MASK)")
-        require(self.cqt_bins % 4 == 0, f"cqt_bins must be divisible by 4 (two 2x frequency poolings), got {self.cqt_bins}")
+        require(self.cqt_bins % 4 == 0,
+                f"cqt_bins must be divisible by 4 (two 2x frequency poolings), got {self.cqt_bins}")
         for name in ("fusion_dropout", "lstm_dropout", "head_dropout", "cqt_dropout", "symbolic_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")

@@ -18,3 +18,11 @@ def is_activation_checkpointing(model: PreTrainedModel) -> bool:
     if flag is None:
         flag = getattr(model, "is_gradient_checkpointing", False)
     return bool(flag)
+
+
+def float32_loading_kwargs() -> dict:
+    """from_pretrained arguments that load float32 weights (transformers 5 defaults to the checkpoint dtype)."""
+    import torch
+    import transformers
+
+    return {"dtype": torch.float32} if int(transformers.__version__.split(".")[0]) >= 5 else {}

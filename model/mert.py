@@ -28,7 +28,7 @@ from transformers import HubertConfig, HubertModel, PretrainedConfig
 
 from model.config import MERT_SAMPLE_RATE_HZ, ModelConfig
 from model.errors import CheckpointError
-from model.hf import enable_activation_checkpointing
+from model.hf import enable_activation_checkpointing, float32_loading_kwargs
 from model.masks import lengths_to_mask, masked_mean_std
 
 logger = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
             raise CheckpointError(f"{source}: cannot read config.json (not found); {expected}")
         resolved = resolve_checkpoint_config(cfg, raw, source)
         try:
-            hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), dtype=torch.float32,
-                                                       output_loading_info=True)
+            hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), output_loading_info=True,
+                                                       **float32_loading_kwargs())
         except (OSError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{source}: cannot load the weights ({_first_line(exc)}); {expected}") from None
     missing = sorted(info.get("missing_keys", ()))

@@ -48,13 +48,14 @@ class OctupleEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor, attrs: torch.Tensor | None) -> torch.Tensor:
         if tokens.shape[-1] != len(self.fields):
-            raise ValueError(f"notes have {tokens.shape[-1]} fields per token; expected {len(self.fields)} (OctupleMIDI)")
+            raise ValueError(f"notes have {tokens.shape[-1]} fields per token; expected {len(self.fields)} "
+                             "(OctupleMIDI)")
         if tokens.numel():
             too_big = tokens.amax(dim=(0, 1)) >= torch.tensor(self.vocab_sizes, device=tokens.device)
             if bool(too_big.any()) or bool((tokens < 0).any()):
                 field = int(torch.nonzero(too_big)[0]) if bool(too_big.any()) else -1
-                raise ValueError(f"note token out of range in field {field} (vocabulary sizes {list(self.vocab_sizes)}); "
-                                 "expected 0 <= token < size, 0 = PAD")
+                raise ValueError(f"note token out of range in field {field} (vocabulary sizes "
+                                 f"{list(self.vocab_sizes)}); expected 0 <= token < size, 0 = PAD")
         x = sum(table(tokens[..., i]) for i, table in enumerate(self.fields))   # (B, N, H)
         if attrs is not None:
             if attrs.shape[-1] != self.attrs.in_features:

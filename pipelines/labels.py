@@ -105,23 +105,50 @@ def pseudo_labels(score: Score | None, perf: Performance, alignment=None, attrs:
     performed notes without an alignment) selecting one window's notes.
     """
     stats = technical_statistics(score, perf, alignment, attrs, audio_features, note_mask)
-    return {
-        "note_accuracy": score_from_penalty(stats["error_rate"] / NOTE_ERROR_SCALE),
-        "rhythmic_precision": score_from_penalty(
-            max(0.0, stats["timing_rms_s"] - TIMING_TOL_S) / TIMING_SCALE_S
-            + max(0.0, stats["chord_spread_s"] - CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S),
-        "dynamics_control": score_from_penalty(
-            max(0.0, stats["velocity_jitter"] - JITTER_TOL) / JITTER_SCALE
-            + SHAPING_WEIGHT * max(0.0, 1.0 - stats["velocity_shaping"] / SHAPING_REF)),
-        "articulation": score_from_penalty(
-            max(0.0, abs(stats["duration_bias"] - ARTIC_CENTRE) - ARTIC_BIAS_TOL) / ARTIC_BIAS_SCALE
-            + max(0.0, stats["duration_spread"] - ARTIC_SPREAD_TOL) / ARTIC_SPREAD_SCALE),
-        "pedaling": score_from_penalty(max(0.0, stats["pedal_blur"] - BLUR_TOL) / BLUR_SCALE
-                                       + _zero_if_nan(stats["legato_gaps"]) / GAP_SCALE),
-        "tone": score_from_penalty(
-            max(0.0, stats["chord_unevenness"] - UNEVEN_TOL) / UNEVEN_SCALE + stats["harsh_fraction"] / HARSH_SCALE
-            + max(0.0, _zero_if_nan(stats["noise_flatness"]) - NOISE_FLATNESS_TOL) / NOISE_SCALE),
-    }
+    return {name: score_from_penalty(penalty(stats)) for name, penalty in PENALTIES.items()}
+
+
+def _excess(value: float, tolerance: float = 0.0) -> float:
+    """max(0, value - tolerance), NaN stays NaN."""
+    return value if math.isnan(value) else max(0.0, value - tolerance)
+
+
+def _note_accuracy_penalty(st: dict[str, float]) -> float:
+    return st["error_rate"] / NOTE_ERROR_SCALE
+
+
+def _rhythm_penalty(st: dict[str, float]) -> float:
+    return (_excess(st["timing_rms_s"], TIMING_TOL_S) / TIMING_SCALE_S
+            + _excess(st["chord_spread_s"], CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S)
+
+
+def _dynamics_penalty(st: dict[str, float]) -> float:
+    return (_excess(st["velocity_jitter"], JITTER_TOL) / JITTER_SCALE
+            + SHAPING_WEIGHT * _excess(1.0 - st["velocity_shaping"] / SHAPING_REF))
+
+
+def _articulation_penalty(st: dict[str, float]) -> float:
+    return (_excess(abs(st["duration_bias"] - ARTIC_CENTRE), ARTIC_BIAS_TOL) / ARTIC_BIAS_SCALE
+            + _excess(st["duration_spread"], ARTIC_SPREAD_TOL) / ARTIC_SPREAD_SCALE)
+
+
+def _pedaling_penalty(st: dict[str, float]) -> float:
+    return _excess(st["pedal_blur"], BLUR_TOL) / BLUR_SCALE + _zero_if_nan(st["legato_gaps"]) / GAP_SCALE
+
+
+def _tone_penalty(st: dict[str, float]) -> float:
+    return (_excess(st["chord_unevenness"], UNEVEN_TOL) / UNEVEN_SCALE + st["harsh_fraction"] / HARSH_SCALE
+            + _zero_if_nan(_excess(st["noise_flatness"], NOISE_FLATNESS_TOL)) / NOISE_SCALE)
+
+
+PENALTIES = {
+    "note_accuracy": _note_accuracy_penalty,
+    "rhythmic_precision": _rhythm_penalty,
+    "dynamics_control": _dynamics_penalty,
+    "articulation": _articulation_penalty,
+    "pedaling": _pedaling_penalty,
+    "tone": _tone_penalty,
+}
 
 
 def pseudo_labels_window(score: Score | None, perf: Performance, alignment, attrs: np.ndarray | None,
@@ -157,31 +184,35 @@ def technical_statistics(score: Score | None, perf: Performance, alignment=None,
 class _NoteView:
     """The played notes of one window (or a whole performance) with what is known about each."""
 
-    def __init__(self, perf: Performance, perf_index: np.ndarray, score_index: np.ndarray,
-                 voice: np.ndarray, tokens: np.ndarray | None):
+    def __init__(self, perf: Performance, perf_index: np.ndarray, voice: np.ndarray,
+                 tokens: np.ndarray | None = None, token_rows: np.ndarray | None = None):
         self.perf = perf
-        self.perf_index = perf_index          # i8 [k] played notes of the window
-        self.score_index = score_index        # i8 [k] matched score note, -1 for extra / no score
-        self.voice = voice                    # i8 [k] stream for dynamics
+        self.perf_index = perf_index          # i8 [k] played notes of the window, in onset order
+        self.voice = voice                    # i8 [k] stream of each played note (dynamics lines)
         self.tokens = tokens                  # the window's alignment tokens (None without a score)
+        self.token_rows = token_rows          # i8: their rows in alignment.tokens (and in attrs)
 
     @classmethod
     def build(cls, score: Score | None, perf: Performance, alignment, note_mask: np.ndarray | None) -> "_NoteView":
+        if alignment is not None and score is None:
+            raise ValueError("an alignment needs its score")
         if alignment is None or score is None:
             mask = np.ones(len(perf.notes), bool) if note_mask is None else np.asarray(note_mask, bool)
             idx = np.flatnonzero(mask)
-            return cls(perf, idx, np.full(len(idx), -1), _register_streams(perf.notes["pitch"][idx]), None)
-        tokens = alignment.tokens if note_mask is None else alignment.tokens[np.asarray(note_mask, bool)]
+            idx = idx[np.argsort(perf.notes["onset_s"][idx], kind="stable")]
+            return cls(perf, idx, _register_streams(perf.notes["pitch"][idx]))
+        rows = np.arange(alignment.n_tokens) if note_mask is None else np.flatnonzero(np.asarray(note_mask, bool))
+        tokens = alignment.tokens[rows]
         played = tokens[tokens["perf_index"] >= 0]
-        order = np.argsort(perf.notes["onset_s"][played["perf_index"]], kind="stable")
-        played = played[order]
+        played = played[np.argsort(perf.notes["onset_s"][played["perf_index"]], kind="stable")]
         sidx = played["score_index"].astype(np.int64)
+        pitch = perf.notes["pitch"][played["perf_index"]]
         voice = np.where(sidx >= 0, score.notes["voice"][np.maximum(sidx, 0)], -1).astype(np.int64)
         if len(np.unique(voice[voice >= 0])) < 2:      # no usable voices: split by register
-            voice = _register_streams(perf.notes["pitch"][played["perf_index"]])
+            voice = _register_streams(pitch)
         else:                                          # extra notes join the voice nearest in pitch
-            voice = _fill_extra_voices(voice, perf.notes["pitch"][played["perf_index"]])
-        return cls(perf, played["perf_index"].astype(np.int64), sidx, voice, tokens)
+            voice = _fill_extra_voices(voice, pitch)
+        return cls(perf, played["perf_index"].astype(np.int64), voice, tokens, rows)
 
     @property
     def notes(self) -> np.ndarray:
@@ -294,16 +325,19 @@ def _articulation_statistics(score: Score | None, perf: Performance, alignment, 
     nan = {"duration_bias": math.nan, "duration_spread": math.nan}
     if view.tokens is None:
         return nan
-    from pipelines.align import local_tempo, matched_timing
+    from pipelines.align import ATTR_INDEX, local_tempo, matched_timing
     from pipelines.performance import pedal_down_at
 
     matched = view.tokens[view.tokens["kind"] == MATCHED]
     if len(matched) < MIN_NOTES:
         return nan
+    if attrs is not None:
+        ldr = np.asarray(attrs)[view.token_rows[view.tokens["kind"] == MATCHED], ATTR_INDEX["log_duration_ratio"]]
+    else:
+        ldr = matched_timing(score, perf, matched, local_tempo(score, perf, alignment))["log_duration_ratio"]
     dry = ~pedal_down_at(perf.pedal, perf.notes["offset_s"][matched["perf_index"]], CC_SUSTAIN)
     if dry.sum() >= MIN_NOTES:
-        matched = matched[dry]
-    ldr = matched_timing(score, perf, matched, local_tempo(score, perf, alignment))["log_duration_ratio"]
+        ldr = ldr[dry]
     centre = float(np.median(ldr))
     return {"duration_bias": centre, "duration_spread": float(1.4826 * np.median(np.abs(ldr - centre)))}
 

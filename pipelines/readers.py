@@ -102,9 +102,9 @@ def _read_text(uri: str, what: str) -> str:
         raise CorpusError(f"{uri}: cannot read {what}: {exc}") from None
 
 
-def _list(uri: str, suffixes: tuple[str, ...] | None, what: str) -> list[storage.FileEntry]:
+def _list(uri: str, suffixes: tuple[str, ...] | None, what: str, recursive: bool = True) -> list[storage.FileEntry]:
     try:
-        return storage.list_files(uri, suffixes=suffixes)
+        return storage.list_files(uri, suffixes=suffixes, recursive=recursive)
     except (storage.StorageError, FileNotFoundError) as exc:
         raise CorpusError(f"{uri}: cannot list {what}: {exc}") from None
 
@@ -204,7 +204,9 @@ def find_maestro_table(root: str) -> str | None:
         if storage.exists(storage.join(root, name)):
             return storage.join(root, name)
     if storage.is_s3(root) or storage.is_dir(root):
-        top = [e.uri for e in _list(root, (".csv", ".json"), "corpus")
+        # local listings hash every file they return: list only the top level there
+        entries = _list(root, (".csv", ".json"), "corpus", recursive=storage.is_s3(root))
+        top = [e.uri for e in entries
                if "/" not in _relative(e.uri, root) and storage.basename(e.uri).lower().startswith("maestro")]
         csvs = [u for u in top if u.lower().endswith(".csv")]
         return (csvs or top or [None])[0]
@@ -377,7 +379,7 @@ def read_library(uri: str) -> list[Recording]:
     """Every audio file under a prefix, with an optional same-stem sidecar score (see module doc)."""
     root = uri.rstrip("/")
     _check_exists(root, "audio library")
-    entries = _list(root, None, "audio library")
+    entries = _list(root, C.AUDIO_EXTENSIONS + SIDECAR_SCORE_EXTENSIONS, "audio library")
     audio = [e.uri for e in entries if e.uri.lower().endswith(C.AUDIO_EXTENSIONS)]
     if not audio:
         raise CorpusError(f"{uri}: no audio files ({', '.join(C.AUDIO_EXTENSIONS)}) found")

@@ -8,6 +8,7 @@ import torch
 
 from model.assessor import PianoAssessor, resample_frames
 from model.builder import build_model
+from model.hf import is_activation_checkpointing
 from model.losses import MultiTaskLoss
 from tests.model.conftest import make_batch, item
 
@@ -101,11 +102,14 @@ def test_parameter_groups_partition_the_trainable_parameters(tiny_cfg, schema):
     assert counts["all"]["trainable"] == sum(p.numel() for ps in groups.values() for p in ps)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_cfg, schema):
+@pytest.mark.parametrize("frozen_front_end", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_cfg, schema, frozen_front_end):
     batch = make_batch(tiny_cfg, [1.0, 1.0], [10, 6], seed=4)
     grads = []
     for checkpointing in (False, True):
-        model = _model(tiny_cfg, schema, gradient_checkpointing=checkpointing)
+        model = _model(tiny_cfg, schema, gradient_checkpointing=checkpointing, freeze_feature_encoder=frozen_front_end)
+        assert is_activation_checkpointing(model.mert.hubert) == checkpointing
+        assert is_activation_checkpointing(model.symbolic.bert) == checkpointing
         torch.manual_seed(11)
         loss, _ = MultiTaskLoss(schema)(model(batch), batch["labels"])
         loss.backward()

@@ -88,7 +88,8 @@ def test_symbolic_pretrained_weights_from_a_directory_or_a_model_checkpoint(tiny
 
 def test_symbolic_weights_that_do_not_fit_are_refused(tiny_cfg, tmp_path):
     save_symbolic_encoder(SymbolicEncoder(dataclasses.replace(tiny_cfg, max_notes=32)), str(tmp_path / "sym"))
-    with pytest.raises(CheckpointError, match=r"shape mismatch: .*position_embeddings.* \(32, 32\) \(model: \(64, 32\)\)"):
+    expected = r"shape mismatch: .*position_embeddings.* \(32, 32\) \(model: \(64, 32\)\)"
+    with pytest.raises(CheckpointError, match=expected):
         load_symbolic_weights(SymbolicEncoder(tiny_cfg), str(tmp_path / "sym"))
     with pytest.raises(CheckpointError, match="no such file or directory; expected a directory holding"):
         load_symbolic_weights(SymbolicEncoder(tiny_cfg), str(tmp_path / "absent"))
