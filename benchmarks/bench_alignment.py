@@ -227,7 +227,10 @@ ERROR_CASES = (
     ("5 missed / 5 extra / 5 wrong", PerformanceStyle(), (5, 5, 5)),
     ("15 / 15 / 15, drift 25 %, jitter 20 ms", PerformanceStyle(drift=0.25, jitter_s=0.02), (15, 15, 15)),
     ("10 / 10 / 10, rubato 25 %", PerformanceStyle(rubato=0.25), (10, 10, 10)),
+    ("30 / 30 / 30, rubato 20 %, drift 40 %, jitter 30 ms",
+     PerformanceStyle(rubato=0.2, drift=0.4, jitter_s=0.03), (30, 30, 30)),
 )
+HEADER = ["case", "perf notes", "match F1", "missed P", "missed R", "extra P", "extra R", "align s"]
 
 
 def error_detection(sp: SyntheticPerformance, alignment) -> dict[str, float]:
@@ -246,36 +249,60 @@ def error_detection(sp: SyntheticPerformance, alignment) -> dict[str, float]:
     return out
 
 
-def main(seeds: tuple[int, ...] = (0, 1, 2), n_bars: int = 24) -> str:
-    """Run the benchmark; print and return its Markdown table."""
-    from pipelines.align import align, k265_example, match_fscore
+def _timed_align(score: Score, perf: Performance, matcher: str):
+    from pipelines.align import align
 
-    lines = ["| case | notes | match F1 | missed P / R | extra P / R | align time (s) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    score, perf, truth = k265_example()
-    t0 = time.perf_counter()
-    alignment = align(score, perf)
-    elapsed = time.perf_counter() - t0
-    f1 = match_fscore(alignment.matched_pairs, truth)["f1"]
-    lines.append(f"| Mozart K265 var. 1 (human) | {len(perf.notes)} | {f1:.3f} | - | - | {elapsed:.2f} |")
-    for name, style, (n_missed, n_extra, n_wrong) in ERROR_CASES:
-        rows, times, n_notes = [], [], 0
-        for seed in seeds:
-            rng = np.random.default_rng(seed)
-            sp = render_performance(synthetic_score(rng, n_bars=n_bars), style, rng)
-            sp = add_errors(sp, rng, n_missed, n_extra, n_wrong)
-            t0 = time.perf_counter()
-            alignment = align(sp.score, sp.perf)
-            times.append(time.perf_counter() - t0)
-            rows.append(error_detection(sp, alignment))
-            n_notes += len(sp.perf.notes)
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        lines.append(f"| {name} (x{len(seeds)}) | {n_notes // len(seeds)} | {mean['match_f1']:.3f} | "
-                     f"{mean['missed_precision']:.2f} / {mean['missed_recall']:.2f} | "
-                     f"{mean['extra_precision']:.2f} / {mean['extra_recall']:.2f} | {np.mean(times):.2f} |")
-    table = "\n".join(lines)
+    started = time.perf_counter()
+    alignment = align(score, perf, matcher=matcher)
+    return alignment, time.perf_counter() - started
+
+
+def synthetic_case(style: PerformanceStyle, errors: tuple[int, int, int], seeds: tuple[int, ...], n_bars: int,
+                   matcher: str) -> dict[str, float]:
+    """Mean error-detection figures and alignment time over generated pieces, one per seed."""
+    rows, times, n_notes = [], [], []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        sp = add_errors(render_performance(synthetic_score(rng, n_bars=n_bars), style, rng), rng, *errors)
+        alignment, elapsed = _timed_align(sp.score, sp.perf, matcher)
+        rows.append(error_detection(sp, alignment))
+        times.append(elapsed)
+        n_notes.append(len(sp.perf.notes))
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out.update(align_s=float(np.mean(times)), perf_notes=int(np.mean(n_notes)))
+    return out
+
+
+def main(seeds: tuple[int, ...] = (0, 1, 2, 3), n_bars: int = 24, long_bars: int = 200,
+         matchers: tuple[str, ...] = ("dualdtw", "automatic")) -> dict:
+    """Run the benchmark; print a Markdown table and return {"markdown": ..., "rows": [...]}."""
+    import warnings
+
+    from pipelines.align import k265_example, match_fscore
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    _timed_align(*k265_example()[:2], matchers[0])            # warm-up: imports and numba compilation
+    table_rows, figures = [], []
+    for matcher in matchers:
+        score, perf, truth = k265_example()
+        alignment, elapsed = _timed_align(score, perf, matcher)
+        f1 = match_fscore(alignment.matched_pairs, truth)["f1"]
+        figures.append({"matcher": matcher, "case": "k265", "match_f1": f1, "align_s": elapsed})
+        table_rows.append([f"{matcher}: Mozart K265 var. 1 (human)", len(perf.notes), f"{f1:.3f}",
+                           "-", "-", "-", "-", f"{elapsed:.2f}"])
+        cases = list(ERROR_CASES) + [(f"{long_bars} bars, 40 / 40 / 40", PerformanceStyle(), (40, 40, 40))]
+        for name, style, errors in cases:
+            bars, case_seeds = (long_bars, seeds[:1]) if name.startswith(f"{long_bars} bars") else (n_bars, seeds)
+            r = synthetic_case(style, errors, case_seeds, bars, matcher)
+            figures.append({"matcher": matcher, "case": name, **r})
+            table_rows.append([f"{matcher}: {name} (x{len(case_seeds)})", r["perf_notes"], f"{r['match_f1']:.3f}",
+                               f"{r['missed_precision']:.3f}", f"{r['missed_recall']:.3f}",
+                               f"{r['extra_precision']:.3f}", f"{r['extra_recall']:.3f}", f"{r['align_s']:.2f}"])
+    from benchmarks.common import markdown_table
+
+    table = markdown_table(HEADER, table_rows)
     print(table)
-    return table
+    return {"markdown": table, "rows": figures}
 
 
 if __name__ == "__main__":

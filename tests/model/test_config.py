@@ -93,3 +93,13 @@ def test_mert_95m_preset_builds_on_cpu_with_the_published_shapes(capsys):
     with capsys.disabled():
         print("\nmert-v1-95m parameters per part (random init):",
               {k: f"{v['total'] / 1e6:.2f}M" for k, v in counts.items()})
+
+
+@pytest.mark.slow
+def test_mert_330m_preset_builds_on_cpu():
+    c = load_config("mert-v1-330m")
+    model = build_model(c.model, c.schema(), pretrained=False)
+    hubert = model.mert.hubert.config
+    assert (hubert.num_hidden_layers, hubert.hidden_size, hubert.num_attention_heads) == (24, 1024, 16)
+    assert hubert.do_stable_layer_norm and model.mert.layer_logits.numel() == 25
+    assert 310e6 < model.parameter_counts()["mert"]["total"] < 320e6       # HuBERT-large-sized
