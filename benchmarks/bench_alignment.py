@@ -249,22 +249,22 @@ def error_detection(sp: SyntheticPerformance, alignment) -> dict[str, float]:
     return out
 
 
-def _timed_align(score: Score, perf: Performance, matcher: str):
+def _timed_align(score: Score, perf: Performance, matcher: str, refine: bool = True):
     from pipelines.align import align
 
     started = time.perf_counter()
-    alignment = align(score, perf, matcher=matcher)
+    alignment = align(score, perf, matcher=matcher, refine=refine)
     return alignment, time.perf_counter() - started
 
 
 def synthetic_case(style: PerformanceStyle, errors: tuple[int, int, int], seeds: tuple[int, ...], n_bars: int,
-                   matcher: str) -> dict[str, float]:
+                   matcher: str, refine: bool = True) -> dict[str, float]:
     """Mean error-detection figures and alignment time over generated pieces, one per seed."""
     rows, times, n_notes = [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         sp = add_errors(render_performance(synthetic_score(rng, n_bars=n_bars), style, rng), rng, *errors)
-        alignment, elapsed = _timed_align(sp.score, sp.perf, matcher)
+        alignment, elapsed = _timed_align(sp.score, sp.perf, matcher, refine)
         rows.append(error_detection(sp, alignment))
         times.append(elapsed)
         n_notes.append(len(sp.perf.notes))
@@ -273,33 +273,41 @@ def synthetic_case(style: PerformanceStyle, errors: tuple[int, int, int], seeds:
     return out
 
 
+# (label, parangonar matcher, tempo-based refinement); the first also runs the long piece
+VARIANTS = (("dualdtw + refine", "dualdtw", True), ("dualdtw", "dualdtw", False),
+            ("automatic + refine", "automatic", True))
+
+
 def main(seeds: tuple[int, ...] = (0, 1, 2, 3), n_bars: int = 24, long_bars: int = 200,
-         matchers: tuple[str, ...] = ("dualdtw", "automatic")) -> dict:
-    """Run the benchmark; print a Markdown table and return {"markdown": ..., "rows": [...]}."""
+         variants: tuple[tuple[str, str, bool], ...] = VARIANTS) -> dict:
+    """Run the benchmark; print a Markdown table and return {"markdown": ..., "rows": [...]}.
+
+    AutomaticNoteMatcher takes about a minute on the long piece, so only the first variant runs it.
+    """
     import warnings
 
+    from benchmarks.common import markdown_table
     from pipelines.align import k265_example, match_fscore
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    _timed_align(*k265_example()[:2], matchers[0])            # warm-up: imports and numba compilation
+    score, perf, truth = k265_example()
+    _timed_align(score, perf, variants[0][1])                 # warm-up: imports and numba compilation
     table_rows, figures = [], []
-    for matcher in matchers:
-        score, perf, truth = k265_example()
-        alignment, elapsed = _timed_align(score, perf, matcher)
+    for k, (label, matcher, refine) in enumerate(variants):
+        alignment, elapsed = _timed_align(score, perf, matcher, refine)
         f1 = match_fscore(alignment.matched_pairs, truth)["f1"]
-        figures.append({"matcher": matcher, "case": "k265", "match_f1": f1, "align_s": elapsed})
-        table_rows.append([f"{matcher}: Mozart K265 var. 1 (human)", len(perf.notes), f"{f1:.3f}",
+        figures.append({"variant": label, "case": "k265", "match_f1": f1, "align_s": elapsed})
+        table_rows.append([f"{label}: Mozart K265 var. 1 (human)", len(perf.notes), f"{f1:.3f}",
                            "-", "-", "-", "-", f"{elapsed:.2f}"])
-        cases = list(ERROR_CASES) + [(f"{long_bars} bars, 40 / 40 / 40", PerformanceStyle(), (40, 40, 40))]
-        for name, style, errors in cases:
-            bars, case_seeds = (long_bars, seeds[:1]) if name.startswith(f"{long_bars} bars") else (n_bars, seeds)
-            r = synthetic_case(style, errors, case_seeds, bars, matcher)
-            figures.append({"matcher": matcher, "case": name, **r})
-            table_rows.append([f"{matcher}: {name} (x{len(case_seeds)})", r["perf_notes"], f"{r['match_f1']:.3f}",
+        cases = [(name, style, errors, n_bars, seeds) for name, style, errors in ERROR_CASES]
+        if k == 0:
+            cases.append((f"{long_bars} bars, 40 / 40 / 40", PerformanceStyle(), (40, 40, 40), long_bars, seeds[:1]))
+        for name, style, errors, bars, case_seeds in cases:
+            r = synthetic_case(style, errors, case_seeds, bars, matcher, refine)
+            figures.append({"variant": label, "case": name, **r})
+            table_rows.append([f"{label}: {name} (x{len(case_seeds)})", r["perf_notes"], f"{r['match_f1']:.3f}",
                                f"{r['missed_precision']:.3f}", f"{r['missed_recall']:.3f}",
                                f"{r['extra_precision']:.3f}", f"{r['extra_recall']:.3f}", f"{r['align_s']:.2f}"])
-    from benchmarks.common import markdown_table
-
     table = markdown_table(HEADER, table_rows)
     print(table)
     return {"markdown": table, "rows": figures}

@@ -24,7 +24,7 @@ PRESETS = ("tiny", "mert-v1-95m")
 WINDOWS_S = (10.0, 30.0)
 NOTES_PER_S = 10
 THREADS = 2
-REPEATS = 3
+REPEATS = 5
 
 
 def make_inputs(cfg, seconds: float, seed: int = 0) -> dict:

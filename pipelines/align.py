@@ -50,6 +50,7 @@ TEMPO_BANDWIDTH_BEATS = 2.0           # std of the Gaussian kernel of the local 
 TEMPO_KERNEL_SPAN = 4.0               # the kernel is cut at this many bandwidths
 TEMPO_ROBUST_ITERATIONS = 2           # bisquare re-weighting passes
 TEMPO_BISQUARE_SCALE = 6.0            # residuals beyond this many median-absolute-residuals get weight 0
+TEMPO_MIN_RESIDUAL_S = 0.01          # floor of the median absolute residual in the bisquare scale
 MIN_SECONDS_PER_BEAT = 0.05           # 1200 qpm: faster local slopes are clipped
 MAX_SECONDS_PER_BEAT = 5.0            # 12 qpm
 REFINE_MAX_DEV_BEATS = 1.0            # a re-decided match may deviate at most this much from the local tempo
@@ -116,7 +117,7 @@ def fit_local_tempo(score_beats: np.ndarray, perf_onsets_s: np.ndarray, default_
     if len(beats) == 1:
         return LocalTempo(beats, times, np.full(1, default_spb))
     global_spb = float(np.clip(np.polyfit(beats, times, 1)[0], MIN_SECONDS_PER_BEAT, MAX_SECONDS_PER_BEAT))
-    robust = np.ones(len(beats))
+    robust = _bisquare_weights(times - _neighbour_prediction(beats, times))
     for _ in range(TEMPO_ROBUST_ITERATIONS + 1):
         fitted, slope = _local_quadratic(beats, times, robust, bandwidth_beats, global_spb)
         robust = _bisquare_weights(times - fitted)
@@ -170,8 +171,28 @@ def _local_quadratic(x: np.ndarray, y: np.ndarray, robust: np.ndarray, bandwidth
     return fitted, slope
 
 
+def _neighbour_prediction(x: np.ndarray, y: np.ndarray, reach: int = 3) -> np.ndarray:
+    """Median over k = 1..reach of the straight-line interpolation of y[i] from y[i-k] and y[i+k] [G].
+
+    A start for the robust weights that one misplaced onset cannot spoil: it only enters the
+    predictions of its neighbours through one of their `reach` candidates. Ends use the nearest pairs.
+    """
+    n = len(x)
+    candidates = np.full((reach, n), np.nan)
+    for k in range(1, reach + 1):
+        lo, hi = np.arange(n) - k, np.arange(n) + k
+        ok = (lo >= 0) & (hi < n)
+        a, b = lo[ok], hi[ok]
+        frac = (x[ok] - x[a]) / np.maximum(x[b] - x[a], 1e-9)
+        candidates[k - 1, ok] = y[a] + frac * (y[b] - y[a])
+    known = ~np.isnan(candidates).all(axis=0)                       # the two end points have no pair
+    prediction = y.astype(np.float64).copy()
+    prediction[known] = np.nanmedian(candidates[:, known], axis=0)
+    return prediction
+
+
 def _bisquare_weights(residuals: np.ndarray) -> np.ndarray:
-    scale = TEMPO_BISQUARE_SCALE * max(float(np.median(np.abs(residuals))), 1e-3)
+    scale = TEMPO_BISQUARE_SCALE * max(float(np.median(np.abs(residuals))), TEMPO_MIN_RESIDUAL_S)
     u = np.clip(residuals / scale, -1.0, 1.0)
     return (1.0 - u ** 2) ** 2
 
