@@ -262,8 +262,15 @@ def match_notes(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER)
 
 
 def _tempo_of_pairs(score: Score, perf: Performance, pairs: np.ndarray) -> LocalTempo:
+    """Local tempo of matched pairs [k, 2], grace notes (written duration 0, played ahead of the beat) left out."""
+    pairs = pairs[~is_grace(score.notes[pairs[:, 0]])]
     return fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
                            default_spb=60.0 / score.tempo_qpm)
+
+
+def is_grace(score_notes: np.ndarray) -> np.ndarray:
+    """bool [n]: grace notes, which score readers give a written duration of 0."""
+    return score_notes["duration_beat"] <= 0.0
 
 
 def refine_pairs(score: Score, perf: Performance, pairs: np.ndarray, tempo: LocalTempo) -> np.ndarray:
@@ -301,20 +308,23 @@ def refine_pairs(score: Score, perf: Performance, pairs: np.ndarray, tempo: Loca
 def _error_clusters(s_idx: np.ndarray, p_idx: np.ndarray, expected: np.ndarray, spb: np.ndarray,
                     onsets: np.ndarray, partner_of_score: np.ndarray, partner_of_perf: np.ndarray
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Groups of same-pitch (score, perf) indices around unmatched notes, closed under current pairs."""
+    """Disjoint groups of same-pitch (score, perf) indices around unmatched notes, closed under the
+    current pairs (a note's partner is in its group), each sorted by time."""
     s_time, p_time = expected[s_idx], onsets[p_idx]
     reach = REFINE_REACH_BEATS * float(np.median(spb[s_idx]))
     seeds = np.concatenate([s_time[partner_of_score[s_idx] < 0], p_time[partner_of_perf[p_idx] < 0]])
-    intervals = _merge_intervals(np.sort(seeds), reach)
-    clusters = []
-    for lo, hi in intervals:
+    groups: list[tuple[set[int], set[int]]] = []
+    for lo, hi in _merge_intervals(np.sort(seeds), reach):
         s_in = set(s_idx[(s_time >= lo) & (s_time <= hi)].tolist())
         p_in = set(p_idx[(p_time >= lo) & (p_time <= hi)].tolist())
         s_in |= {int(partner_of_perf[p]) for p in p_in if partner_of_perf[p] >= 0}
         p_in |= {int(partner_of_score[s]) for s in s_in if partner_of_score[s] >= 0}
-        clusters.append((np.array(sorted(s_in, key=lambda s: expected[s]), dtype=np.int64),
-                         np.array(sorted(p_in, key=lambda p: onsets[p]), dtype=np.int64)))
-    return clusters
+        for other in [g for g in groups if g[0] & s_in or g[1] & p_in]:   # a pair reaching into another group
+            groups.remove(other)
+            s_in, p_in = s_in | other[0], p_in | other[1]
+        groups.append((s_in, p_in))
+    return [(np.array(sorted(s_in, key=lambda s: expected[s]), dtype=np.int64),
+             np.array(sorted(p_in, key=lambda p: onsets[p]), dtype=np.int64)) for s_in, p_in in groups]
 
 
 def _merge_intervals(points: np.ndarray, reach: float) -> list[tuple[float, float]]:
@@ -375,14 +385,12 @@ class PitchSetDTW:
     """DTW of performed pitches against score onsets' pitch sets, cost 0 if the pitch is in the set else 1.
 
     Computes the same accumulated cost and path as parangonar's pure-Python `DTWSL` with its
-    element-of-set metric, compiled with numba (about 100x faster on a few thousand notes).
+    element-of-set metric, compiled with numba (1000 notes x 500 onsets: 0.60 s -> 0.012 s here).
     """
 
     def __call__(self, X, Y, return_path: bool = True, return_cost_matrix: bool = False):
         from parangonar.dp.dtw import dtw_backtracking
 
-        if isinstance(X[0], (set, frozenset)):        # flipped call: sets first
-            raise TypeError("PitchSetDTW expects (pitches, pitch sets)")
         pitches = np.asarray(X, dtype=np.int64)
         member = np.zeros((len(Y), 128), dtype=np.bool_)
         for j, pitch_set in enumerate(Y):
@@ -433,6 +441,8 @@ def score_note_array(score: Score) -> np.ndarray:
     out["duration_div"] = np.round(sn["duration_beat"] * PARTITURA_DIVS_PER_QUARTER)
     out["pitch"], out["voice"] = sn["pitch"], sn["voice"]
     out["id"] = [f"s{i}" for i in range(len(sn))]
+    out["is_grace"] = is_grace(sn)
+    out["grace_type"] = np.where(out["is_grace"], "acciaccatura", "")
     out["steal_proportion"], out["local_grace_order"] = -1.0, -1
     out["divs_pq"] = PARTITURA_DIVS_PER_QUARTER
     return out
@@ -491,9 +501,7 @@ def local_tempo(score: Score, perf: Performance, alignment: Alignment) -> LocalT
     """The alignment's tempo, refitted from its matched pairs if it carries none."""
     if alignment.tempo is not None:
         return alignment.tempo
-    pairs = alignment.matched_pairs
-    return fit_local_tempo(score.notes["onset_beat"][pairs[:, 0]], perf.notes["onset_s"][pairs[:, 1]],
-                           default_spb=60.0 / score.tempo_qpm)
+    return _tempo_of_pairs(score, perf, alignment.matched_pairs)
 
 
 # --- per-token attributes ---------------------------------------------------------------------------
@@ -528,14 +536,20 @@ def note_attributes(score: Score, perf: Performance, alignment: Alignment) -> np
 
 def matched_timing(score: Score, perf: Performance, matched_tokens: np.ndarray,
                    tempo: LocalTempo) -> dict[str, np.ndarray]:
-    """Unclipped timing of matched tokens [k]: onset_dev (beats), log_ioi_ratio, log_duration_ratio."""
+    """Unclipped timing of matched tokens [k]: onset_dev (beats), log_ioi_ratio, log_duration_ratio.
+
+    Grace notes (written duration 0) get log ratios of 0: they have no written length or IOI.
+    """
     sn, pn = score.notes[matched_tokens["score_index"]], perf.notes[matched_tokens["perf_index"]]
     spb = tempo.spb_at_beat(sn["onset_beat"])
     onset_dev = (pn["onset_s"] - tempo.time_at(sn["onset_beat"])) / spb
     written_s = np.maximum(sn["duration_beat"] * spb, MIN_DURATION_S)
     played_s = np.maximum(pn["offset_s"] - pn["onset_s"], MIN_DURATION_S)
-    return {"onset_dev": onset_dev, "log_ioi_ratio": _log_ioi_ratio(sn["onset_beat"], pn["onset_s"], tempo),
-            "log_duration_ratio": np.log(played_s / written_s)}
+    grace = is_grace(sn)
+    log_ioi = np.zeros(len(sn))
+    log_ioi[~grace] = _log_ioi_ratio(sn["onset_beat"][~grace], pn["onset_s"][~grace], tempo)
+    return {"onset_dev": onset_dev, "log_ioi_ratio": log_ioi,
+            "log_duration_ratio": np.where(grace, 0.0, np.log(played_s / written_s))}
 
 
 def _log_ioi_ratio(beats: np.ndarray, onsets_s: np.ndarray, tempo: LocalTempo) -> np.ndarray:
@@ -575,7 +589,11 @@ def tokens(score: Score, perf: Performance, alignment: Alignment, bar_offset: in
     ref[extra] = nearest_matched_score_note(tok["perf_onset_s"][extra], pn["onset_s"][pairs[:, 1]], pairs[:, 0])
     has_ref = ref >= 0
     safe = np.where(has_ref, ref, 0)
-    field = lambda name, default: np.where(has_ref, sn[name][safe], default) if len(sn) else np.full(n, default)  # noqa: E731
+
+    def field(name: str, default: float) -> np.ndarray:
+        """The referenced score note's `name` per token [n]; `default` where there is none."""
+        return np.where(has_ref, sn[name][safe], default) if len(sn) else np.full(n, default)
+
     duration = field("duration_beat", 0.0).astype(np.float64)
     velocity = np.zeros(n, dtype=np.int64)
     played = tok["perf_index"] >= 0

@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -83,10 +84,11 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def _maybe_die(spec: str | None, epoch: int, rank: int) -> None:
+def _maybe_die(spec: str | None, epoch: int, rank: int, batch_index: int) -> None:
     """Fault injection for the fault-tolerance test: PIANOEVAL_KILL_AT=<epoch>:<marker file> in the
-    driver's environment makes one worker process exit at that epoch, once (the marker records it)."""
-    if not spec or rank != min(1, _world_size() - 1):
+    driver's environment makes one worker process exit in the middle of that (0-based) epoch, at its
+    third batch, once (the marker records it)."""
+    if not spec or batch_index != 2 or rank != min(1, _world_size() - 1):
         return
     at, marker = spec.split(":", 1)
     if epoch == int(at) and not os.path.exists(marker):
@@ -159,10 +161,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stopped = state.get("stopped", False)
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"]
-        _maybe_die(loop_config.get("kill_at"), epoch, rank)
         started = time.time()
         train_metrics = _run_epoch(model, loss_fn, optimizer, scheduler, scaler, ray.train.get_dataset_shard("train"),
-                                   names, config, device, precision, train=True)
+                                   names, config, device, precision, train=True,
+                                   on_batch=lambda i: _maybe_die(loop_config.get("kill_at"), epoch, rank, i))
         val_metrics = _run_epoch(model, loss_fn, None, None, None, ray.train.get_dataset_shard("val"),
                                  names, config, device, precision, train=False)
         state["epoch"] = epoch + 1
@@ -204,7 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, config: Config, device, precision,
-               *, train: bool) -> dict[str, Any]:
+               *, train: bool, on_batch=None) -> dict[str, Any]:
     t = config.train
     model.train(train)
     total_loss, total_items, started = 0.0, 0, time.time()
@@ -216,7 +218,9 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
                                   local_shuffle_seed=t.seed if train else None)
     if train:
         optimizer.zero_grad(set_to_none=True)
-    for numpy_batch in iterator:
+    for batch_index, numpy_batch in enumerate(iterator):
+        if on_batch is not None:
+            on_batch(batch_index)
         batch = to_device(collate(numpy_batch, names, stage=t.stage, audio_only=t.audio_only,
                                   max_notes=config.model.max_notes), device)
         labels = batch.pop("labels")
@@ -277,7 +281,8 @@ def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], 
     """Per-dimension mean/std of the training targets (0..100) and the number of labelled rows."""
     matrix = label_matrix(table.column(target_column(stage)).to_pylist(), names)
     labelled = ~np.all(np.isnan(matrix), axis=1)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN columns: dimensions without labels
         mean = np.nanmean(matrix, axis=0) if labelled.any() else np.full(len(names), np.nan)
         std = np.nanstd(matrix, axis=0) if labelled.any() else np.full(len(names), np.nan)
     mean = np.where(np.isnan(mean), 50.0, mean)

@@ -264,3 +264,22 @@ def test_alignment_properties():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert al.matched_pairs.shape == (al.n_matched, 2)
+
+
+def test_grace_notes_are_matched_and_left_out_of_tempo_and_durations():
+    rows = [(float(b), 1.0, p, 1) for b, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
+    rows += [(2.0, 0.0, 66, 1), (5.0, 0.0, 70, 1)]      # grace notes: written duration 0, on the main beat
+    score = score_from_rows(rows, n_bars=2, qpm=60.0)
+    grace = score.notes["duration_beat"] == 0
+    onset = score.notes["onset_beat"] + 1.0 - 0.08 * grace      # played 80 ms ahead of their beat
+    offset = onset + np.where(grace, 0.06, 0.9)
+    perf = Performance(make_perf_notes(onset, offset, score.notes["pitch"], [64] * len(onset)),
+                       np.zeros(0, PEDAL_DTYPE))
+    assert score_note_array(score)["is_grace"].sum() == 2
+    al = align(score, perf)
+    assert (al.n_matched, al.n_missed, al.n_extra) == (10, 0, 0)
+    attrs = note_attributes(score, perf, al)
+    is_grace_token = grace[al.tokens["score_index"]]
+    np.testing.assert_allclose(attrs[~is_grace_token, ATTR_INDEX["onset_dev"]], 0.0, atol=1e-3)
+    np.testing.assert_allclose(attrs[is_grace_token, ATTR_INDEX["onset_dev"]], -0.08, atol=1e-3)
+    assert np.all(attrs[is_grace_token, ATTR_INDEX["log_duration_ratio"]] == 0.0)
