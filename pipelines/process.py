@@ -16,7 +16,7 @@ from pipelines import constants as C
 from pipelines import storage
 from pipelines.config import Config
 from pipelines.features import dumps_labels, empty_row, error_row, pack_array
-from pipelines.notes import Performance, Score
+from pipelines.notes import Performance, Score, empty_pedal, empty_perf_notes
 
 
 class PreprocessError(RuntimeError):
@@ -131,7 +131,8 @@ class RecordingProcessor:
             attrs = A.note_attributes(score, perf, alignment)
             segments = S.segment_alignment(alignment, score, duration_s, data.train_window_s, data.window_overlap)
         else:
-            segments = S.segment_performance(perf, duration_s, data.train_window_s, data.window_overlap)
+            perf_or_empty = perf if perf is not None else Performance(empty_perf_notes(), empty_pedal(), "none")
+            segments = S.segment_performance(perf_or_empty, duration_s, data.train_window_s, data.window_overlap)
         cqt = self.cqt(variant.cqt_audio)[0] if self.cqt is not None else None      # (F, 168)
         base = {
             "recording_id": record["recording_id"], "split": record.get("split") or "",
@@ -142,6 +143,7 @@ class RecordingProcessor:
             "labels_json": dumps_labels(record.get("labels")), "augment": variant.augment,
         }
         rows = []
+        tokens_by_offset: dict[int, np.ndarray] = {}   # OctupleMIDI bars are relative to the window's first bar
         for seg in segments:
             row = empty_row()
             row.update(base)
@@ -152,30 +154,30 @@ class RecordingProcessor:
                 a1 = int(round(seg.end_s * C.MERT_SAMPLE_RATE_HZ))
                 audio = variant.mert_audio[a0:a1]
                 row.update(audio=pack_array(audio, "f2"), audio_samples=len(audio))
+            frames = None
             if cqt is not None:
                 f0 = int(np.floor(seg.start_s * C.CQT_FRAMES_PER_S))
-                f1 = min(len(cqt), f0 + C.CQT_FRAMES_PER_S * (seg.end_s - seg.start_s) + 1)
-                frames = cqt[f0:int(f1)]
+                f1 = min(len(cqt), int(np.ceil(seg.end_s * C.CQT_FRAMES_PER_S)) + 1)
+                frames = cqt[f0:f1]
                 row.update(cqt=pack_array(frames, "f2"), cqt_frames=len(frames))
+            audio_features = {"cqt": frames} if frames is not None and len(frames) else None
             if alignment is not None:
-                mask = seg.token_mask
-                idx = np.flatnonzero(mask)[: data.max_notes]
-                seg_tokens = A.tokens(score, perf, alignment, bar_offset=max(seg.bar_start, 0))[idx]
+                idx = np.flatnonzero(seg.token_mask)[: data.max_notes]
+                offset = max(seg.bar_start, 0)
+                if offset not in tokens_by_offset:
+                    tokens_by_offset[offset] = A.tokens(score, perf, alignment, bar_offset=offset)
+                seg_tokens = tokens_by_offset[offset][idx]
                 times = alignment.tokens["perf_onset_s"][idx] - seg.start_s
                 row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(attrs[idx], "f4"),
                            note_times=pack_array(times, "f4"), n_notes=len(idx))
-                pseudo = L.pseudo_labels(score, perf, alignment, attrs, note_mask=mask)
+                pseudo = L.pseudo_labels(score, perf, alignment, attrs, audio_features, note_mask=seg.token_mask)
+            elif perf is not None:
+                pseudo = L.pseudo_labels(None, perf, None, None, audio_features, note_mask=seg.token_mask)
             else:
-                pseudo = L.pseudo_labels(None, perf, None, None, note_mask=self._perf_mask(perf, seg)) \
-                    if perf is not None else {}
+                pseudo = {}
             row["pseudo_json"] = dumps_labels(pseudo)
             rows.append(row)
         return rows
-
-    @staticmethod
-    def _perf_mask(perf: Performance, seg) -> np.ndarray:
-        onsets = perf.notes["onset_s"]
-        return (onsets >= seg.start_s) & (onsets < seg.end_s)
 
     # --- entry point -----------------------------------------------------------------------------
     def process(self, record: dict) -> list[dict]:
