@@ -30,8 +30,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if not (address or os.environ.get("RAY_ADDRESS")) else None
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}}
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}   # S3 endpoint for workers
+    env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": env_vars}
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         ray.init(address=target, runtime_env=None if os.environ.get("RAY_JOB_ID") else runtime_env,

@@ -68,8 +68,9 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    """One local Ray cluster for the whole test session (4 logical CPUs on this 2-core machine)."""
+def ray_cluster(tmp_path_factory, s3_server):
+    """One local Ray cluster for the whole test session (4 logical CPUs on this 2-core machine).
+    Started after the moto server so its workers inherit the S3 endpoint and test credentials."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
     import ray
