@@ -23,8 +23,9 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "tiny") -> N
                              "else a local Ray started for this job)")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Join the cluster named by --address / RAY_ADDRESS, or start a local one for this process."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
+    """Join the cluster named by --address / RAY_ADDRESS, or start a local one for this process
+    (with the dashboard on 127.0.0.1, which Ray Train's state checks and the user both want)."""
     import ray
 
     if ray.is_initialized():
@@ -38,8 +39,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(address=target, runtime_env=None if os.environ.get("RAY_JOB_ID") else runtime_env,
                  logging_level=logging.WARNING)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                           dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)
+        if getattr(context, "dashboard_url", None):
+            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def run_main(main: Callable[[list[str] | None], int]) -> None:

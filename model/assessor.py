@@ -56,6 +56,25 @@ class _Sequence:
         return lengths_to_mask(self.lengths, self.x.shape[1])
 
 
+def pool_frames(seq: _Sequence, k: int) -> _Sequence:
+    """Average every k consecutive valid frames: (B, T, D) -> (B, ceil(T/k), D), padding-invariant.
+
+    Lengths become ceil(length / k); each pooled frame's time is the mean time of its valid frames."""
+    if k <= 1:
+        return seq
+    B, T, D = seq.x.shape
+    T2 = -(-T // k)
+    pad = T2 * k - T
+    mask = seq.mask.to(seq.x.dtype)                                            # (B, T)
+    x = torch.nn.functional.pad(seq.x * mask[..., None], (0, 0, 0, pad)).view(B, T2, k, D)
+    w = torch.nn.functional.pad(mask, (0, pad)).view(B, T2, k)
+    t = torch.nn.functional.pad(seq.times * mask, (0, pad)).view(B, T2, k)
+    count = w.sum(-1).clamp_min(1.0)                                          # (B, T2)
+    lengths = torch.div(seq.lengths + k - 1, k, rounding_mode="floor")
+    rate = None if seq.frame_rate_hz is None else seq.frame_rate_hz / k
+    return _Sequence(x.sum(2) / count[..., None], lengths, t.sum(-1) / count, rate)
+
+
 def resample_frames(x: torch.Tensor, lengths: torch.Tensor, frame_rate_hz: float,
                     target_times: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of (B, T, D) frames at `frame_rate_hz` onto (B, T') times -> (B, T', D).
@@ -143,6 +162,8 @@ class PianoAssessor(nn.Module):
                 seq = _Sequence(feats, frames, times, self.cqt.frame_rate_hz)
             else:                                                            # onto MERT's frames
                 seq.x = seq.x + resample_frames(feats, frames, self.cqt.frame_rate_hz, seq.times)
+        if seq is not None:
+            seq = pool_frames(seq, self.config.audio_pool_frames)             # (B, T/k, D)
         return seq
 
     def _encode_score(self, batch: Batch, batch_size: int) -> _Sequence | None:

@@ -57,6 +57,9 @@ class ModelConfig:
     cqt_hidden_size: int = 256
     cqt_layers: int = 2
     cqt_dropout: float = 0.1
+    # average every k audio frames before fusion and the BiLSTM (75 Hz MERT / 86 Hz CQT -> 25 / 21.5 Hz
+    # at k=3 / 4): the recurrence over 10 s becomes 4x shorter; attention curves keep k/frame-rate resolution
+    audio_pool_frames: int = 1
     # --- symbolic branch ---
     symbolic_encoder: bool = True
     symbolic_source: str | None = None
@@ -155,6 +158,7 @@ class ModelConfig:
         for name in ("fusion_dropout", "lstm_dropout", "head_dropout", "cqt_dropout", "symbolic_dropout"):
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+        require(self.audio_pool_frames >= 1, f"audio_pool_frames must be at least 1, got {self.audio_pool_frames}")
         for name in ("mert_num_layers", "cqt_layers", "symbolic_num_layers", "lstm_layers", "max_notes",
                      "cqt_channels", "cqt_hidden_size", "fusion_dim", "head_shared_size", "head_hidden_size",
                      "n_note_attrs"):

@@ -45,9 +45,9 @@ def test_output_shapes_follow_the_config(tiny_cfg, schema, encoder):
     assert float(out.attention[~valid].abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("encoder", ["both", "none"])
-def test_padded_batch_equals_items_run_one_at_a_time(tiny_cfg, schema, encoder):
-    model = _model(tiny_cfg, schema, audio_encoder=encoder).eval()
+@pytest.mark.parametrize("encoder, pool", [("both", 1), ("none", 1), ("cqt", 4), ("both", 3)])
+def test_padded_batch_equals_items_run_one_at_a_time(tiny_cfg, schema, encoder, pool):
+    model = _model(tiny_cfg, schema, audio_encoder=encoder, audio_pool_frames=pool).eval()
     notes = [24, 9, 5] if encoder == "none" else NOTES
     batch = make_batch(tiny_cfg, AUDIO_S, notes, seed=1)
     with torch.no_grad():
@@ -151,6 +151,17 @@ def test_missing_batch_keys_are_named(tiny_cfg, schema):
     cqt_only = _model(tiny_cfg, schema, audio_encoder="cqt").eval()
     with torch.no_grad():
         cqt_only({k: v for k, v in batch.items() if k not in ("audio", "audio_lengths")})   # needs no audio
+
+
+def test_pooling_shortens_the_time_axis_by_k(tiny_cfg, schema):
+    batch = make_batch(tiny_cfg, AUDIO_S, NOTES, seed=2)
+    with torch.no_grad():
+        full = _model(tiny_cfg, schema, audio_encoder="cqt").eval()(batch)
+        pooled = _model(tiny_cfg, schema, audio_encoder="cqt", audio_pool_frames=4).eval()(batch)
+    assert torch.equal(pooled.lengths, torch.div(full.lengths + 3, 4, rounding_mode="floor"))
+    assert pooled.frame_rate_hz == pytest.approx(full.frame_rate_hz / 4)
+    # a pooled frame's time is the mean time of the frames it covers
+    assert torch.allclose(pooled.times[0, 1], full.times[0, 4:8].mean(), atol=1e-5)
 
 
 def test_resample_frames_interpolates_and_clamps_per_item():
