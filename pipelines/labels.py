@@ -91,7 +91,6 @@ ARTIC_SPREAD_SCALE = 0.5
 # --- pedal -----------------------------------------------------------------------------------------
 PEDAL_HOLD_HORIZON_S = 2.0      # a pedal-held note older than this has decayed enough not to blur
 ONSET_GROUP_S = 0.05            # performed onsets closer than this form one group
-LOCAL_RANGE_S = 1.0             # the lower part is split from the upper at the midpoint of the range played this near
 BLUR_TOL = 0.1                  # blurred-onset fraction that pedalled passing notes normally give
 BLUR_SCALE = 0.4
 SILENCE_GAP_S = 0.08
@@ -363,21 +362,20 @@ def _articulation_statistics(score: Score | None, perf: Performance, alignment, 
 def _pedal_statistics(score: Score | None, perf: Performance, alignment, view: _NoteView) -> dict[str, float]:
     """Fraction of onset groups blurred by pedal-held clashing notes; fraction of legato gaps."""
     if len(perf.pedal) == 0 and perf.source == "transcription":
-        return {"pedal_blur": math.nan, "pedal_dry": math.nan, "legato_gaps": math.nan}
+        return {"pedal_blur": math.nan, "legato_gaps": math.nan}
     notes = view.notes
     if len(notes) < MIN_NOTES:
-        return {"pedal_blur": math.nan, "pedal_dry": math.nan, "legato_gaps": math.nan}
+        return {"pedal_blur": math.nan, "legato_gaps": math.nan}
     from pipelines.performance import pedal_intervals
 
     all_notes = perf.notes
     intervals = pedal_intervals(perf.pedal, CC_SUSTAIN, end_s=perf.duration_s + 10.0)
     group_times = _onset_groups(notes["onset_s"])
-    blurred = [b for b in (_blur_at(t, all_notes, intervals) for t in group_times) if b is not None]
-    dry = _dry_fraction(all_notes, intervals, group_times)
+    blurred = [_blur_at(t, all_notes, intervals) for t in group_times]
     gaps = math.nan
     if view.tokens is not None:
         gaps = _legato_gap_fraction(score, perf, view, intervals)
-    return {"pedal_blur": float(np.mean(blurred)) if blurred else math.nan, "pedal_dry": dry, "legato_gaps": gaps}
+    return {"pedal_blur": float(np.mean(blurred)) if blurred else math.nan, "legato_gaps": gaps}
 
 
 def _onset_groups(onsets: np.ndarray) -> np.ndarray:
@@ -399,68 +397,21 @@ def _pedal_down_throughout(intervals: np.ndarray, start: np.ndarray, end: float)
     return ok & (intervals[kk, 0] <= start) & (intervals[kk, 1] >= end)
 
 
-def _blur_at(t: float, notes: np.ndarray, intervals: np.ndarray) -> bool | None:
-    """Whether, in the lower part (below the midpoint of the range played within LOCAL_RANGE_S of t), a
-    recent note held only by the pedal clashes (1-2 semitones, any octave) with a note struck at t;
-    None when the lower part strikes nothing at t."""
+def _blur_at(t: float, notes: np.ndarray, intervals: np.ndarray) -> bool:
+    """Whether a pedal-held recent note clashes (1-2 semitones, any octave) with a key-held note at t."""
     group_end = t + ONSET_GROUP_S
-    near = np.abs(notes["onset_s"] - t) <= LOCAL_RANGE_S
-    split = (notes["pitch"][near].min() + notes["pitch"][near].max()) / 2.0
-    lower = notes["pitch"] < split
-    struck = lower & (notes["onset_s"] >= t) & (notes["onset_s"] <= group_end)
-    released = lower & (notes["offset_s"] <= t) & (notes["onset_s"] > t - PEDAL_HOLD_HORIZON_S)
-    if not struck.any():
-        return None
-    if not released.any():
+    key_held = (notes["onset_s"] <= group_end) & (notes["offset_s"] > group_end)
+    released = (notes["offset_s"] <= t) & (notes["onset_s"] > t - PEDAL_HOLD_HORIZON_S)
+    if not key_held.any() or not released.any():
         return False
     held_by_pedal = released.copy()
     held_by_pedal[released] = _pedal_down_throughout(intervals, notes["offset_s"][released], group_end)
     if not held_by_pedal.any():
         return False
     ringing = np.unique(notes["pitch"][held_by_pedal] % 12)
-    sounding = np.unique(notes["pitch"][struck] % 12)
+    sounding = np.unique(notes["pitch"][key_held] % 12)
     interval = (ringing[:, None] - sounding[None, :]) % 12
     return bool(np.isin(interval, (1, 2, 10, 11)).any())
-
-
-def _lower_part(t: float, notes: np.ndarray) -> np.ndarray:
-    """bool [n]: notes below the midpoint of the pitch range struck within LOCAL_RANGE_S of t."""
-    near = np.abs(notes["onset_s"] - t) <= LOCAL_RANGE_S
-    return notes["pitch"] < (notes["pitch"][near].min() + notes["pitch"][near].max()) / 2.0
-
-
-def _dry_fraction(notes: np.ndarray, intervals: np.ndarray, group_times: np.ndarray) -> float:
-    """Of the time between successive lower-part onsets that move within one harmony (to other pitch
-    classes, none a 1-2 semitone clash with the previous ones: broken chords, Alberti figures, leaps
-    from a bass to its chord), the fraction during which none of the previous onset's notes sounds
-    (neither key nor pedal)."""
-    groups = []
-    for t in group_times:
-        struck = _lower_part(t, notes) & (notes["onset_s"] >= t) & (notes["onset_s"] <= t + ONSET_GROUP_S)
-        if struck.any():
-            groups.append((t, np.flatnonzero(struck)))
-    silent, total = 0.0, 0.0
-    for (t0, a), (t1, b) in zip(groups[:-1], groups[1:]):
-        dt = t1 - t0
-        pa, pb = np.unique(notes["pitch"][a] % 12), np.unique(notes["pitch"][b] % 12)
-        if dt > PEDAL_HOLD_HORIZON_S or set(pb) <= set(pa):
-            continue
-        if np.isin((pa[:, None] - pb[None, :]) % 12, (1, 2, 10, 11)).any():
-            continue
-        end = max(_sounding_end(intervals, float(off)) for off in notes["offset_s"][a])
-        silent += max(0.0, t1 - max(end, t0))
-        total += dt
-    return silent / total if total > 0 else 0.0
-
-
-def _sounding_end(intervals: np.ndarray, offset: float) -> float:
-    """When a note released at `offset` stops sounding: then, or when the sustain pedal down then lifts."""
-    if len(intervals) == 0:
-        return offset
-    k = int(np.searchsorted(intervals[:, 0], offset, side="right")) - 1
-    if k >= 0 and intervals[k, 0] <= offset < intervals[k, 1]:
-        return float(intervals[k, 1])
-    return offset
 
 
 def _legato_gap_fraction(score: Score, perf: Performance, view: _NoteView, intervals: np.ndarray) -> float:
