@@ -6,12 +6,11 @@ changes of every track, sorted by time. A controller value >= PEDAL_DOWN_THRESHO
 """
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.errors import one_line, parse_midi_bytes
 from pipelines.constants import CC_SOFT, CC_SOSTENUTO, CC_SUSTAIN, MIDI_EXTENSIONS, PEDAL_DOWN_THRESHOLD
 from pipelines.notes import PEDAL_DTYPE, Performance, make_perf_notes
 from pipelines.storage import StorageError, local_path
@@ -21,11 +20,6 @@ PEDAL_CONTROLLERS = (CC_SUSTAIN, CC_SOSTENUTO, CC_SOFT)
 
 class MidiError(ValueError):
     """A performance MIDI could not be used; the message names the file and the cause in one line."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def pedal_events_from_pretty_midi(pm) -> np.ndarray:
@@ -48,16 +42,9 @@ def performance_from_pretty_midi(pm, name: str = "<midi>") -> Performance:
 
 def performance_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Performance:
     """A `Performance` from the bytes of a MIDI file; unreadable bytes raise MidiError naming `name`."""
-    import pretty_midi
-
     if not data:
         raise MidiError(f"{name}: empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pm = pretty_midi.PrettyMIDI(io.BytesIO(data))
-    except Exception as exc:  # mido raises OSError, EOFError, KeyError, ValueError ... on broken files
-        raise MidiError(f"{name}: not a readable MIDI file ({_one_line(exc)})") from None
+    pm = parse_midi_bytes(data, name, MidiError)
     return performance_from_pretty_midi(pm, name)
 
 

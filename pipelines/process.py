@@ -15,6 +15,7 @@ import numpy as np
 from pipelines import constants as C
 from pipelines import storage
 from pipelines.config import Config
+from pipelines.errors import one_line
 from pipelines.features import dumps_labels, empty_row, error_row, pack_array
 from pipelines.notes import Performance, Score, empty_pedal, empty_perf_notes
 
@@ -31,11 +32,6 @@ class Variant:
     perf: Performance | None
     score: Score | None
     augment: str = ""
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return text or type(exc).__name__
 
 
 def _stage(uri: str, what: str, exc: BaseException) -> PreprocessError:

@@ -15,12 +15,12 @@ seconds at the written tempo.
 """
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.errors import one_line, parse_midi_bytes
 from pipelines.constants import MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.notes import SCORE_NOTE_DTYPE, Score
 from pipelines.storage import StorageError, local_path
@@ -34,11 +34,6 @@ _BAR_EPS_BEAT = 1e-6          # onsets this close before a bar line belong to th
 
 class ScoreError(ValueError):
     """A score could not be read; the message names the input and the cause in one line."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- tempo maps ------------------------------------------------------------------------------
@@ -140,14 +135,7 @@ def score_from_pretty_midi(pm, name: str = "<midi>") -> Score:
 
 def score_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Score:
     """A `Score` from the bytes of a score MIDI file; unreadable MIDI raises ScoreError naming `name`."""
-    import pretty_midi
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pm = pretty_midi.PrettyMIDI(io.BytesIO(data))
-    except Exception as exc:  # mido raises OSError, EOFError, KeyError, ValueError ... on broken files
-        raise ScoreError(f"{name}: not a readable MIDI file ({_one_line(exc)})") from None
+    pm = parse_midi_bytes(data, name, ScoreError)
     return score_from_pretty_midi(pm, name)
 
 
@@ -229,7 +217,7 @@ def score_from_musicxml_file(path: str, name: str | None = None) -> Score:
             warnings.simplefilter("ignore")
             pscore_obj = partitura.load_musicxml(path, force_note_ids="keep")
     except Exception as exc:  # lxml, zipfile and partitura's own errors
-        raise ScoreError(f"{name}: not a readable MusicXML file ({_one_line(exc)})") from None
+        raise ScoreError(f"{name}: not a readable MusicXML file ({one_line(exc)})") from None
     return score_from_partitura(pscore_obj, name)
 
 
