@@ -6,10 +6,15 @@ task-level aleatoric uncertainty); it is trained by the uncertainty-weighted los
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from model.config import ModelConfig
+
+
+INITIAL_SIGMA = 0.2
 
 
 class DimensionHead(nn.Module):
@@ -32,7 +37,9 @@ class AssessmentHeads(nn.Module):
                                     nn.Dropout(cfg.head_dropout))
         self.dims = nn.ModuleList([DimensionHead(cfg.head_shared_size, cfg.head_hidden_size, cfg.head_dropout)
                                    for _ in range(n_dims)])
-        self.log_sigma = nn.Parameter(torch.zeros(n_dims))                   # (D,), 0..1 scale
+        # (D,), on the 0..1 scale; starts at sigma = 0.2 (20 points), a prior of the spread of ratings,
+        # rather than 1.0 (100 points), which short runs would never shrink to a calibrated width
+        self.log_sigma = nn.Parameter(torch.full((n_dims,), math.log(INITIAL_SIGMA)))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         shared = self.shared(pooled)                                         # (B, S)
