@@ -99,9 +99,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parameter_table() -> str:
+    """Parameters per part (total / trainable) of the tiny and mert-v1-95m presets, random weights."""
+    from model.builder import build_model
+    from pipelines.config import load_config
+
+    counts = {}
+    for preset, overrides in (("tiny", []), ("mert-v1-95m", [])):
+        cfg = load_config(preset, overrides)
+        counts[preset] = build_model(cfg.model, cfg.schema(), pretrained=False).parameter_counts()
+    parts = list(dict.fromkeys(p for c in counts.values() for p in c))
+    lines = ["| part | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
+    for part in parts:
+        cells = [f"{c[part]['total']:,} / {c[part]['trainable']:,}" if part in c else "-" for c in counts.values()]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    return "Parameters per part (total / trainable):\n\n" + "\n".join(lines)
+
+
 def main() -> str:
     rows = [_run_isolated(preset, seconds) for preset in PRESETS for seconds in WINDOWS_S]
-    text = table(rows)
+    text = table(rows) + "\n\n" + parameter_table()
     print(text)
     return text
 

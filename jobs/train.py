@@ -6,8 +6,9 @@
     ray job submit --working-dir . -- python jobs/train.py --config mert-v1-95m --data s3://b/features \\
         --storage s3://b/runs --gpu --num-workers 4
 
-A rerun with the same --name resumes from the latest checkpoint. Everything not on the command line is
-in the config (--set section.key=value to override).
+A rerun with the same --name resumes from the latest checkpoint. At the end the best checkpoint is
+evaluated on the test split against baselines (<storage>/<name>/evaluation: JSON, Markdown, PNGs).
+Everything not on the command line is in the config (--set section.key=value to override).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (nccl, fp16 autocast)")
     parser.add_argument("--name", default=None, help="run name (default: <config>-<stage>)")
-    parser.add_argument("--evaluate", action="store_true", help="evaluate the best checkpoint on the test split")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                        help="skip the final evaluation of the best checkpoint on the test split")
     _common.add_config_args(parser)
     args = parser.parse_args(argv)
 
