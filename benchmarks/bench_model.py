@@ -69,8 +69,19 @@ def run_case(preset: str, seconds: float, repeats: int = REPEATS) -> dict:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "steps": int(out.lengths[0]), "notes": int(batch["note_lengths"][0]),
         "forward_s": statistics.median(times), "forward_min_s": min(times), "repeats": repeats,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM, reset by exec; ru_maxrss would carry the parent's)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_isolated(preset: str, seconds: float) -> dict:
