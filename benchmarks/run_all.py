@@ -55,12 +55,16 @@ def main(argv: list[str]) -> int:
         print(sections[-1], flush=True)
     header = (f"# Benchmark results\n\nMachine: {machine()}\n\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
               f", revision {git_revision()}\n\nCommand: `.venv/bin/python benchmarks/run_all.py {' '.join(names)}`"
-              " (`make bench` runs all)\n")
+              " (`make bench` runs all; a subset replaces its own sections and keeps the others, each with its"
+              " run time)\n")
     if names != list(BENCHMARKS) and RESULTS.exists():
         # a subset: replace its sections, keep the others
         old = RESULTS.read_text()
         kept = [s for s in old.split("\n## ")[1:] if s.split("\n", 1)[0].strip() not in names]
         sections = ["## " + s.rstrip() + "\n" for s in kept] + sections
+        order = list(BENCHMARKS)
+        sections.sort(key=lambda s: order.index(s[3:].split("\n", 1)[0].strip())
+                      if s[3:].split("\n", 1)[0].strip() in order else len(order))
     RESULTS.write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {RESULTS}")
     return 0
