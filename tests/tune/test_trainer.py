@@ -54,6 +54,10 @@ def test_two_worker_ddp_training_writes_checkpoints_and_resumes_by_name(ray_clus
         os.listdir(first["best_checkpoint"])
     events = [f for _, _, files in os.walk(storage_dir / "run" / "tensorboard") for f in files]
     assert any(f.startswith("events.out.tfevents") for f in events)
+    # rerun the finished run by name: it resumes, finds nothing left to do and keeps its checkpoint
+    again = run_training(config, str(synthetic_features), str(storage_dir), name="run")
+    assert again["latest_checkpoint"] == first["latest_checkpoint"]
+    assert [h["epoch"] for h in _history(again)] == [1, 2]
     # rerun the same name with more epochs: it resumes at epoch 3 instead of restarting
     config3 = load_config("tiny", FAST + ["train.stage=expert", "train.epochs=3", "train.checkpoints_to_keep=1"])
     second = run_training(config3, str(synthetic_features), str(storage_dir), name="run")
