@@ -10,7 +10,6 @@ so no MERT download is needed) and returns the model in eval mode.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -24,7 +23,7 @@ from torch import nn
 from model.assessor import PianoAssessor
 from model.builder import build_model
 from model.config import ModelConfig
-from model.errors import CheckpointError
+from model.errors import CheckpointError, local_copy
 from model.schema import DimensionSchema
 from model.typed_config import ConfigError, from_dict, to_dict
 
@@ -100,26 +99,11 @@ def _write(local_dir: str, payload: dict, meta_text: str) -> None:
         f.write(meta_text)
 
 
-@contextlib.contextmanager
-def _local_dir(directory: str) -> Iterator[str]:
-    if directory.startswith("s3://"):
-        from pipelines import storage
-
-        with tempfile.TemporaryDirectory(prefix="pianoeval-ckpt-") as tmp:
-            try:
-                storage.download_dir(directory, tmp)
-            except Exception as exc:  # StorageError, FileNotFoundError
-                raise CheckpointError(f"{directory}: cannot download the checkpoint ({exc})") from None
-            yield tmp
-    else:
-        yield os.path.expanduser(directory)
-
-
 def load_model(directory: str, map_location: str | torch.device = "cpu"
                ) -> tuple[PianoAssessor, dict, DimensionSchema, dict]:
     """Rebuild the model saved in `directory` -> (model in eval mode, config dict, schema, extra)."""
     expected = f"expected a directory written by model.checkpoint.save_model ({WEIGHTS_FILE} and {META_FILE})"
-    with _local_dir(directory) as local:
+    with local_copy(directory, "the checkpoint") as local:
         meta_path, weights_path = os.path.join(local, META_FILE), os.path.join(local, WEIGHTS_FILE)
         if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
             raise CheckpointError(f"{directory}: no {META_FILE} and {WEIGHTS_FILE} there; {expected}")

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 from typing import Any, Iterator
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 from transformers import HubertConfig, HubertModel, PretrainedConfig
 
 from model.config import MERT_SAMPLE_RATE_HZ, ModelConfig
-from model.errors import CheckpointError
+from model.errors import CheckpointError, local_copy
 from model.hf import enable_activation_checkpointing, float32_loading_kwargs
 from model.masks import lengths_to_mask, masked_mean_std
 
@@ -141,14 +140,8 @@ def _looks_like_hub_id(source: str) -> bool:
 def materialised_source(source: str) -> Iterator[str]:
     """A name `from_pretrained` can read: the hub id or local directory itself; an s3:// prefix downloaded."""
     if source.startswith("s3://"):
-        from pipelines import storage   # lazy: model/ does not depend on pipelines/ otherwise
-
-        with tempfile.TemporaryDirectory(prefix="pianoeval-mert-") as tmp:
-            try:
-                storage.download_dir(source, tmp)
-            except Exception as exc:  # StorageError, FileNotFoundError
-                raise CheckpointError(f"{source}: cannot download the MERT checkpoint ({exc}); expected an s3:// "
-                                      "prefix holding config.json and model weights") from None
+        with local_copy(source, "the MERT checkpoint: expected an s3:// prefix holding config.json and "
+                                "model weights") as tmp:
             yield tmp
     elif os.path.isdir(os.path.expanduser(source)):
         yield os.path.expanduser(source)
