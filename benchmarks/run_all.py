@@ -57,6 +57,10 @@ def main(argv: list[str]) -> int:
               f", revision {git_revision()}\n\nCommand: `.venv/bin/python benchmarks/run_all.py {' '.join(names)}`"
               " (`make bench` runs all; a subset replaces its own sections and keeps the others, each with its"
               " run time)\n")
+    import torch
+    if not torch.cuda.is_available():
+        header += ("\nNo GPU on this machine: the fp16 (autocast + GradScaler) training and GPU forward figures are not"
+                   " measured here; run `make bench` on a GPU node to add them.\n")
     if names != list(BENCHMARKS) and RESULTS.exists():
         # a subset: replace its sections, keep the others
         old = RESULTS.read_text()
