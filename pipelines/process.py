@@ -20,6 +20,9 @@ from pipelines.features import dumps_labels, empty_row, error_row, pack_array
 from pipelines.notes import Performance, Score, empty_pedal, empty_perf_notes
 
 
+MAX_AUGMENT_DRAWS = 20
+
+
 class PreprocessError(RuntimeError):
     """A recording could not be processed; the message names the file and the cause."""
 
@@ -90,19 +93,20 @@ class RecordingProcessor:
                                   "recording has no performance MIDI")
         return self.transcriber(audio_44k, C.CQT_SAMPLE_RATE_HZ)
 
-    def variants(self, record: dict, y: np.ndarray, sr: int, perf: Performance | None,
-                 score: Score | None) -> list[Variant]:
-        from pipelines.audio import prepare_audio, resample
-        uri = record.get("audio_uri") or record.get("midi_uri") or ""
-        decoded = prepare_audio(y, sr, uri, self.data.min_duration_s, self.data.max_duration_s)
+    def variants(self, record: dict, decoded, perf: Performance | None, score: Score | None) -> list[Variant]:
+        """The original recording and, on the training split, its seeded augmented copies."""
+        from pipelines.audio import resample
         out = [Variant(decoded.mert, decoded.cqt, perf, score)]
         if self.augmenter is None or record.get("split") != "train":
             return out
         from pipelines.augment import transform_pedal, transform_perf_notes, transform_score_notes
         for copy in range(self.data.augment.copies):
             rng = np.random.default_rng(_stable_seed(self.data.augment.seed, record["recording_id"], copy))
-            y_aug, info = self.augmenter(decoded.cqt, C.CQT_SAMPLE_RATE_HZ, rng)
-            if not info.applied:
+            for _ in range(MAX_AUGMENT_DRAWS):        # a copy with no transform drawn would only duplicate
+                y_aug, info = self.augmenter(decoded.cqt, C.CQT_SAMPLE_RATE_HZ, rng)
+                if info.applied:
+                    break
+            else:
                 continue
             aug_perf = None if perf is None else dataclasses.replace(
                 perf, notes=transform_perf_notes(perf.notes, info), pedal=transform_pedal(perf.pedal, info))
@@ -183,12 +187,13 @@ class RecordingProcessor:
         except Exception as exc:
             raise _stage(uri, "reading", exc) from None
         try:
+            from pipelines.audio import prepare_audio
             y, sr = self.load_audio(record)
+            decoded = prepare_audio(y, sr, uri, self.data.min_duration_s, self.data.max_duration_s)
         except Exception as exc:
             raise _stage(uri, "audio decoding", exc) from None
         try:
-            from pipelines.audio import resample
-            perf = self.performance(record, resample(y, sr, C.CQT_SAMPLE_RATE_HZ))
+            perf = self.performance(record, decoded.cqt)
         except Exception as exc:
             raise _stage(record.get("midi_uri") or uri, "performance notes", exc) from None
         score = None
@@ -199,9 +204,9 @@ class RecordingProcessor:
             except Exception as exc:
                 raise _stage(record["score_uri"], "score reading", exc) from None
         try:
-            variants = self.variants(record, y, sr, perf, score)
+            variants = self.variants(record, decoded, perf, score)
         except Exception as exc:
-            raise _stage(uri, "audio preparation", exc) from None
+            raise _stage(uri, "augmentation", exc) from None
         rows: list[dict] = []
         for variant in variants:
             try:
