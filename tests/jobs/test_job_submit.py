@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def test_job_submit_runs_train_on_a_local_head(tmp_path):
 
     features = make_synthetic_features(tmp_path / "features", n_pieces=4, takes=3, segments=1)
     bin_dir = Path(sys.executable).parent
-    temp_dir = tmp_path / "ray"
+    temp_dir = Path(tempfile.mkdtemp(prefix="pe-ray-", dir="/tmp"))   # short: AF_UNIX socket paths <= 107 bytes
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", RAY_AUTH_MODE="disabled",
                RAY_TMPDIR=str(temp_dir))
     env.pop("RAY_ADDRESS", None)
@@ -85,3 +87,4 @@ def test_job_submit_runs_train_on_a_local_head(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
