@@ -12,12 +12,13 @@ encoder, and 10 OctupleMIDI notes per second (capped at the preset's max_notes) 
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ("tiny", "mert-v1-95m")
@@ -69,19 +70,8 @@ def run_case(preset: str, seconds: float, repeats: int = REPEATS) -> dict:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "steps": int(out.lengths[0]), "notes": int(batch["note_lengths"][0]),
         "forward_s": statistics.median(times), "forward_min_s": min(times), "repeats": repeats,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM, reset by exec; ru_maxrss would carry the parent's)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_isolated(preset: str, seconds: float) -> dict:
