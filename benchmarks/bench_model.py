@@ -18,9 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import peak_rss_mb
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:                 # also runnable as `python benchmarks/bench_model.py`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import peak_rss_mb  # noqa: E402
 PRESETS = ("tiny", "mert-v1-95m")
 WINDOWS_S = (10.0, 30.0)
 NOTES_PER_S = 10
