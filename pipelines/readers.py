@@ -104,7 +104,7 @@ def _read_text(uri: str, what: str) -> str:
 
 def _list(uri: str, suffixes: tuple[str, ...] | None, what: str, recursive: bool = True) -> list[storage.FileEntry]:
     try:
-        return storage.list_files(uri, suffixes=suffixes, recursive=recursive)
+        return storage.list_files(uri, suffixes=suffixes, recursive=recursive, with_hash=False)
     except (storage.StorageError, FileNotFoundError) as exc:
         raise CorpusError(f"{uri}: cannot list {what}: {exc}") from None
 

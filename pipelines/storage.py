@@ -203,8 +203,12 @@ def _md5_local(path: str) -> str:
     return digest.hexdigest()
 
 
-def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[FileEntry]:
-    """Every file under a prefix (sorted by URI), with size and ETag / md5; optionally by suffix."""
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True,
+               with_hash: bool = True) -> list[FileEntry]:
+    """Every file under a prefix (sorted by URI), with size and ETag / md5; optionally by suffix.
+
+    On S3 the ETag comes with the listing; a local file's md5 means reading it, which
+    `with_hash=False` skips (etag is then "")."""
     uri = str(uri).rstrip("/")
     suffixes = tuple(s.lower() for s in suffixes) if suffixes else None
     if is_s3(uri):
@@ -220,7 +224,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: boo
     for item in infos:
         if item.type != pafs.FileType.File or (suffixes and not item.path.lower().endswith(suffixes)):
             continue
-        out.append(FileEntry(uri=item.path, size=item.size, etag=_md5_local(item.path)))
+        out.append(FileEntry(uri=item.path, size=item.size, etag=_md5_local(item.path) if with_hash else ""))
     return sorted(out, key=lambda e: e.uri)
 
 

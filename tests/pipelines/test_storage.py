@@ -87,3 +87,11 @@ def test_join_and_names():
     assert storage.join("s3://b/p/", "x", "/y.wav") == "s3://b/p/x/y.wav"
     assert storage.basename("s3://b/p/x.wav") == "x.wav"
     assert storage.parent("s3://b/p/x.wav") == "s3://b/p"
+
+
+def test_listing_without_hashes_skips_reading_local_files(tmp_path):
+    storage.write_bytes(str(tmp_path / "a.wav"), b"x" * 10)
+    [entry] = storage.list_files(str(tmp_path), with_hash=False)
+    assert entry.size == 10 and entry.etag == ""
+    [entry] = storage.list_files(str(tmp_path))
+    assert entry.etag == hashlib.md5(b"x" * 10).hexdigest()
