@@ -30,15 +30,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if not (address or os.environ.get("RAY_ADDRESS")) else None
+    target = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}   # S3 endpoint for workers
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": env_vars}
-    target = address or os.environ.get("RAY_ADDRESS")
     if target:
         ray.init(address=target, runtime_env=None if os.environ.get("RAY_JOB_ID") else runtime_env,
                  logging_level=logging.WARNING)
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private local cluster needs no token
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                            dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)
         if getattr(context, "dashboard_url", None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -39,11 +40,17 @@ def predict_segments(model, table, names: list[str], *, batch_size: int = 8, aud
     return {"scores": np.concatenate(scores) if scores else empty, "sigma": np.concatenate(sigmas) if sigmas else empty}
 
 
-def aggregate_by_recording(recording_ids: list[str], scores: np.ndarray, sigma: np.ndarray | None):
-    """Mean window score per recording; sigma = sqrt(mean window sigma^2 + variance across windows)."""
+def rows_by_recording(recording_ids: list[str]) -> dict[str, list[int]]:
+    """{recording_id: indices of its rows (windows)}."""
     index: dict[str, list[int]] = defaultdict(list)
     for i, rid in enumerate(recording_ids):
         index[rid].append(i)
+    return index
+
+
+def aggregate_by_recording(recording_ids: list[str], scores: np.ndarray, sigma: np.ndarray | None):
+    """Mean window score per recording; sigma = sqrt(mean window sigma^2 + variance across windows)."""
+    index = rows_by_recording(recording_ids)
     ids = sorted(index)
     agg_scores = np.stack([scores[index[r]].mean(0) for r in ids])
     agg_sigma = None
@@ -60,14 +67,10 @@ def _first_per_recording(recording_ids: list[str], values: list[Any]) -> dict[st
 
 
 def _mean_target_per_recording(recording_ids: list[str], matrix: np.ndarray) -> dict[str, np.ndarray]:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, rid in enumerate(recording_ids):
-        groups[rid].append(i)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return {rid: np.nanmean(matrix[idx], axis=0) for rid, idx in groups.items()}
+    """Mean label per recording over its windows; NaN where a dimension has no label."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)               # all-NaN columns
+        return {rid: np.nanmean(matrix[idx], axis=0) for rid, idx in rows_by_recording(recording_ids).items()}
 
 
 def recording_features(table) -> dict[str, np.ndarray]:
@@ -94,8 +97,7 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     names = schema.names
     stage = target or extra.get("stage", "expert")
     label_col = target_column(stage)
-    run_cfg = config_dict
-    audio_encoder = run_cfg["model"]["audio_encoder"]
+    audio_encoder = config_dict["model"]["audio_encoder"]
     columns = sorted(set(columns_for(audio_encoder)) | {"cqt", "cqt_frames"})
     table = read_segments_table(data_uri, columns=columns)
     originals = table.filter(np.asarray([a == "" for a in table.column("augment").to_pylist()]))
@@ -104,9 +106,9 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     train = originals.filter(splits == "train")
     if test.num_rows == 0:
         raise ValueError(f"{data_uri}: no segments in the {split!r} split")
-    use_audio_only = bool(run_cfg["train"].get("audio_only", False)) if audio_only is None else audio_only
+    use_audio_only = bool(config_dict["train"].get("audio_only", False)) if audio_only is None else audio_only
     pred = predict_segments(model, test, names, audio_only=use_audio_only,
-                            max_notes=run_cfg["model"].get("max_notes"))
+                            max_notes=config_dict["model"].get("max_notes"))
     rec_ids = test.column("recording_id").to_pylist()
     ids, scores, sigma = aggregate_by_recording(rec_ids, pred["scores"], pred["sigma"])
     truth_map = _mean_target_per_recording(rec_ids, label_matrix(test.column(label_col).to_pylist(), names))

@@ -51,11 +51,15 @@ def autocast_context(precision: str, device: torch.device):
     return nullcontext()
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The PianoAssessor inside a DDP wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
     """AdamW over the audio backbone, symbolic encoder and the rest, each at its own learning rate."""
     t = config.train
-    core = model.module if hasattr(model, "module") else model
-    groups = core.parameter_groups()
+    groups = unwrap(model).parameter_groups()
     lrs = {"audio": t.lr_audio, "symbolic": t.lr_symbolic, "head": t.lr_head}
     param_groups = [{"params": params, "lr": lrs[name], "name": name}
                     for name, params in groups.items() if params]
@@ -145,8 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             saved = torch.load(os.path.join(ckpt_dir, TRAIN_STATE), map_location=device, weights_only=True)
-            core = model.module if hasattr(model, "module") else model
-            core.load_state_dict(saved["model"])
+            unwrap(model).load_state_dict(saved["model"])
             loss_fn.load_state_dict(saved["loss"])
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
@@ -189,7 +192,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _sync_tensorboard(loop_config)
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                core = model.module if hasattr(model, "module") else model
+                core = unwrap(model)
                 torch.save({"model": core.state_dict(), "loss": loss_fn.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "scaler": scaler.state_dict(), "state": json.dumps(state)},
@@ -234,7 +237,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
                 scaler.scale(loss / t.grad_accum_steps).backward()
         micro += 1
         if train and sync:
-            _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, t.grad_clip)
+            _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
         n = labels.shape[0]
         total_loss += float(loss.detach()) * n
         total_items += n
@@ -243,7 +246,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
         abs_err += err.sum(0).detach().cpu().numpy()
         counts += valid.sum(0).cpu().numpy()
     if train and micro % t.grad_accum_steps != 0:
-        _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, t.grad_clip)
+        _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
     sums = _all_reduce_sum([total_loss, total_items, *abs_err.tolist(), *counts.tolist()], device)
     loss_sum, items = sums[0], sums[1]
     abs_err = np.asarray(sums[2:2 + len(names)])
@@ -254,7 +257,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
             "mae_per_dim": mae_per_dim, "samples_per_s": total_items / elapsed}
 
 
-def _optimizer_step(model, loss_fn, optimizer, scheduler, scaler, grad_clip: float) -> None:
+def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float) -> None:
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
