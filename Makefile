@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(SYS_STAMP) | $(PY)
 	$(PIP) install -q -e ".[dev]"
 	# basic-pitch's metadata pulls TensorFlow; we run its bundled ONNX model, so skip its declared deps.
 	$(PIP) install -q --no-deps "basic-pitch==0.4.0"
-	$(PY) -m pipelines.environment --fix
+	$(PY) .ci/fix_environment.py --fix
 	@touch $@
 
 install: $(STAMP)

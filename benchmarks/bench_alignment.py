@@ -8,7 +8,7 @@ Run `python -m benchmarks.bench_alignment` (or call `main()`): it prints and ret
 - alignment time per performance.
 
 The generator of scores and error-laden performances lives here too, because the unit tests of
-`pipelines.align`, `pipelines.labels` and `pipelines.segment` build their fixtures with it.
+`pipelines.features.align`, `pipelines.features.pseudo_labels` and `pipelines.features.segment` build their fixtures with it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from pipelines.constants import CC_SUSTAIN, PIANO_MAX_PITCH, PIANO_MIN_PITCH
-from pipelines.notes import (
+from pipelines.io.notes import (
     PEDAL_DTYPE,
     PERF_NOTE_DTYPE,
     SCORE_NOTE_DTYPE,
@@ -235,8 +235,8 @@ HEADER = ["case", "perf notes", "match F1", "missed P", "missed R", "extra P", "
 
 def error_detection(sp: SyntheticPerformance, alignment) -> dict[str, float]:
     """Match F-score and precision/recall of detected missed and extra notes against the ground truth."""
-    from pipelines.align import match_fscore
-    from pipelines.notes import EXTRA, MISSED
+    from pipelines.features.align import match_fscore
+    from pipelines.io.notes import EXTRA, MISSED
 
     tokens = alignment.tokens
     found_missed = set(tokens["score_index"][tokens["kind"] == MISSED].tolist())
@@ -250,7 +250,7 @@ def error_detection(sp: SyntheticPerformance, alignment) -> dict[str, float]:
 
 
 def _timed_align(score: Score, perf: Performance, matcher: str, refine: bool = True):
-    from pipelines.align import align
+    from pipelines.features.align import align
 
     started = time.perf_counter()
     alignment = align(score, perf, matcher=matcher, refine=refine)
@@ -287,7 +287,7 @@ def main(seeds: tuple[int, ...] = (0, 1, 2, 3), n_bars: int = 24, long_bars: int
     import warnings
 
     from benchmarks.common import markdown_table
-    from pipelines.align import k265_example, match_fscore
+    from pipelines.features.align import k265_example, match_fscore
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     score, perf, truth = k265_example()

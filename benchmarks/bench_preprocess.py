@@ -30,7 +30,7 @@ class TimedProcessor:
         import torch
 
         from pipelines.config import config_from_dict
-        from pipelines.process import RecordingProcessor
+        from pipelines.features.processor import RecordingProcessor
 
         torch.set_num_threads(1)
         self.processor = RecordingProcessor(config_from_dict(config_dict))
@@ -51,9 +51,9 @@ def main(pieces: int = 6, takes: int = 6, repeats: int = 2) -> str:
     import torch
 
     from pipelines.config import load_config
-    from pipelines.corpus import make_corpus
-    from pipelines.datasets import load_records, run_preprocess
-    from pipelines.process import RecordingProcessor
+    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.preprocess import load_records, run_preprocess
+    from pipelines.features.processor import RecordingProcessor
 
     tmp = tempfile.mkdtemp(prefix="bench-pre-")
     corpus = os.path.join(tmp, "corpus")

@@ -14,20 +14,20 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     from model.schema import SEED10
-    from pipelines import align as A
-    from pipelines import labels as L
-    from pipelines.corpus import make_corpus
-    from pipelines.cqt import CQTExtractor
-    from pipelines.audio import load_and_prepare
-    from pipelines.performance import load_performance
-    from pipelines.readers import read_corpus
-    from pipelines.score import load_score
+    from pipelines.features import align as A
+    from pipelines.features import pseudo_labels as L
+    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.features.cqt import CQTExtractor
+    from pipelines.io.audio import load_and_prepare
+    from pipelines.io.performance import load_performance
+    from pipelines.io.corpora import read_corpus
+    from pipelines.io.notation import load_score
 
     out = os.path.join(tempfile.mkdtemp(prefix="bench-pseudo-"), "corpus")
     make_corpus(out, pieces=pieces, takes=takes, seed=seed)
     import json
 
-    from pipelines import storage
+    from pipelines.io import storage
 
     counts = {r["recording_id"]: r["counts"] for r in json.loads(storage.read_text(f"{out}/manifest.json"))["recordings"]}
     cqt = CQTExtractor()

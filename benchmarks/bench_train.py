@@ -23,7 +23,7 @@ def tiny_workers(repeats: int = 1) -> list[list[object]]:
     import ray
 
     from pipelines.config import load_config
-    from tune.trainer import run_training
+    from pipelines.training.run import run_training
 
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     features = _synthetic(tmp)

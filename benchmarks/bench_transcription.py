@@ -6,7 +6,7 @@ Run `python -m benchmarks.bench_transcription` (or call `main()`): it renders ~3
 - real human performances from the PercePiano copy (velocities and sustain/soft pedal), from pieces
   not used to tune the thresholds,
 with two different pianos (FluidSynth with FluidR3_GM and with MuseScore_General), transcribes them
-with `pipelines.transcribe.Transcriber`, and prints and returns a Markdown table of mir_eval note
+with `pipelines.features.transcribe.Transcriber`, and prints and returns a Markdown table of mir_eval note
 scores per soundfont: onset F1 (50 ms), onset+offset F1 against the sustain-extended reference (how
 the notes sound), and speed in times real time (steady state, after one warm-up call; the first call
 of a process also pays about 1 s of imports).
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, markdown_table
-from pipelines.notes import Performance, empty_pedal, make_perf_notes
-from pipelines.performance import load_performance, with_sustain
-from pipelines.score import load_score
-from pipelines.transcribe import Transcriber, onset_f1
+from pipelines.io.notes import Performance, empty_pedal, make_perf_notes
+from pipelines.io.performance import load_performance, with_sustain
+from pipelines.io.notation import load_score
+from pipelines.features.transcribe import Transcriber, onset_f1
 
 SOUNDFONTS = {
     "FluidR3_GM": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
@@ -118,10 +118,10 @@ def demo_corpus_table(transcriber: Transcriber, pieces: int = 3, takes: int = 3,
     against each take's performance MIDI."""
     import tempfile
 
-    from pipelines.audio import load_audio
-    from pipelines.corpus import make_corpus
-    from pipelines.performance import load_performance
-    from pipelines.readers import read_corpus
+    from pipelines.io.audio import load_audio
+    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.io.performance import load_performance
+    from pipelines.io.corpora import read_corpus
 
     rows = []
     for font_name, font in SOUNDFONTS.items():

@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_config_args(parser)
     args = parser.parse_args(argv)
 
-    from pipelines import storage
+    from pipelines.io import storage
     from pipelines.config import load_config
-    from pipelines.corpus import make_corpus
-    from pipelines.datasets import format_summary, run_preprocess
-    from tune.evaluate import comparison_table, evaluate_checkpoint
-    from tune.trainer import run_training
+    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.preprocess import format_summary, run_preprocess
+    from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
+    from pipelines.training.run import run_training
 
     started = time.time()
     out = args.out

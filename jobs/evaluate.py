@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(default: <checkpoint>/../evaluation-<split>)")
     args = parser.parse_args(argv)
 
-    from pipelines import storage
-    from tune.evaluate import comparison_table, evaluate_checkpoint
-    from tune.trainer import model_dir_uri
+    from pipelines.io import storage
+    from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
+    from pipelines.training.run import model_dir_uri
 
     checkpoint = model_dir_uri(args.checkpoint)
     out = args.out or storage.join(storage.parent(checkpoint), f"evaluation-{args.split}")

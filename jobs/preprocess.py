@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.config import load_config
-    from pipelines.datasets import format_summary, run_preprocess
+    from pipelines.preprocess import format_summary, run_preprocess
 
     config = load_config(args.config, args.overrides)
     _common.init_ray(args.address)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.config import load_config
-    from tune.trainer import run_training
+    from pipelines.training.run import run_training
 
     overrides = list(args.overrides)
     if args.stage:
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: summary[k] for k in ("name", "best_checkpoint", "latest_checkpoint", "tensorboard")},
                      indent=2))
     if args.evaluate and summary["best_checkpoint"]:
-        from pipelines import storage
-        from tune.evaluate import comparison_table, evaluate_checkpoint
+        from pipelines.io import storage
+        from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
 
         out = storage.join(summary["run_dir"], "evaluation")
         result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out)

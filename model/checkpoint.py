@@ -80,7 +80,7 @@ def save_model(directory: str, model: nn.Module, config_dict: dict, schema: Dime
     payload = {"format": FORMAT, "version": VERSION,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if directory.startswith("s3://"):
-        from pipelines import storage
+        from pipelines.io import storage
 
         with tempfile.TemporaryDirectory(prefix="pianoeval-ckpt-") as tmp:
             _write(tmp, payload, meta_text)

@@ -7,6 +7,10 @@ import tempfile
 from typing import Iterator
 
 
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type or range."""
+
+
 class CheckpointError(ValueError):
     """A pretrained or saved checkpoint is missing or does not fit; the message says what was expected."""
 
@@ -18,7 +22,7 @@ def local_copy(uri: str, what: str) -> Iterator[str]:
     if not uri.startswith("s3://"):
         yield os.path.expanduser(uri)
         return
-    from pipelines import storage   # lazy: model/ does not depend on pipelines/ otherwise
+    from pipelines.io import storage   # lazy: model/ does not depend on pipelines/ otherwise
 
     with tempfile.TemporaryDirectory(prefix="pianoeval-model-") as tmp:
         try:

@@ -106,7 +106,7 @@ def save_symbolic_encoder(encoder: SymbolicEncoder, directory: str) -> str:
     payload = {"format": SYMBOLIC_FORMAT, "version": 1,
                "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
     if directory.startswith("s3://"):
-        from pipelines import storage
+        from pipelines.io import storage
 
         with tempfile.TemporaryDirectory(prefix="pianoeval-sym-") as tmp:
             torch.save(payload, os.path.join(tmp, SYMBOLIC_WEIGHTS_FILE))
@@ -120,7 +120,7 @@ def save_symbolic_encoder(encoder: SymbolicEncoder, directory: str) -> str:
 @contextlib.contextmanager
 def _local(source: str) -> Iterator[str]:
     if source.startswith("s3://"):
-        from pipelines import storage
+        from pipelines.io import storage
 
         with tempfile.TemporaryDirectory(prefix="pianoeval-sym-") as tmp:
             try:

@@ -11,11 +11,9 @@ import types
 import typing
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from model.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type or range."""
 
 
 def _check_value(value: Any, hint: Any, where: str) -> Any:

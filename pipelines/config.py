@@ -262,5 +262,5 @@ def config_from_dict(data: dict) -> Config:
 
 def save_config(config: Config, uri: str) -> None:
     """Write the resolved config as YAML to a URI (local or s3://)."""
-    from pipelines import storage
+    from pipelines.io import storage
     storage.write_text(uri, config.to_yaml())

@@ -50,7 +50,7 @@ MIDI_EXTENSIONS = (".mid", ".midi")
 MUSICXML_EXTENSIONS = (".musicxml", ".mxl", ".xml")
 SCORE_EXTENSIONS = MIDI_EXTENSIONS + (".musicxml", ".mxl")
 
-# --- OctupleMIDI vocabulary (see pipelines/octuple.py) ---------------------------------------
+# --- OctupleMIDI vocabulary (see pipelines/features/octuple.py) ---------------------------------------
 # Every field reserves 0 = PAD and 1 = MASK; a field value v is stored as v + OCTUPLE_N_SPECIAL.
 OCTUPLE_N_SPECIAL = 2
 OCTUPLE_FIELDS = ("type", "bar", "position", "pitch", "duration", "velocity", "instrument",

@@ -44,7 +44,7 @@ def s3_server():
                                             "AWS_DEFAULT_REGION", "AWS_REGION")}
     os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1")
-    from pipelines import storage
+    from pipelines.io import storage
     storage._s3_filesystem.cache_clear()
     yield f"http://{host}:{port}"
     server.stop()
@@ -61,7 +61,7 @@ def s3_bucket(s3_server):
     """A fresh, empty bucket on the moto server; yields its s3:// URI."""
     import uuid
 
-    from pipelines import storage
+    from pipelines.io import storage
     name = f"test-{uuid.uuid4().hex[:12]}"
     storage.boto3_client().create_bucket(Bucket=name)
     yield f"s3://{name}"

@@ -117,7 +117,7 @@ def test_resolve_fills_absent_keys_with_hubert_defaults(tiny_cfg):
 
 
 def test_s3_source_downloads_then_loads(tiny_cfg, tmp_path, s3_bucket):
-    from pipelines import storage
+    from pipelines.io import storage
 
     saved = save_tiny_mert(tmp_path / "m", tiny_cfg, seed=7)
     storage.upload_dir(str(tmp_path / "m"), f"{s3_bucket}/mert")

@@ -1,0 +1,228 @@
+"""Per-recording preprocessing: one recording (+ score) in, feature rows (one per window) out.
+
+`RecordingProcessor` does the heavy set-up once (CQT kernels, transcription model, augmenter) and is
+what the Ray Data job wraps; it is plain Python and unit-testable without Ray. Every failure becomes a
+single `status="error"` row whose message names the file and the cause; nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from pipelines import constants as C
+from pipelines.io import storage
+from pipelines.config import Config
+from pipelines.io.errors import one_line
+from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array
+from pipelines.io.notes import Performance, Score, empty_pedal, empty_perf_notes
+
+
+MAX_AUGMENT_DRAWS = 20
+
+
+class PreprocessError(RuntimeError):
+    """A recording could not be processed; the message names the file and the cause."""
+
+
+@dataclasses.dataclass
+class Variant:
+    """One version of a recording fed to segmentation: the original or an augmented copy."""
+    mert_audio: np.ndarray          # (S,) 24 kHz
+    cqt_audio: np.ndarray           # (S',) 44.1 kHz
+    perf: Performance | None
+    score: Score | None
+    augment: str = ""
+
+
+def _stage(uri: str, what: str, exc: BaseException) -> PreprocessError:
+    text = one_line(exc)
+    if uri and uri in text:                      # the stage's own error already names the file
+        return PreprocessError(text)
+    return PreprocessError(f"{uri}: {what} failed: {type(exc).__name__}: {text}")
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+class RecordingProcessor:
+    """Callable: record dict -> list of feature-row dicts (see pipelines/features/rows.py)."""
+
+    def __init__(self, config: Config, soundfont: str | None = None) -> None:
+        from pipelines.features.augment import Augmenter
+        from pipelines.features.cqt import CQTExtractor
+
+        self.config = config
+        self.data = config.data
+        self.soundfont = soundfont
+        self.cqt = CQTExtractor(device="auto") if self.data.store_cqt else None
+        self.augmenter = Augmenter(self.data.augment) if self.data.augment.enabled else None
+        self._transcriber = None
+
+    # --- heavy resources -------------------------------------------------------------------------
+    @property
+    def transcriber(self):
+        if self._transcriber is None:
+            from pipelines.features.transcribe import Transcriber
+            self._transcriber = Transcriber()
+        return self._transcriber
+
+    # --- stages ----------------------------------------------------------------------------------
+    def load_audio(self, record: dict) -> tuple[np.ndarray, int]:
+        from pipelines.io.audio import load_audio
+        if record.get("audio_uri"):
+            return load_audio(record["audio_uri"])
+        if record.get("midi_uri"):
+            from pipelines.features.render import render_midi
+            with storage.local_path(record["midi_uri"]) as path:
+                return render_midi(path, soundfont=self.soundfont, sample_rate=C.CQT_SAMPLE_RATE_HZ), \
+                    C.CQT_SAMPLE_RATE_HZ
+        raise PreprocessError(f"{record.get('recording_id')}: the record has neither audio nor performance MIDI")
+
+    def performance(self, record: dict, audio_44k: np.ndarray) -> Performance | None:
+        source = self.data.performance_source
+        midi_uri = record.get("midi_uri")
+        if midi_uri and source in ("auto", "midi"):
+            from pipelines.io.performance import load_performance
+            return load_performance(midi_uri)
+        if source == "midi":
+            raise PreprocessError(f"{record.get('audio_uri')}: data.performance_source is 'midi' but the "
+                                  "recording has no performance MIDI")
+        return self.transcriber(audio_44k, C.CQT_SAMPLE_RATE_HZ)
+
+    def variants(self, record: dict, decoded, perf: Performance | None, score: Score | None) -> list[Variant]:
+        """The original recording and, on the training split, its seeded augmented copies."""
+        from pipelines.io.audio import resample
+        out = [Variant(decoded.mert, decoded.cqt, perf, score)]
+        if self.augmenter is None or record.get("split") != "train":
+            return out
+        from pipelines.features.augment import transform_pedal, transform_perf_notes, transform_score_notes
+        for copy in range(self.data.augment.copies):
+            rng = np.random.default_rng(_stable_seed(self.data.augment.seed, record["recording_id"], copy))
+            for _ in range(MAX_AUGMENT_DRAWS):        # a copy with no transform drawn would only duplicate
+                y_aug, info = self.augmenter(decoded.cqt, C.CQT_SAMPLE_RATE_HZ, rng)
+                if info.applied:
+                    break
+            else:
+                continue
+            aug_perf = None if perf is None else dataclasses.replace(
+                perf, notes=transform_perf_notes(perf.notes, info), pedal=transform_pedal(perf.pedal, info))
+            aug_score = None if score is None else dataclasses.replace(
+                score, notes=transform_score_notes(score.notes, info))
+            out.append(Variant(resample(y_aug, C.CQT_SAMPLE_RATE_HZ, C.MERT_SAMPLE_RATE_HZ), y_aug,
+                               aug_perf, aug_score, augment=info.describe()))
+        return out
+
+    def segment_rows(self, record: dict, variant: Variant, content_hash: str) -> list[dict]:
+        """Align, segment and pack one variant into rows."""
+        from pipelines.features import align as A
+        from pipelines.features import pseudo_labels as L
+        from pipelines.features import segment as S
+
+        data = self.data
+        duration_s = len(variant.cqt_audio) / C.CQT_SAMPLE_RATE_HZ
+        perf, score = variant.perf, variant.score
+        alignment = attrs = None
+        if score is not None and perf is not None and len(perf.notes):
+            alignment = A.align(score, perf)
+            attrs = A.note_attributes(score, perf, alignment)
+            segments = S.segment_alignment(alignment, score, duration_s, data.train_window_s, data.window_overlap)
+        else:
+            perf_or_empty = perf if perf is not None else Performance(empty_perf_notes(), empty_pedal(), "none")
+            segments = S.segment_performance(perf_or_empty, duration_s, data.train_window_s, data.window_overlap)
+        cqt = self.cqt(variant.cqt_audio)[0] if self.cqt is not None else None      # (F, 168)
+        base = {
+            "recording_id": record["recording_id"], "split": record.get("split") or "",
+            "piece_id": record.get("piece_id") or "", "performer_id": record.get("performer_id") or "",
+            "source_uri": record.get("audio_uri") or record.get("midi_uri") or "",
+            "content_hash": content_hash, "has_score": alignment is not None,
+            "perf_source": perf.source if perf is not None else "none",
+            "labels_json": dumps_labels(record.get("labels")), "augment": variant.augment,
+        }
+        rows = []
+        tokens_by_offset: dict[int, np.ndarray] = {}   # OctupleMIDI bars are relative to the window's first bar
+        for seg in segments:
+            row = empty_row()
+            row.update(base)
+            row.update(segment_index=seg.index, start_s=float(seg.start_s), end_s=float(seg.end_s),
+                       bar_start=int(seg.bar_start), bar_end=int(seg.bar_end))
+            if data.store_audio:
+                a0 = int(round(seg.start_s * C.MERT_SAMPLE_RATE_HZ))
+                a1 = int(round(seg.end_s * C.MERT_SAMPLE_RATE_HZ))
+                audio = variant.mert_audio[a0:a1]
+                row.update(audio=pack_array(audio, "f2"), audio_samples=len(audio))
+            frames = None
+            if cqt is not None:
+                f0 = int(np.floor(seg.start_s * C.CQT_FRAMES_PER_S))
+                f1 = min(len(cqt), int(np.ceil(seg.end_s * C.CQT_FRAMES_PER_S)) + 1)
+                frames = cqt[f0:f1]
+                row.update(cqt=pack_array(frames, "f2"), cqt_frames=len(frames))
+            audio_features = {"cqt": frames} if frames is not None and len(frames) else None
+            if alignment is not None:
+                idx = np.flatnonzero(seg.token_mask)[: data.max_notes]
+                offset = max(seg.bar_start, 0)
+                if offset not in tokens_by_offset:
+                    tokens_by_offset[offset] = A.tokens(score, perf, alignment, bar_offset=offset)
+                seg_tokens = tokens_by_offset[offset][idx]
+                times = alignment.tokens["perf_onset_s"][idx] - seg.start_s
+                row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(attrs[idx], "f4"),
+                           note_times=pack_array(times, "f4"), n_notes=len(idx))
+                pseudo = L.pseudo_labels(score, perf, alignment, attrs, audio_features, note_mask=seg.token_mask)
+            elif perf is not None:
+                pseudo = L.pseudo_labels(None, perf, None, None, audio_features, note_mask=seg.token_mask)
+            else:
+                pseudo = {}
+            row["pseudo_json"] = dumps_labels(pseudo)
+            rows.append(row)
+        return rows
+
+    # --- entry point -----------------------------------------------------------------------------
+    def process(self, record: dict) -> list[dict]:
+        uri = record.get("audio_uri") or record.get("midi_uri") or str(record.get("recording_id"))
+        try:
+            content_hash = storage.content_hash(uri) if (record.get("audio_uri") or record.get("midi_uri")) else ""
+        except Exception as exc:
+            raise _stage(uri, "reading", exc) from None
+        try:
+            from pipelines.io.audio import prepare_audio
+            y, sr = self.load_audio(record)
+            decoded = prepare_audio(y, sr, uri, self.data.min_duration_s, self.data.max_duration_s)
+        except Exception as exc:
+            raise _stage(uri, "audio decoding", exc) from None
+        try:
+            perf = self.performance(record, decoded.cqt)
+        except Exception as exc:
+            raise _stage(record.get("midi_uri") or uri, "performance notes", exc) from None
+        score = None
+        if record.get("score_uri"):
+            try:
+                from pipelines.io.notation import load_score
+                score = load_score(record["score_uri"])
+            except Exception as exc:
+                raise _stage(record["score_uri"], "score reading", exc) from None
+        try:
+            variants = self.variants(record, decoded, perf, score)
+        except Exception as exc:
+            raise _stage(uri, "augmentation", exc) from None
+        rows: list[dict] = []
+        for variant in variants:
+            try:
+                rows.extend(self.segment_rows(record, variant, content_hash))
+            except Exception as exc:
+                raise _stage(record.get("score_uri") or uri,
+                             f"alignment/segmentation{' of ' + variant.augment if variant.augment else ''}",
+                             exc) from None
+        return rows
+
+    def __call__(self, record: dict) -> list[dict]:
+        """Rows for one recording; on any failure exactly one error row naming the file and cause."""
+        try:
+            rows = self.process(record)
+            if not rows:
+                raise PreprocessError(f"{record.get('audio_uri') or record.get('recording_id')}: no segments")
+            return rows
+        except Exception as exc:  # every failure is recorded, never raised out of the batch
+            return [error_row(record, one_line(exc))]

@@ -1,0 +1,279 @@
+"""Piano transcription (audio -> performed notes) with pretrained models whose weights ship in a package.
+
+Backends:
+- "basic-pitch" (default, CPU): Spotify's basic-pitch ICASSP 2022 model, run from the ONNX file
+  inside the `basic-pitch` wheel with onnxruntime (no TensorFlow). Input mono 22,050 Hz, analysed in
+  2 s windows (43,844 samples) that overlap by 30 frames of 256 samples; output 86 frames/s of note,
+  onset and pitch-contour activations over the 88 piano keys, decoded into notes by basic-pitch's
+  own `model_output_to_notes`. It predicts no pedal: the Performance's pedal array is empty.
+  Velocity = round(127 * mean note activation) (an activation, not a loudness measurement).
+  Defaults differ from basic-pitch's (onset 0.5, frame 0.3, 127.7 ms, melodia on): onset 0.6,
+  frame 0.4, 58 ms, melodia off, tuned for piano on rendered performances (see below).
+- "transkun" (optional, GPU): Transkun 2.0 (Yan & Duan), a semi-CRF piano model with sustain/soft
+  pedal output, far more accurate (onset F1 about 0.99 on rendered piano) but about 1.1x real time on
+  2 CPU cores. Needs `pip install transkun` and a torchaudio built for the installed torch (GPU images
+  usually have one); it is not installed here, so this path is not exercised by the tests.
+
+`onset_f1` scores a transcription against reference notes with mir_eval (MIREX conventions).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import numpy as np
+
+from pipelines.constants import PIANO_MAX_PITCH, PIANO_MIN_PITCH
+from pipelines.io.notes import PEDAL_DTYPE, Performance, empty_pedal, make_perf_notes
+
+BASIC_PITCH_SAMPLE_RATE_HZ = 22_050        # basic_pitch.constants.AUDIO_SAMPLE_RATE
+BASIC_PITCH_HOP_SAMPLES = 256              # FFT_HOP: one activation frame
+BASIC_PITCH_WINDOW_SAMPLES = 2 * BASIC_PITCH_SAMPLE_RATE_HZ - BASIC_PITCH_HOP_SAMPLES   # 43,844
+BASIC_PITCH_OVERLAP_FRAMES = 30            # frames shared by neighbouring windows
+BASIC_PITCH_OVERLAP_SAMPLES = BASIC_PITCH_OVERLAP_FRAMES * BASIC_PITCH_HOP_SAMPLES
+BASIC_PITCH_WINDOW_HOP_SAMPLES = BASIC_PITCH_WINDOW_SAMPLES - BASIC_PITCH_OVERLAP_SAMPLES
+BASIC_PITCH_FRAMES_PER_S = BASIC_PITCH_SAMPLE_RATE_HZ // BASIC_PITCH_HOP_SAMPLES        # 86
+_ONNX_OUTPUTS = {"note": "StatefulPartitionedCall:1", "onset": "StatefulPartitionedCall:2",
+                 "contour": "StatefulPartitionedCall:0"}
+WINDOWS_PER_BATCH = 16                     # windows per ONNX call (about 30 s of audio)
+
+# Tuned by benchmarks.bench_transcription.tune on 6 FluidR3-rendered PercePiano performances of
+# Schubert D960 mvt. 2 (a coarse grid; no piece of the benchmark table): mean onset F1 0.842, against
+# 0.733 with basic-pitch's own defaults (0.5 / 0.3 / 127.7 ms / melodia on). Melodia's extra notes
+# without onsets are mostly false positives on piano.
+DEFAULT_ONSET_THRESHOLD = 0.6
+DEFAULT_FRAME_THRESHOLD = 0.4
+DEFAULT_MIN_NOTE_MS = 58.0
+DEFAULT_MELODIA_TRICK = False
+
+ONSET_TOLERANCE_S = 0.05                   # MIREX onset tolerance
+OFFSET_RATIO = 0.2                         # MIREX offset tolerance: 20 % of the reference duration
+OFFSET_MIN_TOLERANCE_S = 0.05
+
+
+class TranscriptionError(RuntimeError):
+    """Transcription could not run; the message names the cause in one line."""
+
+
+@contextlib.contextmanager
+def _quiet_basic_pitch_import() -> Iterator[None]:
+    """basic_pitch logs a warning per missing optional runtime (TF, CoreML, TFLite) on import."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def resample_mono(y: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """Mono float32 audio at `target_sr`. y: [n] or [n, channels] (channels averaged)."""
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim == 2:
+        y = y.mean(axis=1)
+    if y.ndim != 1:
+        raise TranscriptionError(f"audio must be [samples] or [samples, channels], got shape {y.shape}")
+    if sr == target_sr:
+        return y
+    import soxr
+
+    return soxr.resample(y, sr, target_sr).astype(np.float32)
+
+
+def frame_windows(y: np.ndarray) -> np.ndarray:
+    """Audio at 22,050 Hz [n] -> overlapping model windows float32 [n_windows, 43,844, 1].
+
+    Half an overlap of zeros goes before the signal so that, after `stitch_windows` drops half an
+    overlap at each window edge, frame 0 lines up with sample 0.
+    """
+    padded = np.concatenate([np.zeros(BASIC_PITCH_OVERLAP_SAMPLES // 2, np.float32), y])
+    starts = np.arange(0, max(len(padded), 1), BASIC_PITCH_WINDOW_HOP_SAMPLES)
+    tail = starts[-1] + BASIC_PITCH_WINDOW_SAMPLES - len(padded)
+    padded = np.concatenate([padded, np.zeros(max(tail, 0), np.float32)])
+    index = starts[:, None] + np.arange(BASIC_PITCH_WINDOW_SAMPLES)[None, :]
+    return padded[index][..., None]
+
+
+def stitch_windows(activations: np.ndarray, n_samples: int) -> np.ndarray:
+    """Per-window activations [n_windows, frames, bins] -> one track [n_frames, bins] for n_samples
+    of 22,050 Hz audio (half the overlap dropped at each window edge)."""
+    half = BASIC_PITCH_OVERLAP_FRAMES // 2
+    trimmed = activations[:, half:activations.shape[1] - half, :]
+    n_frames = int(np.floor(n_samples * BASIC_PITCH_FRAMES_PER_S / BASIC_PITCH_SAMPLE_RATE_HZ))
+    return trimmed.reshape(-1, activations.shape[2])[:n_frames]
+
+
+def _piano_notes(onset_s, offset_s, pitch, velocity) -> np.ndarray:
+    """PERF_NOTE_DTYPE [n] from four sequences, keeping piano-range pitches and positive durations."""
+    onset_s, offset_s = np.asarray(onset_s, np.float64), np.asarray(offset_s, np.float64)
+    pitch, velocity = np.asarray(pitch, np.int64), np.asarray(velocity, np.int64)
+    keep = (pitch >= PIANO_MIN_PITCH) & (pitch <= PIANO_MAX_PITCH) & (offset_s > onset_s)
+    return make_perf_notes(onset_s[keep], offset_s[keep], pitch[keep], np.clip(velocity[keep], 1, 127))
+
+
+class _BasicPitchBackend:
+    """basic-pitch's ICASSP 2022 ONNX model on onnxruntime (CPU)."""
+
+    sample_rate = BASIC_PITCH_SAMPLE_RATE_HZ
+
+    def __init__(self, onset_threshold: float, frame_threshold: float, min_note_ms: float,
+                 melodia_trick: bool, n_threads: int | None) -> None:
+        import onnxruntime as ort
+
+        with _quiet_basic_pitch_import():
+            from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
+        options = ort.SessionOptions()
+        if n_threads:
+            options.intra_op_num_threads = int(n_threads)
+        path = build_icassp_2022_model_path(FilenameSuffix.onnx)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise TranscriptionError(f"{path}: cannot load the basic-pitch ONNX model ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.onset_threshold, self.frame_threshold = onset_threshold, frame_threshold
+        self.min_note_frames = int(round(min_note_ms / 1000.0 * BASIC_PITCH_FRAMES_PER_S))
+        self.melodia_trick = melodia_trick
+
+    def activations(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Audio at 22,050 Hz [n] -> {note, onset: [frames, 88], contour: [frames, 264]} in 0..1."""
+        windows = frame_windows(y)
+        names = list(_ONNX_OUTPUTS)
+        outputs: dict[str, list[np.ndarray]] = {k: [] for k in names}
+        for start in range(0, len(windows), WINDOWS_PER_BATCH):
+            batch = windows[start:start + WINDOWS_PER_BATCH]
+            for key, value in zip(names, self.session.run([_ONNX_OUTPUTS[k] for k in names],
+                                                          {self.input_name: batch})):
+                outputs[key].append(value)
+        return {k: stitch_windows(np.concatenate(v), len(y)) for k, v in outputs.items()}
+
+    def __call__(self, y: np.ndarray) -> Performance:
+        from basic_pitch.note_creation import model_output_to_notes
+
+        if len(y) < BASIC_PITCH_HOP_SAMPLES * 2:
+            return Performance(notes=_piano_notes([], [], [], []), pedal=empty_pedal(), source="transcription")
+        _, events = model_output_to_notes(
+            self.activations(y), onset_thresh=self.onset_threshold, frame_thresh=self.frame_threshold,
+            min_note_len=self.min_note_frames, include_pitch_bends=False, melodia_trick=self.melodia_trick)
+        columns = list(zip(*events)) if events else [[], [], [], []]
+        velocity = np.rint(127.0 * np.asarray(columns[3], np.float64))
+        notes = _piano_notes(columns[0], columns[1], columns[2], velocity)
+        return Performance(notes=notes, pedal=empty_pedal(), source="transcription")
+
+
+class _TranskunBackend:
+    """Transkun 2.0 (optional dependency; runs its packaged pretrained model, on GPU when given)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        try:
+            import moduleconf
+            import torch
+            from importlib.resources import files
+        except ImportError as exc:
+            raise TranscriptionError(f"transkun backend needs the transkun package ({exc}); "
+                                     "pip install transkun where a matching torchaudio is available") from None
+        try:
+            root = files("transkun") / "pretrained"
+        except ModuleNotFoundError:
+            raise TranscriptionError("transkun backend needs the transkun package (not installed); "
+                                     "pip install transkun where a matching torchaudio is available") from None
+        conf_manager = moduleconf.parseFromFile(str(root / "2.0.conf"))
+        model = conf_manager["Model"].module.TransKun(conf=conf_manager["Model"].config)
+        checkpoint = torch.load(str(root / "2.0.pt"), map_location=device)
+        model.load_state_dict(checkpoint.get("best_state_dict", checkpoint.get("state_dict")), strict=False)
+        self.model, self.device, self.torch = model.to(device).eval(), device, torch
+        self.sample_rate = int(model.fs)
+
+    def __call__(self, y: np.ndarray) -> Performance:
+        with self.torch.no_grad():
+            x = self.torch.from_numpy(np.ascontiguousarray(y[:, None])).to(self.device)
+            events = self.model.transcribe(x, discardSecondHalf=False)
+        keys = [e for e in events if e.pitch > 0]
+        notes = _piano_notes([e.start for e in keys], [e.end for e in keys], [e.pitch for e in keys],
+                             [e.velocity for e in keys])
+        # pedals come back as events with pitch = -controller: one down and one up event each
+        rows = [(t, -e.pitch, v) for e in events if e.pitch < 0 for t, v in ((e.start, 127), (e.end, 0))]
+        pedal = np.array(rows, dtype=PEDAL_DTYPE) if rows else empty_pedal()
+        pedal = pedal[np.lexsort((pedal["controller"], pedal["time_s"]))]
+        return Performance(notes=notes, pedal=pedal, source="transcription")
+
+
+class Transcriber:
+    """Audio -> `Performance(source="transcription")`; loads its model once.
+
+    `Transcriber()(y, sr)` with y float audio [n] or [n, channels] at any rate `sr` (Hz); it is
+    resampled to the model's rate. Notes outside A0..C8 are dropped. basic-pitch gives no pedal.
+    """
+
+    BACKENDS = ("basic-pitch", "transkun")
+
+    def __init__(self, backend: str = "basic-pitch", onset_threshold: float = DEFAULT_ONSET_THRESHOLD,
+                 frame_threshold: float = DEFAULT_FRAME_THRESHOLD, min_note_ms: float = DEFAULT_MIN_NOTE_MS,
+                 melodia_trick: bool = DEFAULT_MELODIA_TRICK, n_threads: int | None = None,
+                 device: str = "cpu") -> None:
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown transcription backend {backend!r}; expected one of {self.BACKENDS}")
+        if not (0.0 < onset_threshold < 1.0 and 0.0 < frame_threshold < 1.0):
+            raise ValueError(f"thresholds must lie in (0, 1), got onset {onset_threshold}, frame {frame_threshold}")
+        self.backend_name = backend
+        if backend == "basic-pitch":
+            self._backend = _BasicPitchBackend(onset_threshold, frame_threshold, min_note_ms, melodia_trick,
+                                               n_threads)
+        else:
+            self._backend = _TranskunBackend(device)
+
+    @property
+    def sample_rate(self) -> int:
+        """The model's input rate in Hz."""
+        return int(self._backend.sample_rate)
+
+    def __call__(self, y: np.ndarray, sr: int) -> Performance:
+        if sr <= 0:
+            raise TranscriptionError(f"sample rate must be positive, got {sr}")
+        audio = resample_mono(y, int(sr), self.sample_rate)
+        if not np.all(np.isfinite(audio)):
+            raise TranscriptionError("audio holds NaN or infinite samples")
+        return self._backend(audio)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+def _intervals_and_hz(perf: Performance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intervals [n, 2] s, pitches [n] Hz, velocities [n]) with zero-length notes given 1 ms."""
+    notes = perf.notes
+    onset = notes["onset_s"].astype(np.float64)
+    offset = np.maximum(notes["offset_s"].astype(np.float64), onset + 1e-3)
+    hz = 440.0 * 2.0 ** ((notes["pitch"].astype(np.float64) - 69.0) / 12.0)
+    return np.stack([onset, offset], axis=1).reshape(-1, 2), hz, notes["velocity"].astype(np.float64)
+
+
+def onset_f1(reference: Performance, estimate: Performance,
+             onset_tolerance: float = ONSET_TOLERANCE_S) -> dict[str, float]:
+    """Note-level transcription scores (mir_eval.transcription, MIREX conventions).
+
+    Keys: precision, recall, f1 (onset and pitch within `onset_tolerance` s, offsets ignored);
+    offset_precision, offset_recall, offset_f1 (also offset within max(20 % of the reference
+    duration, 50 ms): velocity-free note F1); velocity_f1 (also velocity, mir_eval.transcription_velocity);
+    n_reference, n_estimate. Empty sides score 0 (both empty: 1).
+    """
+    import mir_eval
+
+    ref_iv, ref_hz, ref_vel = _intervals_and_hz(reference)
+    est_iv, est_hz, est_vel = _intervals_and_hz(estimate)
+    out = {"n_reference": float(len(ref_hz)), "n_estimate": float(len(est_hz))}
+    keys = ("precision", "recall", "f1", "offset_precision", "offset_recall", "offset_f1", "velocity_f1")
+    if len(ref_hz) == 0 or len(est_hz) == 0:
+        value = 1.0 if len(ref_hz) == len(est_hz) else 0.0
+        return {**out, **{k: value for k in keys}}
+    prf = mir_eval.transcription.precision_recall_f1_overlap
+    p, r, f, _ = prf(ref_iv, ref_hz, est_iv, est_hz, onset_tolerance=onset_tolerance, offset_ratio=None)
+    po, ro, fo, _ = prf(ref_iv, ref_hz, est_iv, est_hz, onset_tolerance=onset_tolerance,
+                        offset_ratio=OFFSET_RATIO, offset_min_tolerance=OFFSET_MIN_TOLERANCE_S)
+    _, _, fv, _ = mir_eval.transcription_velocity.precision_recall_f1_overlap(
+        ref_iv, ref_hz, ref_vel, est_iv, est_hz, est_vel, onset_tolerance=onset_tolerance,
+        offset_ratio=OFFSET_RATIO, offset_min_tolerance=OFFSET_MIN_TOLERANCE_S)
+    return {**out, "precision": float(p), "recall": float(r), "f1": float(f), "offset_precision": float(po),
+            "offset_recall": float(ro), "offset_f1": float(fo), "velocity_f1": float(fv)}

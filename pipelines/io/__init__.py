@@ -1,0 +1,1 @@
+"""Reading and writing: storage URIs, audio, written scores, performance MIDI, corpora, label tables."""

@@ -1,0 +1,285 @@
+"""Score <-> performance alignment: generated performances with known errors, K265, tempo, attributes, tokens."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_alignment import (
+    PerformanceStyle,
+    add_errors,
+    error_detection,
+    render_performance,
+    score_from_rows,
+    synthetic_score,
+)
+from pipelines.features.align import (
+    ATTR_INDEX,
+    Alignment,
+    PitchSetDTW,
+    align,
+    fit_local_tempo,
+    k265_example,
+    match_fscore,
+    nearest_matched_score_note,
+    note_attributes,
+    performance_note_array,
+    refine_pairs,
+    score_note_array,
+    tokens,
+)
+from pipelines.constants import CC_SOFT, CC_SUSTAIN, N_PERF_ATTRS, OCTUPLE_N_SPECIAL, PERF_ATTR_NAMES
+from pipelines.io.notes import EXTRA, MATCHED, MISSED, PEDAL_DTYPE, Performance, make_perf_notes
+from pipelines.features.octuple import FIELD_INDEX, TYPE_EXTRA, TYPE_MISSED, TYPE_NOTE
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def generated(seed: int = 0, style: PerformanceStyle = PerformanceStyle(), errors=(0, 0, 0), n_bars: int = 12):
+    rng = np.random.default_rng(seed)
+    sp = render_performance(synthetic_score(rng, n_bars=n_bars), style, rng)
+    return add_errors(sp, rng, *errors)
+
+
+# --- conversion ----------------------------------------------------------------------------------
+def test_note_arrays_carry_the_fields_and_ids_parangonar_reads():
+    sp = generated()
+    sna, pna = score_note_array(sp.score), performance_note_array(sp.perf)
+    assert {"onset_beat", "duration_beat", "pitch", "id", "is_grace", "onset_div"} <= set(sna.dtype.names)
+    assert {"onset_sec", "duration_sec", "pitch", "velocity", "id"} <= set(pna.dtype.names)
+    assert list(sna["id"][:3]) == ["s0", "s1", "s2"] and list(pna["id"][:2]) == ["p0", "p1"]
+    np.testing.assert_allclose(sna["onset_beat"], sp.score.notes["onset_beat"], atol=1e-5)
+    np.testing.assert_allclose(pna["duration_sec"], sp.perf.notes["offset_s"] - sp.perf.notes["onset_s"], atol=1e-5)
+    assert not sna["is_grace"].any()
+
+
+def test_pitch_set_dtw_equals_parangonars_reference_dtw(rng):
+    from parangonar.dp.dtw import DTWSL
+
+    pitches = rng.integers(60, 72, size=40)
+    sets = [set(rng.integers(60, 72, size=rng.integers(1, 4)).tolist()) for _ in range(25)]
+    cost_ref, path_ref = DTWSL()(pitches, sets, return_path=True)
+    cost, path = PitchSetDTW()(pitches, sets, return_path=True)
+    assert cost == pytest.approx(cost_ref)
+    np.testing.assert_array_equal(path, path_ref)
+
+
+# --- alignment of generated performances -------------------------------------------------------------
+def test_clean_performance_with_rubato_is_fully_matched():
+    sp = generated(style=PerformanceStyle(rubato=0.2, jitter_s=0.015))
+    al = align(sp.score, sp.perf)
+    assert (al.n_matched, al.n_missed, al.n_extra) == (len(sp.score.notes), 0, 0)
+    assert match_fscore(al.matched_pairs, sp.truth_pairs)["f1"] == 1.0
+    assert al.n_tokens == len(sp.score.notes)
+    assert np.all(np.diff(al.tokens["perf_onset_s"]) >= 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_deleted_inserted_and_wrong_notes_are_found(seed):
+    sp = generated(seed, PerformanceStyle(rubato=0.15, jitter_s=0.015), errors=(6, 6, 6))
+    al = align(sp.score, sp.perf)
+    found = error_detection(sp, al)
+    # measured: 1.000 for every figure over 4 seeds (benchmarks/bench_alignment.py); allow one slip per kind
+    for key in ("missed_precision", "missed_recall", "extra_precision", "extra_recall"):
+        assert found[key] >= 11 / 12, (key, found)
+    assert found["match_f1"] >= 0.99
+    assert al.n_missed + al.n_matched == len(sp.score.notes)
+    assert al.n_extra + al.n_matched == len(sp.perf.notes)
+    assert sorted(al.tokens["score_index"][al.tokens["kind"] != EXTRA]) == list(range(len(sp.score.notes)))
+
+
+def test_missed_note_onset_is_estimated_from_the_local_tempo():
+    clean = generated(3, PerformanceStyle(rubato=0.15, jitter_s=0.0, chord_spread_s=0.0))
+    rng = np.random.default_rng(5)
+    deleted = add_errors(clean, rng, n_missed=4)
+    al = align(deleted.score, deleted.perf)
+    true_onset = {int(s): clean.perf.notes["onset_s"][p] for p, s in enumerate(clean.perf_score_index)}
+    missed = al.tokens[al.tokens["kind"] == MISSED]
+    assert len(missed) == 4
+    errors_s = [abs(t["perf_onset_s"] - true_onset[int(t["score_index"])]) for t in missed]
+    assert max(errors_s) < 0.02        # noiseless playing: the local-tempo estimate is within 20 ms
+
+
+def test_refinement_prefers_the_repeated_note_nearest_in_time():
+    rows = [(0.0, 0.5, 60, 1), (0.5, 0.5, 64, 1), (1.0, 0.25, 67, 1), (1.25, 0.25, 67, 1), (1.5, 0.5, 65, 1),
+            (2.0, 1.0, 64, 1), (3.0, 1.0, 60, 1)]
+    score = score_from_rows(rows, n_bars=1, qpm=60.0)
+    keep = [0, 1, 2, 4, 5, 6]                          # the second 67 (beat 1.25) is not played
+    onsets = score.notes["onset_beat"][keep] + 1.0    # one second per beat, one second lead-in
+    perf = Performance(make_perf_notes(onsets, onsets + 0.4, score.notes["pitch"][keep], [64] * 6),
+                       np.zeros(0, PEDAL_DTYPE))
+    wrong = np.array([[0, 0], [1, 1], [3, 2], [4, 3], [5, 4], [6, 5]])   # 67 at beat 1.0 given to beat 1.25
+    tempo = fit_local_tempo(score.notes["onset_beat"][wrong[:, 0]], perf.notes["onset_s"][wrong[:, 1]])
+    fixed = refine_pairs(score, perf, wrong, tempo)
+    assert [2, 2] in fixed.tolist() and 3 not in fixed[:, 0]
+
+
+def test_empty_performance_or_score_gives_all_missed_or_all_extra():
+    sp = generated()
+    empty_perf = Performance(np.zeros(0, sp.perf.notes.dtype), np.zeros(0, PEDAL_DTYPE))
+    al = align(sp.score, empty_perf)
+    assert (al.n_matched, al.n_missed, al.n_extra) == (0, len(sp.score.notes), 0)
+    empty_score = dataclasses.replace(sp.score, notes=sp.score.notes[:0])
+    al = align(empty_score, sp.perf)
+    assert (al.n_matched, al.n_missed, al.n_extra) == (0, 0, len(sp.perf.notes))
+
+
+# --- real human performance ----------------------------------------------------------------------
+def test_k265_alignment_matches_the_ground_truth():
+    score, perf, truth = k265_example()
+    assert len(truth) == 218 and len(perf.notes) == 219
+    al = align(score, perf)
+    f = match_fscore(al.matched_pairs, truth)
+    # measured 1.000 (both parangonar matchers); 0.99 allows two wrong pairs among 218
+    assert f["f1"] >= 0.99, f
+
+
+# --- local tempo -----------------------------------------------------------------------------------
+def test_local_tempo_follows_rubato_and_ignores_an_outlier():
+    sp = generated(4, PerformanceStyle(rubato=0.25, jitter_s=0.0, chord_spread_s=0.0), n_bars=16)
+    beats = sp.score.notes["onset_beat"][sp.perf_score_index]
+    onsets = sp.perf.notes["onset_s"].copy()
+    clean = fit_local_tempo(beats, onsets)
+    onsets[40] += 1.0                                   # one grossly misplaced onset
+    tempo = fit_local_tempo(beats, onsets)
+    grid = np.arange(4.0, 60.0, 0.5)
+    true_time = np.interp(grid, sp.tempo_map[:, 0], sp.tempo_map[:, 1])
+    true_spb = np.gradient(true_time, grid)
+    # measured: 21 ms and 9 % at most (a +-25 % sine of 16 beats bends within the 2-beat kernel)
+    assert np.max(np.abs(tempo.time_at(grid) - true_time)) < 0.03            # seconds
+    assert np.max(np.abs(tempo.spb_at_beat(grid) / true_spb - 1)) < 0.12     # relative
+    assert np.max(np.abs(tempo.time_at(grid) - clean.time_at(grid))) < 0.005  # the outlier is ignored
+    np.testing.assert_allclose(tempo.beat_at(tempo.time_at(grid)), grid, atol=1e-6)
+    assert np.all(np.diff(tempo.times) >= 0) and np.all(tempo.spb > 0)
+
+
+def test_local_tempo_with_one_onset_uses_the_default_tempo():
+    tempo = fit_local_tempo(np.array([2.0, 2.0]), np.array([1.0, 1.02]), default_spb=0.5)
+    np.testing.assert_allclose(tempo.time_at(np.array([2.0, 4.0])), [1.01, 2.01])
+
+
+# --- attributes -------------------------------------------------------------------------------------
+def attributes_of(sp):
+    al = align(sp.score, sp.perf)
+    return al, note_attributes(sp.score, sp.perf, al)
+
+
+def test_attributes_shape_order_and_ranges():
+    sp = generated(6, PerformanceStyle(pedal="bar"), errors=(3, 3, 3))
+    al, attrs = attributes_of(sp)
+    assert attrs.shape == (al.n_tokens, N_PERF_ATTRS) and attrs.dtype == np.float32
+    assert list(ATTR_INDEX) == list(PERF_ATTR_NAMES)
+    one_hot = attrs[:, [ATTR_INDEX[k] for k in ("played", "missed", "extra")]]
+    np.testing.assert_array_equal(one_hot.sum(1), 1)
+    np.testing.assert_array_equal(one_hot.argmax(1), al.tokens["kind"])
+    assert np.all((attrs[:, ATTR_INDEX["velocity"]] >= 0) & (attrs[:, ATTR_INDEX["velocity"]] <= 1))
+    for name, bound in (("onset_dev", 2), ("log_ioi_ratio", 2), ("log_duration_ratio", 3)):
+        assert np.all(np.abs(attrs[:, ATTR_INDEX[name]]) <= bound)
+    missed = al.tokens["kind"] == MISSED
+    assert np.all(attrs[missed][:, [ATTR_INDEX[k] for k in ("velocity", "onset_dev", "log_ioi_ratio",
+                                                              "log_duration_ratio")]] == 0)
+    for name in ("sustain", "soft", "sostenuto"):
+        assert set(np.unique(attrs[:, ATTR_INDEX[name]])) <= {0.0, 1.0}
+    assert attrs[:, ATTR_INDEX["sustain"]].mean() > 0.5      # the "bar" pedal is down most of the time
+    matched = al.tokens["kind"] == MATCHED
+    np.testing.assert_allclose(attrs[matched, ATTR_INDEX["velocity"]] * 127,
+                               sp.perf.notes["velocity"][al.tokens["perf_index"][matched]], atol=1e-3)
+
+
+def test_timing_attributes_measure_known_deviations():
+    style = PerformanceStyle(rubato=0.0, jitter_s=0.0, chord_spread_s=0.0, articulation=0.5, articulation_jitter=0.0)
+    sp = generated(7, style)
+    late = int(np.flatnonzero(sp.score.notes["onset_beat"] == 17.0)[0])   # delay one note by 0.1 beat
+    p = int(np.flatnonzero(sp.perf_score_index == late)[0])
+    spb = 60.0 / style.qpm
+    sp.perf.notes["onset_s"][p] += 0.1 * spb
+    sp.perf.notes["offset_s"][p] += 0.1 * spb
+    al, attrs = attributes_of(sp)
+    row = int(np.flatnonzero(al.tokens["score_index"] == late)[0])
+    assert attrs[row, ATTR_INDEX["onset_dev"]] == pytest.approx(0.1, abs=0.02)
+    others = (al.tokens["kind"] == MATCHED) & (al.tokens["score_index"] != late)
+    assert np.median(np.abs(attrs[others, ATTR_INDEX["onset_dev"]])) < 0.01
+    np.testing.assert_allclose(np.median(attrs[others, ATTR_INDEX["log_duration_ratio"]]), np.log(0.5), atol=0.03)
+    assert np.median(np.abs(attrs[others, ATTR_INDEX["log_ioi_ratio"]])) < 0.02
+
+
+def test_pedal_columns_follow_the_controllers():
+    sp = generated(8)
+    t0 = sp.perf.notes["onset_s"][10] - 0.01
+    pedal = np.array([(t0, CC_SUSTAIN, 127), (t0, CC_SOFT, 100)], dtype=PEDAL_DTYPE)
+    perf = dataclasses.replace(sp.perf, pedal=pedal)
+    al = align(sp.score, perf)
+    attrs = note_attributes(sp.score, perf, al)
+    after = al.tokens["perf_onset_s"] >= t0
+    np.testing.assert_array_equal(attrs[:, ATTR_INDEX["sustain"]], after)
+    np.testing.assert_array_equal(attrs[:, ATTR_INDEX["soft"]], after)
+    assert not attrs[:, ATTR_INDEX["sostenuto"]].any()
+
+
+# --- tokens -----------------------------------------------------------------------------------------
+def test_tokens_encode_matched_missed_and_extra_notes():
+    sp = generated(9, errors=(2, 2, 0))
+    al = align(sp.score, sp.perf)
+    tok = tokens(sp.score, sp.perf, al, bar_offset=0)
+    assert tok.shape == (al.n_tokens, 8) and tok.dtype == np.int64
+    kind = al.tokens["kind"]
+    types = tok[:, FIELD_INDEX["type"]] - OCTUPLE_N_SPECIAL
+    np.testing.assert_array_equal(types, np.select([kind == MATCHED, kind == MISSED], [TYPE_NOTE, TYPE_MISSED],
+                                                   TYPE_EXTRA))
+    velocity = tok[:, FIELD_INDEX["velocity"]] - OCTUPLE_N_SPECIAL
+    matched = kind == MATCHED
+    np.testing.assert_array_equal(velocity[matched], sp.perf.notes["velocity"][al.tokens["perf_index"][matched]])
+    assert np.all(velocity[kind == MISSED] == 0)
+    bars = tok[:, FIELD_INDEX["bar"]] - OCTUPLE_N_SPECIAL
+    np.testing.assert_array_equal(bars[kind != EXTRA], sp.score.notes["bar"][al.tokens["score_index"][kind != EXTRA]])
+    extra = np.flatnonzero(kind == EXTRA)
+    pairs = al.matched_pairs
+    anchor = nearest_matched_score_note(al.tokens["perf_onset_s"][extra], sp.perf.notes["onset_s"][pairs[:, 1]],
+                                        pairs[:, 0])
+    np.testing.assert_array_equal(bars[extra], sp.score.notes["bar"][anchor])
+    np.testing.assert_array_equal(tok[extra, FIELD_INDEX["pitch"]] - OCTUPLE_N_SPECIAL + 21,
+                                  sp.perf.notes["pitch"][al.tokens["perf_index"][extra]])
+    shifted = tokens(sp.score, sp.perf, al, bar_offset=2)
+    later = bars >= 2
+    np.testing.assert_array_equal(shifted[later, FIELD_INDEX["bar"]], tok[later, FIELD_INDEX["bar"]] - 2)
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+def test_match_fscore():
+    assert match_fscore([(0, 0), (1, 1)], [(0, 0), (1, 1)]) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    f = match_fscore([(0, 0), (1, 2)], [(0, 0), (1, 1), (2, 2)])
+    assert f["precision"] == 0.5 and f["recall"] == pytest.approx(1 / 3) and f["f1"] == pytest.approx(0.4)
+    assert match_fscore([], [])["f1"] == 1.0 and match_fscore([], [(0, 0)])["f1"] == 0.0
+
+
+def test_alignment_properties():
+    sp = generated(10, errors=(1, 2, 0))
+    al = align(sp.score, sp.perf)
+    assert isinstance(al, Alignment)
+    assert al.n_score_notes == len(sp.score.notes) and al.n_perf_notes == len(sp.perf.notes)
+    assert al.match_rate == pytest.approx(al.n_matched / len(sp.score.notes))
+    assert al.mask(EXTRA).sum() == al.n_extra == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert al.matched_pairs.shape == (al.n_matched, 2)
+
+
+def test_grace_notes_are_matched_and_left_out_of_tempo_and_durations():
+    rows = [(float(b), 1.0, p, 1) for b, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
+    rows += [(2.0, 0.0, 66, 1), (5.0, 0.0, 70, 1)]      # grace notes: written duration 0, on the main beat
+    score = score_from_rows(rows, n_bars=2, qpm=60.0)
+    grace = score.notes["duration_beat"] == 0
+    onset = score.notes["onset_beat"] + 1.0 - 0.08 * grace      # played 80 ms ahead of their beat
+    offset = onset + np.where(grace, 0.06, 0.9)
+    perf = Performance(make_perf_notes(onset, offset, score.notes["pitch"], [64] * len(onset)),
+                       np.zeros(0, PEDAL_DTYPE))
+    assert score_note_array(score)["is_grace"].sum() == 2
+    al = align(score, perf)
+    assert (al.n_matched, al.n_missed, al.n_extra) == (10, 0, 0)
+    attrs = note_attributes(score, perf, al)
+    is_grace_token = grace[al.tokens["score_index"]]
+    np.testing.assert_allclose(attrs[~is_grace_token, ATTR_INDEX["onset_dev"]], 0.0, atol=1e-3)
+    np.testing.assert_allclose(attrs[is_grace_token, ATTR_INDEX["onset_dev"]], -0.08, atol=1e-3)
+    assert np.all(attrs[is_grace_token, ATTR_INDEX["log_duration_ratio"]] == 0.0)

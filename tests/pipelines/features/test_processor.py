@@ -1,0 +1,71 @@
+"""The per-recording processor without Ray: rows per window, augmentation on train only, error rows."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines import constants as C
+from pipelines.config import load_config
+from pipelines.features.rows import SEGMENT_SCHEMA, unpack_array
+from pipelines.features.processor import RecordingProcessor
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.preprocess import load_records
+
+    out = str(tmp_path_factory.mktemp("c") / "corpus")
+    make_corpus(out, pieces=1, takes=2, seed=0, max_seconds=14)
+    return load_records(out, load_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return RecordingProcessor(load_config("tiny", ["data.augment.copies=1"]))
+
+
+def test_rows_cover_the_recording_in_overlapping_windows(records, processor):
+    record = dict(records[0], split="val")
+    rows = processor(record)
+    assert all(r["status"] == "ok" for r in rows) and set(rows[0]) == set(SEGMENT_SCHEMA.names)
+    starts = [r["start_s"] for r in rows]
+    ends = [r["end_s"] for r in rows]
+    assert starts[0] == 0.0 and all(0 < b - a <= 5.0 + 1e-6 for a, b in zip(starts, starts[1:]))   # >= 50 % overlap
+    assert all(b - a == pytest.approx(5.0) for a, b in zip(starts[:-2], starts[1:-1]))   # the last one ends the take
+    for r in rows:
+        cqt = unpack_array(r["cqt"], "f2", (C.CQT_N_BINS,))
+        assert len(cqt) == r["cqt_frames"] and abs(len(cqt) - (r["end_s"] - r["start_s"]) * C.CQT_FRAMES_PER_S) < 3
+        assert r["audio_samples"] == pytest.approx((r["end_s"] - r["start_s"]) * C.MERT_SAMPLE_RATE_HZ, abs=2)
+        tokens = unpack_array(r["notes"], "i2", (8,))
+        times = unpack_array(r["note_times"], "f4")
+        assert len(tokens) == len(times) == r["n_notes"] > 0
+        assert times.min() >= -0.05 and times.max() <= r["end_s"] - r["start_s"]
+        assert tokens[:, 1].min() >= C.OCTUPLE_N_SPECIAL          # bars relative to the window, no PAD
+        assert r["has_score"] and r["bar_start"] <= r["bar_end"]
+        assert set(json.loads(r["pseudo_json"])) <= {"note_accuracy", "rhythmic_precision", "dynamics_control",
+                                                     "articulation", "pedaling", "tone"}
+        assert json.loads(r["labels_json"]) == pytest.approx(record["labels"])
+    assert not any(r["augment"] for r in rows)                   # no augmentation outside the training split
+
+
+def test_training_split_gets_seeded_augmented_copies(records, processor):
+    record = dict(records[1], split="train")
+    rows = processor(record)
+    augmented = [r for r in rows if r["augment"]]
+    assert augmented and len(augmented) < len(rows)
+    again = [r for r in processor(record) if r["augment"]]
+    assert [r["augment"] for r in again] == [r["augment"] for r in augmented]          # seeded
+    assert np.array_equal(unpack_array(again[0]["cqt"], "f2"), unpack_array(augmented[0]["cqt"], "f2"))
+
+
+def test_a_corrupt_file_yields_one_error_row_naming_it(records, processor, tmp_path):
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"not audio at all" * 10)
+    rows = processor(dict(records[0], audio_uri=str(bad)))
+    assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["segment_index"] == -1
+    assert str(bad) in rows[0]["error"] and "\n" not in rows[0]["error"]
+    rows = processor(dict(records[0], score_uri=str(tmp_path / "missing.mid")))
+    assert rows[0]["status"] == "error" and "missing.mid" in rows[0]["error"]
