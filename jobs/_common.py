@@ -47,7 +47,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
 def run_main(main: Callable[[list[str] | None], int]) -> None:
     """Run a job's main; known user errors print one line and exit 2 instead of a traceback."""
-    from model.typed_config import ConfigError
+    from model.errors import ConfigError
     from pipelines.io.storage import StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,5 +1,10 @@
 """ModelConfig: every size and switch of the assessment model, typed and validated.
 
+A stdlib dataclass (model/ depends on torch and transformers, not pydantic) that checks its types and
+ranges on construction (`__post_init__`) and raises a one-line `ConfigError`; `from_dict` / `to_dict`
+convert to and from plain dicts (YAML, a checkpoint's JSON). The run config (pipelines/config.py)
+validates its `model:` section through this class.
+
 Presets (`tiny`, `mert-v1-95m`, `mert-v1-330m`) live in pipelines/presets/*.yaml as overrides of these
 defaults. Derived sizes are properties. `model/` does not import `pipelines/`: the few signal facts the
 model needs (sample rate, CQT frame rate, OctupleMIDI vocabulary) are repeated here and a test checks
@@ -8,9 +13,12 @@ that they equal `pipelines.constants`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+import functools
+import types
+import typing
+from typing import Any, Literal, Union
 
-from model.typed_config import require
+from model.errors import ConfigError
 
 # Must equal pipelines.constants.OCTUPLE_VOCAB_SIZES / N_PERF_ATTRS (checked by tests).
 DEFAULT_OCTUPLE_VOCAB_SIZES = (7, 258, 386, 90, 387, 130, 131, 98)
@@ -20,8 +28,15 @@ MERT_SAMPLE_RATE_HZ = 24_000                     # MERT-v1 input rate, Hz
 CQT_FRAMES_PER_S = 44_100 / 512                  # log-CQT frame rate (44.1 kHz, hop 512), ~86.13 Hz
 
 
+def _require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `condition` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclasses.dataclass
 class ModelConfig:
+    """Checked on construction (`__post_init__`): a ModelConfig that exists is a valid one."""
     # --- audio branch ---
     # mert: MERT/HuBERT on the 24 kHz waveform; cqt: the light CQT encoder; both: their sum on MERT's
     # time axis; none: a score-only model (the symbolic branch alone).
@@ -86,6 +101,26 @@ class ModelConfig:
     head_hidden_size: int = 128
     head_dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a plain dict (YAML, a checkpoint's JSON): unknown keys are errors, lists become tuples."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"model: expected a mapping, got {data!r}")
+        hints = _field_hints()
+        unknown = sorted(set(data) - set(hints))
+        if unknown:
+            raise ConfigError(f"unknown config key model.{unknown[0]} (known: {', '.join(sorted(hints))})")
+        return cls(**{name: tuple(value) if isinstance(value, list) and typing.get_origin(hints[name]) is tuple
+                      else value for name, value in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON/YAML-able copy (tuples become lists) that `from_dict` rebuilds."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in dataclasses.asdict(self).items()}
+
     @property
     def pooled_size(self) -> int:
         return 2 * self.lstm_hidden_size
@@ -136,32 +171,71 @@ class ModelConfig:
                                    cqt_dropout=dropout, symbolic_dropout=dropout)
 
     def validate(self) -> None:
-        require(len(self.mert_conv_dim) == len(self.mert_conv_kernel) == len(self.mert_conv_stride),
-                "mert_conv_dim, mert_conv_kernel and mert_conv_stride must have the same length "
-                f"(got {len(self.mert_conv_dim)}, {len(self.mert_conv_kernel)}, {len(self.mert_conv_stride)})")
-        require(self.mert_hidden_size % self.mert_num_heads == 0,
-                f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_heads {self.mert_num_heads}")
-        require(self.mert_hidden_size % self.mert_num_conv_pos_embedding_groups == 0,
-                f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_conv_pos_embedding_groups "
-                f"{self.mert_num_conv_pos_embedding_groups}")
-        require(self.symbolic_hidden_size % self.symbolic_num_heads == 0,
-                f"symbolic_hidden_size {self.symbolic_hidden_size} is not divisible by symbolic_num_heads "
-                f"{self.symbolic_num_heads}")
-        require(self.fusion_dim % self.fusion_heads == 0,
-                f"fusion_dim {self.fusion_dim} is not divisible by fusion_heads {self.fusion_heads}")
-        require(self.pooled_size % self.pool_heads == 0,
-                f"2*lstm_hidden_size {self.pooled_size} is not divisible by pool_heads {self.pool_heads}")
-        require(len(self.octuple_vocab_sizes) == 8, "octuple_vocab_sizes must list 8 fields")
-        require(all(v >= 2 for v in self.octuple_vocab_sizes), "octuple_vocab_sizes must each be >= 2 (PAD, MASK)")
-        require(self.cqt_bins % 4 == 0,
-                f"cqt_bins must be divisible by 4 (two 2x frequency poolings), got {self.cqt_bins}")
+        """Raise ConfigError (one line) on a value of the wrong type or range, or sizes that do not fit."""
+        self._check_types()
+        _require(len(self.mert_conv_dim) == len(self.mert_conv_kernel) == len(self.mert_conv_stride),
+                 "mert_conv_dim, mert_conv_kernel and mert_conv_stride must have the same length "
+                 f"(got {len(self.mert_conv_dim)}, {len(self.mert_conv_kernel)}, {len(self.mert_conv_stride)})")
+        _require(self.mert_hidden_size % self.mert_num_heads == 0,
+                 f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_heads {self.mert_num_heads}")
+        _require(self.mert_hidden_size % self.mert_num_conv_pos_embedding_groups == 0,
+                 f"mert_hidden_size {self.mert_hidden_size} is not divisible by mert_num_conv_pos_embedding_groups "
+                 f"{self.mert_num_conv_pos_embedding_groups}")
+        _require(self.symbolic_hidden_size % self.symbolic_num_heads == 0,
+                 f"symbolic_hidden_size {self.symbolic_hidden_size} is not divisible by symbolic_num_heads "
+                 f"{self.symbolic_num_heads}")
+        _require(self.fusion_dim % self.fusion_heads == 0,
+                 f"fusion_dim {self.fusion_dim} is not divisible by fusion_heads {self.fusion_heads}")
+        _require(self.pooled_size % self.pool_heads == 0,
+                 f"2*lstm_hidden_size {self.pooled_size} is not divisible by pool_heads {self.pool_heads}")
+        _require(len(self.octuple_vocab_sizes) == 8, "octuple_vocab_sizes must list 8 fields")
+        _require(all(v >= 2 for v in self.octuple_vocab_sizes), "octuple_vocab_sizes must each be >= 2 (PAD, MASK)")
+        _require(self.cqt_bins % 4 == 0,
+                 f"cqt_bins must be divisible by 4 (two 2x frequency poolings), got {self.cqt_bins}")
         for name in ("fusion_dropout", "lstm_dropout", "head_dropout", "cqt_dropout", "symbolic_dropout"):
             value = getattr(self, name)
-            require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
-        require(self.audio_pool_frames >= 1, f"audio_pool_frames must be at least 1, got {self.audio_pool_frames}")
+            _require(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
+        _require(self.audio_pool_frames >= 1, f"audio_pool_frames must be at least 1, got {self.audio_pool_frames}")
         for name in ("mert_num_layers", "cqt_layers", "symbolic_num_layers", "lstm_layers", "max_notes",
                      "cqt_channels", "cqt_hidden_size", "fusion_dim", "head_shared_size", "head_hidden_size",
                      "n_note_attrs"):
-            require(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
-        require(self.audio_encoder != "none" or self.symbolic_encoder,
-                "audio_encoder is 'none' and symbolic_encoder is off: the model would have no input")
+            _require(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        _require(self.audio_encoder != "none" or self.symbolic_encoder,
+                 "audio_encoder is 'none' and symbolic_encoder is off: the model would have no input")
+
+    def _check_types(self) -> None:
+        for name, hint in _field_hints().items():
+            value = getattr(self, name)
+            if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
+            _require(_fits(value, hint), f"{name}: expected {_type_name(hint)}, got {value!r}")
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    """ModelConfig's field name -> resolved type hint."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` has type `hint` (the few kinds ModelConfig uses); bools are not numbers."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(item, args[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """`int`, `tuple[int, ...]`, `str | None`."""
+    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from model.typed_config import ConfigError
+from model.errors import ConfigError
 
 TECHNICAL = "technical"
 INTERPRETIVE = "interpretive"

@@ -1,177 +1,271 @@
 """The one place where configuration becomes objects.
 
-A run's configuration is a `Config` (model, data, augmentation, training, scoring, dimension schema).
+A run's configuration is a `Config` (model, data, augmentation, training, scoring, dimension schema):
+pydantic models for the pipeline sections and the stdlib dataclass `model.config.ModelConfig` for the
+model, which pydantic validates field by field and which checks itself in `__post_init__`.
 It is built from built-in defaults, then a preset (`tiny`, `mert-v1-95m`, `mert-v1-330m`, `demo`) or a
 YAML file (which may name a `preset:` to start from), then `section.key=value` overrides from the
-command line. Every value is type- and range-checked; the resolved config is saved with every output.
+command line. Every value is type- and range-checked; every failure is one `ConfigError` whose one-line
+message names the dotted path of the key. The resolved config is saved with every output.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from model.config import ModelConfig
+from model.errors import ConfigError
 from model.schema import DimensionSchema, load_schema
-from model.typed_config import ConfigError, from_dict, require, to_dict
 from pipelines import constants as C
 
 PRESET_DIR = Path(__file__).parent / "presets"
+S = TypeVar("S", bound=BaseModel)
 
 
-@dataclasses.dataclass
-class AugmentConfig:
+def _not_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic's lax mode would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_as_number", "expected a number, got {value}", {"value": value})
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]       # also takes 3.0 (as 3), not 3.5 or true
+Float = Annotated[float, BeforeValidator(_not_bool)]   # also takes "1e-4" (YAML 1.1 reads it as a string)
+Bool = StrictBool                                      # true / false only, never 0 / 1 / "yes"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated too, and a failed
+    construction or assignment raises one `ConfigError` naming the dotted path of the key."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    path: ClassVar[str] = ""          # dotted path of the section in `Config` ("" for Config itself)
+
+    def __init__(self, **data: Any) -> None:   # pydantic also calls it for a section nested in another
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        before = dict(self.__dict__)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:   # pydantic keeps the new value when a range check fails: undo it
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise _config_error(exc, type(self)) from None
+
+    def validate(self) -> None:  # type: ignore[override]  # replaces pydantic v1's deprecated classmethod
+        """Check every value again (construction and assignment check them already)."""
+        _build(type(self), self.model_dump())
+
+
+class AugmentConfig(_Section):
     """Training-only audio augmentation; each transform has its own probability, at most
     `max_transforms` apply to one example. Seeded: the same seed and example give the same result."""
-    enabled: bool = True
-    copies: int = 1                    # augmented copies written per training segment
-    seed: int = 0
-    max_transforms: int = 3
-    p_pitch_shift: float = 0.3
-    pitch_shift_semitones: int = 2     # uniform integer shift in [-n, n] \ {0}
-    p_time_stretch: float = 0.3
-    time_stretch_min: float = 0.85
-    time_stretch_max: float = 1.15
-    p_noise: float = 0.3
-    noise_snr_db_min: float = 25.0
-    noise_snr_db_max: float = 40.0
-    p_reverb: float = 0.3
-    n_rooms: int = 8                   # generated room impulse responses (5-10 spaces)
-    p_gain: float = 0.3
-    gain_db: float = 6.0
-    p_mp3: float = 0.2
-    mp3_kbps_min: int = 128
-    mp3_kbps_max: int = 320
+    path: ClassVar[str] = "data.augment"
+    enabled: Bool = True
+    copies: Int = 1                    # augmented copies written per training segment
+    seed: Int = 0
+    max_transforms: Int = 3
+    p_pitch_shift: Float = 0.3
+    pitch_shift_semitones: Int = 2     # uniform integer shift in [-n, n] \ {0}
+    p_time_stretch: Float = 0.3
+    time_stretch_min: Float = 0.85
+    time_stretch_max: Float = 1.15
+    p_noise: Float = 0.3
+    noise_snr_db_min: Float = 25.0
+    noise_snr_db_max: Float = 40.0
+    p_reverb: Float = 0.3
+    n_rooms: Int = 8                   # generated room impulse responses (5-10 spaces)
+    p_gain: Float = 0.3
+    gain_db: Float = 6.0
+    p_mp3: Float = 0.2
+    mp3_kbps_min: Int = 128
+    mp3_kbps_max: Int = 320
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name.startswith("p_"):
-                value = getattr(self, f.name)
-                require(0.0 <= value <= 1.0, f"augment.{f.name} must be a probability in [0, 1], got {value}")
-        require(self.copies >= 0, f"augment.copies must be >= 0, got {self.copies}")
-        require(1 <= self.max_transforms <= 6, f"augment.max_transforms must be 1..6, got {self.max_transforms}")
-        require(0 < self.time_stretch_min <= self.time_stretch_max,
-                f"augment.time_stretch_min/max must satisfy 0 < min <= max, got {self.time_stretch_min}, "
-                f"{self.time_stretch_max}")
-        require(self.noise_snr_db_min <= self.noise_snr_db_max, "augment.noise_snr_db_min exceeds noise_snr_db_max")
-        require(self.mp3_kbps_min <= self.mp3_kbps_max, "augment.mp3_kbps_min exceeds mp3_kbps_max")
-        require(0 <= self.pitch_shift_semitones <= 12, "augment.pitch_shift_semitones must be 0..12")
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AugmentConfig:
+        for name in type(self).model_fields:
+            if name.startswith("p_"):
+                value = getattr(self, name)
+                _require(0.0 <= value <= 1.0, f"{self.path}.{name} must be a probability in [0, 1], got {value}")
+        _require(self.copies >= 0, f"{self.path}.copies must be >= 0, got {self.copies}")
+        _require(1 <= self.max_transforms <= 6, f"{self.path}.max_transforms must be 1..6, got {self.max_transforms}")
+        _require(0 < self.time_stretch_min <= self.time_stretch_max,
+                 f"{self.path}.time_stretch_min/max must satisfy 0 < min <= max, got {self.time_stretch_min}, "
+                 f"{self.time_stretch_max}")
+        _require(self.noise_snr_db_min <= self.noise_snr_db_max,
+                 f"{self.path}.noise_snr_db_min exceeds noise_snr_db_max")
+        _require(self.mp3_kbps_min <= self.mp3_kbps_max, f"{self.path}.mp3_kbps_min exceeds mp3_kbps_max")
+        _require(0 <= self.pitch_shift_semitones <= 12, f"{self.path}.pitch_shift_semitones must be 0..12")
+        return self
 
 
-@dataclasses.dataclass
-class DataConfig:
-    min_duration_s: float = C.MIN_DURATION_S
-    max_duration_s: float = 3600.0
-    train_window_s: float = C.TRAIN_WINDOW_S
-    infer_window_s: float = C.INFER_WINDOW_S
-    window_overlap: float = C.WINDOW_OVERLAP
-    max_notes: int = C.MAX_NOTES_PER_WINDOW
+class DataConfig(_Section):
+    path: ClassVar[str] = "data"
+    min_duration_s: Float = C.MIN_DURATION_S
+    max_duration_s: Float = 3600.0
+    train_window_s: Float = C.TRAIN_WINDOW_S
+    infer_window_s: Float = C.INFER_WINDOW_S
+    window_overlap: Float = C.WINDOW_OVERLAP
+    max_notes: Int = C.MAX_NOTES_PER_WINDOW
     # where performed notes come from: MIDI when present (auto), always MIDI, or always transcription
     performance_source: Literal["auto", "midi", "transcribe"] = "auto"
-    transcriber: Literal["basic-pitch"] = "basic-pitch"
-    store_audio: bool = True           # keep 24 kHz waveform per segment (needed by MERT)
-    store_cqt: bool = True             # keep log-CQT per segment (needed by the CQT encoder)
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)   # train / val / test, by piece
-    split_seed: int = 0
-    num_cpus_per_task: float = 1.0     # Ray Data CPUs per preprocessing actor
-    num_actors: int = 2
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # transcription backend: pipelines.features.transcribe.Transcriber.BACKENDS (a test keeps them equal)
+    transcriber: Literal["basic-pitch", "transkun"] = "basic-pitch"
+    store_audio: Bool = True           # keep 24 kHz waveform per segment (needed by MERT)
+    store_cqt: Bool = True             # keep log-CQT per segment (needed by the CQT encoder)
+    split_fractions: tuple[Float, Float, Float] = (0.7, 0.15, 0.15)   # train / val / test, by piece
+    split_seed: Int = 0
+    num_cpus_per_task: Float = 1.0     # Ray Data CPUs per preprocessing actor
+    num_actors: Int = 2
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
-    def validate(self) -> None:
-        require(0 < self.min_duration_s < self.max_duration_s,
-                f"data.min_duration_s must be > 0 and below max_duration_s, got {self.min_duration_s}")
-        require(1.0 <= self.train_window_s <= 60.0, f"data.train_window_s must be 1..60 s, got {self.train_window_s}")
-        require(5.0 <= self.infer_window_s <= 60.0, f"data.infer_window_s must be 5..60 s, got {self.infer_window_s}")
-        require(0.0 <= self.window_overlap < 1.0, f"data.window_overlap must be in [0, 1), got {self.window_overlap}")
-        require(self.max_notes >= 8, f"data.max_notes must be >= 8, got {self.max_notes}")
-        require(abs(sum(self.split_fractions) - 1.0) < 1e-6 and min(self.split_fractions) >= 0,
-                f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
-        require(self.num_actors >= 1, f"data.num_actors must be >= 1, got {self.num_actors}")
+    @model_validator(mode="after")
+    def _check_ranges(self) -> DataConfig:
+        _require(0 < self.min_duration_s < self.max_duration_s,
+                 f"data.min_duration_s must be > 0 and below max_duration_s, got {self.min_duration_s}")
+        _require(1.0 <= self.train_window_s <= 60.0, f"data.train_window_s must be 1..60 s, got {self.train_window_s}")
+        _require(5.0 <= self.infer_window_s <= 60.0, f"data.infer_window_s must be 5..60 s, got {self.infer_window_s}")
+        _require(0.0 <= self.window_overlap < 1.0, f"data.window_overlap must be in [0, 1), got {self.window_overlap}")
+        _require(self.max_notes >= 8, f"data.max_notes must be >= 8, got {self.max_notes}")
+        _require(abs(sum(self.split_fractions) - 1.0) < 1e-6 and min(self.split_fractions) >= 0,
+                 f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
+        _require(self.num_actors >= 1, f"data.num_actors must be >= 1, got {self.num_actors}")
+        return self
 
 
-@dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    path: ClassVar[str] = "train"
     stage: Literal["pseudo", "expert"] = "pseudo"
-    epochs: int = 30
-    batch_size: int = 8                # per worker
-    grad_accum_steps: int = 4          # effective batch = batch_size * grad_accum_steps * workers
-    lr_audio: float = 1e-5             # audio backbone (MERT / CQT encoder)
-    lr_symbolic: float = 5e-5          # symbolic encoder
-    lr_head: float = 3e-4              # fusion, LSTM, pooling, heads, task log-sigmas
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    patience: int = 5                  # epochs without validation improvement before stopping
-    label_smoothing: float = 0.1       # pull targets toward the training mean by this fraction
+    epochs: Int = 30
+    batch_size: Int = 8                # per worker
+    grad_accum_steps: Int = 4          # effective batch = batch_size * grad_accum_steps * workers
+    lr_audio: Float = 1e-5             # audio backbone (MERT / CQT encoder)
+    lr_symbolic: Float = 5e-5          # symbolic encoder
+    lr_head: Float = 3e-4              # fusion, LSTM, pooling, heads, task log-sigmas
+    weight_decay: Float = 0.01
+    warmup_fraction: Float = 0.1
+    grad_clip: Float = 1.0
+    patience: Int = 5                  # epochs without validation improvement before stopping
+    label_smoothing: Float = 0.1       # pull targets toward the training mean by this fraction
     loss_weighting: Literal["uncertainty", "equal"] = "uncertainty"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"   # auto: fp16 on GPU, fp32 on CPU
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    checkpoints_to_keep: int = 3
-    max_failures: int = 2
-    seed: int = 0
-    dropout: float | None = None       # overrides every dropout of the model when set (Tune)
-    audio_only: bool = False           # ablation: ignore the score branch
-    pretrained: bool = True            # ablation: false ignores model.mert_source/symbolic_source
+    num_workers: Int = 2
+    use_gpu: Bool = False
+    cpus_per_worker: Float = 1.0
+    checkpoints_to_keep: Int = 3
+    max_failures: Int = 2
+    seed: Int = 0
+    dropout: Float | None = None       # overrides every dropout of the model when set (Tune)
+    audio_only: Bool = False           # ablation: ignore the score branch
+    pretrained: Bool = True            # ablation: false ignores model.mert_source/symbolic_source
 
-    def validate(self) -> None:
-        require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
-        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        require(self.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+    @model_validator(mode="after")
+    def _check_ranges(self) -> TrainConfig:
+        _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         for name in ("lr_audio", "lr_symbolic", "lr_head"):
             value = getattr(self, name)
-            require(0.0 <= value < 1.0, f"train.{name} must be in [0, 1), got {value}")
-        require(0.0 <= self.weight_decay < 1.0, f"train.weight_decay must be in [0, 1), got {self.weight_decay}")
-        require(0.0 <= self.warmup_fraction < 1.0, f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
-        require(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        require(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
-        require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
-        require(self.dropout is None or 0.0 <= self.dropout < 1.0, f"train.dropout must be in [0, 1), got {self.dropout}")
+            _require(0.0 <= value < 1.0, f"train.{name} must be in [0, 1), got {value}")
+        _require(0.0 <= self.weight_decay < 1.0, f"train.weight_decay must be in [0, 1), got {self.weight_decay}")
+        _require(0.0 <= self.warmup_fraction < 1.0,
+                 f"train.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _require(self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+        _require(0.0 <= self.label_smoothing < 1.0,
+                 f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _require(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
+        _require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
+        _require(self.dropout is None or 0.0 <= self.dropout < 1.0,
+                 f"train.dropout must be in [0, 1), got {self.dropout}")
+        return self
 
 
-@dataclasses.dataclass
-class ScoreConfig:
-    window_s: float = C.INFER_WINDOW_S
-    overlap: float = C.WINDOW_OVERLAP
-    batch_size: int = 4
-    num_actors: int = 1
-    use_gpu: bool = False
+class ScoringConfig(_Section):
+    """Scoring a library of recordings with a trained model (windows, batching, resources)."""
+    path: ClassVar[str] = "scoring"
+    window_s: Float = C.INFER_WINDOW_S
+    overlap: Float = C.WINDOW_OVERLAP
+    batch_size: Int = 4
+    num_actors: Int = 1
+    use_gpu: Bool = False
 
-    def validate(self) -> None:
-        require(20.0 <= self.window_s <= 30.0, f"score.window_s must be 20..30 s, got {self.window_s}")
-        require(0.0 <= self.overlap < 1.0, f"score.overlap must be in [0, 1), got {self.overlap}")
-        require(self.batch_size >= 1, f"score.batch_size must be >= 1, got {self.batch_size}")
+    @model_validator(mode="after")
+    def _check_ranges(self) -> ScoringConfig:
+        _require(20.0 <= self.window_s <= 30.0, f"scoring.window_s must be 20..30 s, got {self.window_s}")
+        _require(0.0 <= self.overlap < 1.0, f"scoring.overlap must be in [0, 1), got {self.overlap}")
+        _require(self.batch_size >= 1, f"scoring.batch_size must be >= 1, got {self.batch_size}")
+        return self
 
 
-@dataclasses.dataclass
-class Config:
+class Config(_Section):
+    """The whole resolved run configuration; `to_dict` / `config_from_dict` round-trip it exactly."""
     name: str = "default"
     dimensions: str = "seed10"         # schema name or YAML path
-    aggregate_weights: tuple[float, ...] | None = None
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+    aggregate_weights: tuple[Float, ...] | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
-    def validate(self) -> None:
-        self.schema()  # raises on an unknown schema
-        require(self.model.max_notes >= self.data.max_notes,
-                f"model.max_notes ({self.model.max_notes}) is below data.max_notes ({self.data.max_notes})")
+    @field_validator("dimensions")
+    @classmethod
+    def _known_schema(cls, value: str) -> str:
+        load_schema(value)  # raises on an unknown schema
+        return value
 
-    def schema(self) -> DimensionSchema:
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_scalars(cls, value: Any) -> Any:
+        """pydantic reads ModelConfig's plain `bool` / `int` / `float` fields leniently: be strict here."""
+        if isinstance(value, dict):
+            for name, item in value.items():
+                _check_model_scalar(name, item)
+        return value
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> Config:
+        try:
+            self.schema()
+        except ConfigError as exc:
+            raise ConfigError(f"aggregate_weights: {exc}") from None
+        _require(self.model.max_notes >= self.data.max_notes,
+                 f"model.max_notes ({self.model.max_notes}) is below data.max_notes ({self.data.max_notes})")
+        return self
+
+    def schema(self) -> DimensionSchema:  # type: ignore[override]  # replaces pydantic v1's deprecated classmethod
         schema = load_schema(self.dimensions)
         if self.aggregate_weights is not None:
             schema = schema.with_aggregate_weights(list(self.aggregate_weights))
         return schema
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        """A plain JSON/YAML-able copy (tuples become lists) that `config_from_dict` rebuilds."""
+        return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -180,6 +274,106 @@ class Config:
         """A short hash of the resolved config (stable across runs)."""
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
+
+# --- one-line errors -----------------------------------------------------------------------------
+
+_MODEL_HINTS = typing.get_type_hints(ModelConfig)
+
+# pydantic error type (prefix) -> what the value should have been
+_EXPECTED = {"int_": "an integer", "float_": "a number", "bool_as_number": "a number", "bool_": "true or false",
+             "string_": "a string", "tuple_": "a list", "list_": "a list", "model_": "a mapping",
+             "dataclass_": "a mapping", "dict_": "a mapping"}
+
+
+def _check_model_scalar(name: str, value: Any) -> None:
+    hint = _MODEL_HINTS.get(name)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"model.{name}: expected true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"model.{name}: expected a number, got {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> type of a config section (pydantic model) or of ModelConfig (dataclass)."""
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: info.annotation for name, info in cls.model_fields.items()}
+    if dataclasses.is_dataclass(cls):
+        return {f.name: _MODEL_HINTS.get(f.name) for f in dataclasses.fields(cls)}
+    return {}
+
+
+def _known_keys(root: type, loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed in the section found by following `loc` from `root`."""
+    cls: Any = root
+    for part in loc:
+        cls = _field_types(cls).get(str(part))
+    return sorted(_field_types(cls))
+
+
+def _dotted(root: type, loc: tuple[int | str, ...]) -> str:
+    parts = [getattr(root, "path", "")] if getattr(root, "path", "") else []
+    for item in loc:
+        if isinstance(item, int) and parts:
+            parts[-1] += f"[{item}]"
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _describe(error: ErrorDetails, root: type) -> str:
+    """One pydantic error as one line: the dotted path of the key and what is wrong with its value."""
+    kind, loc = error["type"], error["loc"]
+    path = _dotted(root, loc)
+    if kind in ("extra_forbidden", "unexpected_keyword_argument", "no_such_attribute"):
+        return f"unknown config key {path} (known: {', '.join(_known_keys(root, loc[:-1]))})"
+    if kind == "value_error":   # a range check: its message names the key already, or is prefixed here
+        cause = error.get("ctx", {}).get("error", error["msg"])
+        message = str(cause)
+        named = isinstance(cause, _PathedError) or not path or message.startswith(path)
+        return message if named else f"{path}: {message}"
+    value = error.get("input")
+    if kind == "missing":       # a fixed-length list with too few items
+        return f"{path}: missing"
+    if kind == "literal_error":
+        return f"{path}: {value!r} is not one of {error.get('ctx', {}).get('expected')}"
+    expected = next((text for prefix, text in _EXPECTED.items() if kind.startswith(prefix)), None)
+    if expected:
+        return f"{path}: expected {expected}, got {value!r}"
+    return f"{path}: {error['msg']}".replace("\n", " ")
+
+
+class _PathedError(ConfigError):
+    """A ConfigError from a section's own validation: its message names full dotted paths already."""
+
+
+def _config_error(exc: ValidationError, root: type) -> ConfigError:
+    """One ConfigError for a pydantic ValidationError: every problem, `; `-separated, on one line."""
+    return _PathedError("; ".join(_describe(error, root) for error in exc.errors()))
+
+
+def _check_keys(data: Any, path: str = "") -> None:
+    """Config keys are names (YAML also allows numbers and lists as keys)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                raise ConfigError(f"unknown config key {where}: keys are names")
+            _check_keys(value, where)
+
+
+def _build(cls: type[S], data: Any) -> S:
+    """Validate `data` (a mapping) into config section `cls`, or raise one ConfigError."""
+    where = getattr(cls, "path", "")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    _check_keys(data, where)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, cls) from None
+
+
+# --- presets, files, overrides -------------------------------------------------------------------
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -252,12 +446,12 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | None =
         data = _deep_merge(data, parse_override(text))
     if preset_or_path and "name" not in data:
         data["name"] = Path(preset_or_path).stem
-    return from_dict(Config, data)
+    return _build(Config, data)
 
 
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config saved with `Config.to_dict` (e.g. from a checkpoint)."""
-    return from_dict(Config, data)
+    return _build(Config, data)
 
 
 def save_config(config: Config, uri: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ import torch
 from model import config as model_config
 from model.builder import build_model
 from model.config import ModelConfig
+from model.errors import ConfigError
 from model.mert import hubert_config
-from model.typed_config import ConfigError, from_dict
 from pipelines import constants as C
 from pipelines.config import load_config
 
@@ -45,11 +46,41 @@ def test_derived_sizes():
     ({"cqt_bins": 170}, "cqt_bins must be divisible by 4"),
     ({"symbolic_dropout": 1.0}, r"symbolic_dropout must be in \[0, 1\)"),
     ({"audio_encoder": "none", "symbolic_encoder": False}, "the model would have no input"),
-    ({"mert_feat_extract_norm": "batch"}, "is not one of"),
+    ({"mert_feat_extract_norm": "batch"}, "mert_feat_extract_norm: 'batch' is not one of 'group', 'layer'"),
+    ({"fusion_dim": "big"}, "fusion_dim: expected int, got 'big'"),
+    ({"symbolic_encoder": 1}, "symbolic_encoder: expected bool, got 1"),
+    ({"cqt_layers": True}, "cqt_layers: expected int, got True"),
+    ({"mert_conv_dim": [512, "x", 512, 512, 512, 512, 512]}, r"mert_conv_dim: expected tuple\[int, \.\.\.\], got \(512, 'x'"),
 ])
 def test_invalid_configs_fail_with_one_line(change, message):
-    with pytest.raises(ConfigError, match=message):
-        from_dict(ModelConfig, change)
+    with pytest.raises(ConfigError, match=message) as info:
+        ModelConfig.from_dict(change)
+    assert "\n" not in str(info.value)
+
+
+def test_construction_validates():
+    with pytest.raises(ConfigError, match="not divisible by fusion_heads 7"):
+        ModelConfig(fusion_heads=7)
+    with pytest.raises(ConfigError, match="not divisible by fusion_heads 5"):
+        dataclasses.replace(ModelConfig(), fusion_heads=5)
+
+
+def test_from_dict_rejects_unknown_keys_and_names_the_known_ones():
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_dict({"fusion_dim": 64, "xyz": 1})
+    message = str(info.value)
+    assert message.startswith("unknown config key model.xyz (known: ")
+    assert "fusion_dim" in message and "audio_encoder" in message and "\n" not in message
+    with pytest.raises(ConfigError, match="model: expected a mapping"):
+        ModelConfig.from_dict([("fusion_dim", 64)])
+
+
+def test_dict_round_trip_keeps_tuples():
+    cfg = ModelConfig(mert_conv_dim=(8,) * 7, fusion_dim=64, mert_source="m-a-p/MERT-v1-95M")
+    plain = cfg.to_dict()
+    assert plain["mert_conv_dim"] == [8] * 7 and plain["fusion_dim"] == 64
+    again = ModelConfig.from_dict(json.loads(json.dumps(plain)))
+    assert again == cfg and isinstance(again.mert_conv_dim, tuple)
 
 
 def test_dropout_override_copies():
@@ -69,8 +100,8 @@ def test_presets_resolve():
 def test_tiny_preset_trains_a_step():
     c = load_config("tiny")
     model = build_model(c.model, c.schema(), pretrained=False)
-    from tests.model.conftest import make_batch
     from model.losses import MultiTaskLoss
+    from tests.model.conftest import make_batch
     batch = make_batch(c.model, [2.0, 1.5], [30, 0])
     loss, _ = MultiTaskLoss(c.schema())(model(batch), batch["labels"])
     loss.backward()
