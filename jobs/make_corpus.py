@@ -3,7 +3,8 @@
     python jobs/make_corpus.py --out URI [--pieces N] [--takes N] [--soundfont PATH] [--seed S]
                                [--max-seconds T]
 
-See pipelines/demo_corpus/generate.py for the pieces, the deviations and the label formula.
+See pipelines/demo_corpus/pieces.py, deviations.py and labels.py for the pieces, the deviations and the
+label formula.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.demo_corpus.generate import DEFAULT_MAX_SECONDS, DEMO_PIECES, make_corpus  # noqa: E402
+from pipelines.demo_corpus.generate import DEFAULT_MAX_SECONDS, make_corpus  # noqa: E402
+from pipelines.demo_corpus.pieces import DEMO_PIECES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
