@@ -8,7 +8,7 @@ Run `python -m benchmarks.bench_alignment` (or call `main()`): it prints and ret
 - alignment time per performance.
 
 The generator of scores and error-laden performances lives here too, because the unit tests of
-`pipelines.features.align`, `pipelines.features.pseudo_labels` and `pipelines.features.segment` build their fixtures with it.
+`pipelines.features.align`, `.attributes`, `.octuple`, `.pseudo_labels` and `.segment` build their fixtures with it.
 """
 from __future__ import annotations
 
@@ -287,7 +287,8 @@ def main(seeds: tuple[int, ...] = (0, 1, 2, 3), n_bars: int = 24, long_bars: int
     import warnings
 
     from benchmarks.common import markdown_table
-    from pipelines.features.align import k265_example, match_fscore
+    from pipelines.demo_corpus.k265 import k265_example
+    from pipelines.features.align import match_fscore
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     score, perf, truth = k265_example()

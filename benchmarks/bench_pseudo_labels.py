@@ -14,14 +14,15 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     from model.schema import SEED10
+    from pipelines.demo_corpus.generate import make_corpus
     from pipelines.features import align as A
     from pipelines.features import pseudo_labels as L
-    from pipelines.demo_corpus.generate import make_corpus
+    from pipelines.features.attributes import note_attributes
     from pipelines.features.cqt import CQTExtractor
     from pipelines.io.audio import load_and_prepare
-    from pipelines.io.performance import load_performance
     from pipelines.io.corpora import read_corpus
     from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
 
     out = os.path.join(tempfile.mkdtemp(prefix="bench-pseudo-"), "corpus")
     make_corpus(out, pieces=pieces, takes=takes, seed=seed)
@@ -41,7 +42,7 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1) -> dict:
         found["missed"][1] += c["n_missed"] + c["n_wrong"]
         found["extra"][0] += alignment.n_extra
         found["extra"][1] += c["n_extra"] + c["n_wrong"]
-        attrs = A.note_attributes(score, perf, alignment)
+        attrs = note_attributes(score, perf, alignment)
         audio = load_and_prepare(rec.audio_uri, 1.0, 3600.0)
         feats = {"cqt": cqt(audio.cqt)[0]}
         with_audio.append(L.pseudo_labels(score, perf, alignment, attrs, feats))

@@ -7,7 +7,6 @@ unless told. Baselines: uniform random, training mean, ridge regression on simpl
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -17,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.io import storage
 from pipelines.features.rows import unpack_array
+from pipelines.io import storage
 from pipelines.training.batches import collate, columns_for, label_matrix, target_column
 
 
@@ -75,8 +74,8 @@ def _mean_target_per_recording(recording_ids: list[str], matrix: np.ndarray) -> 
 
 def recording_features(table) -> dict[str, np.ndarray]:
     """Simple audio features per recording (mean over its windows) for the linear baseline."""
-    from pipelines.evaluation.metrics import simple_audio_features
     from pipelines import constants as C
+    from pipelines.evaluation.baselines import simple_audio_features
 
     feats: dict[str, list[np.ndarray]] = defaultdict(list)
     for rid, blob in zip(table.column("recording_id").to_pylist(), table.column("cqt").to_pylist()):
@@ -89,11 +88,12 @@ def recording_features(table) -> dict[str, np.ndarray]:
 def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None = None, *, split: str = "test",
                         target: str | None = None, audio_only: bool | None = None, seed: int = 0) -> dict[str, Any]:
     """Metrics of a checkpoint and the baselines on one split; writes JSON, Markdown and PNGs to `out_uri`."""
-    from model.checkpoint import load_model
-    from pipelines.preprocess import read_segments_table
+    from pipelines.evaluation import baselines as B
     from pipelines.evaluation import metrics as E
+    from pipelines.io.model_files import load_checkpoint
+    from pipelines.preprocess import read_segments_table
 
-    model, config_dict, schema, extra = load_model(checkpoint_uri)
+    model, config_dict, schema, extra = load_checkpoint(checkpoint_uri)
     names = schema.names
     stage = target or extra.get("stage", "expert")
     label_col = target_column(stage)
@@ -122,12 +122,12 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     y_train = np.stack([train_truth[r] for r in train_rec]) if train_rec else np.full((1, len(names)), np.nan)
 
     results: dict[str, Any] = {"model": E.evaluate(y_true, scores, sigma, groups, names)}
-    results["baseline_random"] = E.evaluate(y_true, E.uniform_random_baseline(y_train, len(ids), seed), None,
+    results["baseline_random"] = E.evaluate(y_true, B.uniform_random_baseline(y_train, len(ids), seed), None,
                                             groups, names)
-    results["baseline_mean"] = E.evaluate(y_true, E.mean_baseline(y_train, len(ids)), None, groups, names)
+    results["baseline_mean"] = E.evaluate(y_true, B.mean_baseline(y_train, len(ids)), None, groups, names)
     feats_test, feats_train = recording_features(test), recording_features(train)
     if feats_test and feats_train and all(r in feats_test for r in ids):
-        baseline = E.LinearFeatureBaseline().fit(np.stack([feats_train[r] for r in train_rec]), y_train)
+        baseline = B.LinearFeatureBaseline().fit(np.stack([feats_train[r] for r in train_rec]), y_train)
         results["baseline_linear"] = E.evaluate(y_true, baseline.predict(np.stack([feats_test[r] for r in ids])),
                                                 None, groups, names)
     summary = {
@@ -155,6 +155,7 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = ("pears
 
 def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, names) -> None:
     from pipelines.evaluation import metrics as E
+    from pipelines.evaluation import plots as P
 
     storage.write_text(storage.join(out_uri, "evaluation.json"), E.to_json(summary))
     text = [f"# Evaluation on the {summary['split']} split ({summary['recordings']} recordings, "
@@ -163,7 +164,7 @@ def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, n
     storage.write_text(storage.join(out_uri, "evaluation.md"), "\n".join(text) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         if sigma is not None:
-            E.reliability_diagram(y_true, scores, sigma, os.path.join(tmp, "reliability.png"))
-        E.scatter_plot(y_true, scores, names, os.path.join(tmp, "scatter.png"))
+            P.reliability_diagram(y_true, scores, sigma, os.path.join(tmp, "reliability.png"))
+        P.scatter_plot(y_true, scores, names, os.path.join(tmp, "scatter.png"))
         for name in os.listdir(tmp):
             storage.upload_file(os.path.join(tmp, name), storage.join(out_uri, name))

@@ -1,7 +1,7 @@
-"""Evaluation of score predictions: metrics per dimension, calibration, plots and simple baselines.
+"""Metrics of score predictions per dimension, calibration, and the report formats (JSON, Markdown).
 
-Everything here is plain numpy / scipy / scikit-learn / matplotlib (Agg, no pyplot state), so the
-scorer, the training loop and `jobs/evaluate.py` can all call it without Ray.
+Plain numpy / scipy, so the scorer, the training loop and `jobs/evaluate.py` can all call it without
+Ray. Plots live in `pipelines.evaluation.plots`, baselines in `pipelines.evaluation.baselines`.
 
 Inputs, for N performances (or segments) and D dimensions, on the 0-100 score scale:
 - `y_true` [N, D]: labels; NaN where a dimension has no label for a row.
@@ -35,16 +35,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
-from sklearn.linear_model import Ridge
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-from pipelines import constants as C
 
 DEFAULT_ALPHAS: tuple[float, ...] = (5.0, 10.0)                 # range-accuracy tolerances, score points
 DEFAULT_RANK_MARGIN = 1.0                                         # score points a pair must differ by
@@ -70,12 +64,14 @@ def as_matrix(values: Any, name: str) -> Array:
     return array
 
 
-def _check_same_shape(reference: Array, other: Array, name: str) -> None:
+def check_same_shape(reference: Array, other: Array, name: str) -> None:
+    """Raise ValueError unless `other` has the shape of `reference` (y_true)."""
     if other.shape != reference.shape:
         raise ValueError(f"{name} has shape {other.shape}, expected {reference.shape} like y_true")
 
 
-def _dimension_names(names: Sequence[str] | None, n_dims: int) -> list[str]:
+def dimension_names(names: Sequence[str] | None, n_dims: int) -> list[str]:
+    """`names` as strings, checked for length and repeats; dim_0, dim_1, ... when None."""
     if names is None:
         return [f"dim_{d}" for d in range(n_dims)]
     names = [str(n) for n in names]
@@ -297,12 +293,12 @@ def evaluate(y_true: Any, y_pred: Any, sigma: Any | None = None, groups: Any | N
     """
     t = as_matrix(y_true, "y_true")
     p = as_matrix(y_pred, "y_pred")
-    _check_same_shape(t, p, "y_pred")
+    check_same_shape(t, p, "y_pred")
     s = None
     if sigma is not None:
         s = as_matrix(sigma, "sigma")
-        _check_same_shape(t, s, "sigma")
-    dim_names = _dimension_names(names, t.shape[1])
+        check_same_shape(t, s, "sigma")
+    dim_names = dimension_names(names, t.shape[1])
     group_ids = None if groups is None else np.asarray(groups)
     per_dim = {
         name: dimension_metrics(t[:, d], p[:, d], None if s is None else s[:, d], group_ids,
@@ -356,255 +352,3 @@ def format_table(result: dict[str, Any]) -> str:
         cells = [_format_value(m, values.get(m)) for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-# --- plots (matplotlib Agg, no pyplot) ---------------------------------------------------------
-
-def _new_figure(width_in: float, height_in: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_figure(fig, path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
-
-
-def reliability_diagram(y_true: Any, y_pred: Any, sigma: Any, path: str | Path,
-                        names: Sequence[str] | None = None,
-                        levels: Sequence[float] = DEFAULT_COVERAGE_LEVELS) -> Path:
-    """Write a PNG of observed vs nominal interval coverage: one thin line per dimension, the
-    coverage pooled over all dimensions in bold, the diagonal for perfect calibration.
-
-    y_true, y_pred, sigma: [N, D] (or [N]); path: a local file. Returns the path written.
-    """
-    t, p, s = as_matrix(y_true, "y_true"), as_matrix(y_pred, "y_pred"), as_matrix(sigma, "sigma")
-    _check_same_shape(t, p, "y_pred")
-    _check_same_shape(t, s, "sigma")
-    dim_names = _dimension_names(names, t.shape[1])
-    lv = np.asarray(levels, dtype=np.float64)
-    fig = _new_figure(5.5, 5.0)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
-    eces = []
-    for d, name in enumerate(dim_names):
-        coverage = interval_coverage(t[:, d], p[:, d], s[:, d], lv)
-        if not np.all(np.isnan(coverage)):
-            eces.append(float(np.mean(np.abs(coverage - lv))))
-            ax.plot(lv, coverage, linewidth=0.8, alpha=0.6, label=name if len(dim_names) <= 10 else None)
-    pooled = interval_coverage(t.ravel(), p.ravel(), s.ravel(), lv)
-    ax.plot(lv, pooled, color="black", linewidth=2.2, marker="o", markersize=3, label="all dimensions")
-    mean_ece = f"{np.mean(eces):.3f}" if eces else "n/a"
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal coverage of central interval",
-           ylabel="observed coverage", title=f"Reliability (mean ECE {mean_ece})")
-    ax.set_aspect("equal")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
-def scatter_plot(y_true: Any, y_pred: Any, names: Sequence[str] | None, path: str | Path,
-                 sigma: Any | None = None) -> Path:
-    """Write a PNG grid with one prediction-vs-label scatter per dimension (0-100 axes, diagonal,
-    Pearson r and n in each title; +-1 sigma bars when `sigma` is given).
-
-    y_true, y_pred, sigma: [N, D] (or [N]); names: [D] or None; path: a local file.
-    Returns the path written.
-    """
-    t, p = as_matrix(y_true, "y_true"), as_matrix(y_pred, "y_pred")
-    _check_same_shape(t, p, "y_pred")
-    s = None if sigma is None else as_matrix(sigma, "sigma")
-    if s is not None:
-        _check_same_shape(t, s, "sigma")
-    dim_names = _dimension_names(names, t.shape[1])
-    n_cols = int(math.ceil(math.sqrt(len(dim_names))))
-    n_rows = int(math.ceil(len(dim_names) / n_cols))
-    fig = _new_figure(3.0 * n_cols, 3.0 * n_rows)
-    for d, name in enumerate(dim_names):
-        ax = fig.add_subplot(n_rows, n_cols, d + 1)
-        mask = np.isfinite(t[:, d]) & np.isfinite(p[:, d])
-        if s is not None:
-            ax.errorbar(t[mask, d], p[mask, d], yerr=np.nan_to_num(s[mask, d]), fmt="none",
-                        ecolor="tab:blue", alpha=0.2, linewidth=0.6)
-        ax.scatter(t[mask, d], p[mask, d], s=6, alpha=0.6)
-        ax.plot([SCORE_MIN, SCORE_MAX], [SCORE_MIN, SCORE_MAX], color="grey", linestyle="--", linewidth=1)
-        r = pearson(t[mask, d], p[mask, d])
-        r_text = "n/a" if math.isnan(r) else f"{r:.2f}"
-        ax.set(xlim=(SCORE_MIN, SCORE_MAX), ylim=(SCORE_MIN, SCORE_MAX),
-               title=f"{name}\nr={r_text}, n={int(mask.sum())}")
-        ax.title.set_fontsize(8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("label", fontsize=7)
-        ax.set_ylabel("prediction", fontsize=7)
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
-# --- baselines ---------------------------------------------------------------------------------
-
-def _label_range(y_train: Array) -> tuple[Array, Array]:
-    """Per-dimension (min, max) of the finite training labels [D]; NaN for a dimension with none."""
-    lo = np.full(y_train.shape[1], math.nan)
-    hi = np.full(y_train.shape[1], math.nan)
-    for d in range(y_train.shape[1]):
-        column = y_train[np.isfinite(y_train[:, d]), d]
-        if column.size:
-            lo[d], hi[d] = column.min(), column.max()
-    return lo, hi
-
-
-def _label_mean(y_train: Array) -> Array:
-    """Per-dimension mean of the finite training labels [D]; NaN for a dimension with none."""
-    mean = np.full(y_train.shape[1], math.nan)
-    for d in range(y_train.shape[1]):
-        column = y_train[np.isfinite(y_train[:, d]), d]
-        if column.size:
-            mean[d] = column.mean()
-    return mean
-
-
-def uniform_random_baseline(y_train: Any, n: int, seed: int = 0) -> Array:
-    """Predictions [n, D] drawn uniformly in each dimension's training label range [min, max].
-
-    y_train: [N, D] (NaN = missing). A dimension without labels predicts NaN.
-    """
-    labels = as_matrix(y_train, "y_train")
-    lo, hi = _label_range(labels)
-    rng = np.random.default_rng(seed)
-    draws = rng.random((n, labels.shape[1]))
-    return lo[None, :] + draws * (hi - lo)[None, :]
-
-
-def mean_baseline(y_train: Any, n: int) -> Array:
-    """Predictions [n, D] equal to each dimension's training label mean (NaN without labels)."""
-    labels = as_matrix(y_train, "y_train")
-    return np.repeat(_label_mean(labels)[None, :], n, axis=0)
-
-
-class LinearFeatureBaseline:
-    """Ridge regression from simple per-sample features to each dimension's score.
-
-    One standardise-then-Ridge model per dimension, fit on the rows where that dimension has a
-    label. A dimension with fewer than 2 labels predicts its label mean (NaN without labels).
-    Predictions are clipped to the 0-100 score range when `clip` is set.
-    """
-
-    def __init__(self, alpha: float = 1.0, clip: bool = True) -> None:
-        self.alpha = alpha
-        self.clip = clip
-        self.models: list[Pipeline | float] = []
-        self.n_features: int | None = None
-
-    def fit(self, X: Any, Y: Any) -> "LinearFeatureBaseline":
-        """X: [N, k] finite features; Y: [N, D] labels (NaN = missing). Returns self."""
-        features = _finite_features(X)
-        labels = as_matrix(Y, "Y")
-        if labels.shape[0] != features.shape[0]:
-            raise ValueError(f"X has {features.shape[0]} rows but Y has {labels.shape[0]}")
-        self.n_features = features.shape[1]
-        self.models = [self._fit_dimension(features, labels[:, d]) for d in range(labels.shape[1])]
-        return self
-
-    def _fit_dimension(self, features: Array, column: Array) -> Pipeline | float:
-        has_label = np.isfinite(column)
-        if has_label.sum() < 2:
-            return float(column[has_label].mean()) if has_label.any() else math.nan
-        model = make_pipeline(StandardScaler(), Ridge(alpha=self.alpha))
-        return model.fit(features[has_label], column[has_label])
-
-    def predict(self, X: Any) -> Array:
-        """X: [M, k] -> predictions [M, D]."""
-        if self.n_features is None:
-            raise RuntimeError("LinearFeatureBaseline.predict called before fit")
-        features = _finite_features(X)
-        if features.shape[1] != self.n_features:
-            raise ValueError(f"X has {features.shape[1]} features, the baseline was fit on {self.n_features}")
-        columns = [np.full(features.shape[0], m) if isinstance(m, float) else m.predict(features)
-                   for m in self.models]
-        out = np.stack(columns, axis=1)
-        return np.clip(out, SCORE_MIN, SCORE_MAX) if self.clip else out
-
-
-def _finite_features(X: Any) -> Array:
-    features = as_matrix(X, "X")
-    if not np.all(np.isfinite(features)):
-        raise ValueError("features X contain NaN or inf; impute or drop those rows first")
-    return features
-
-
-# --- simple audio features ---------------------------------------------------------------------
-
-SIMPLE_FEATURE_NAMES: tuple[str, ...] = (
-    "log_mag_mean",          # mean log-magnitude over all frames and bins
-    "log_mag_std",           # its standard deviation
-    "loudness_mean",         # per-frame log of the mean linear magnitude, averaged over frames
-    "loudness_std",          # ... its standard deviation over frames (dynamics variation)
-    "loudness_range",        # 95th - 5th percentile of per-frame loudness (dynamic range)
-    "centroid_mean",         # magnitude-weighted mean bin per frame, in octaves above C1, averaged
-    "centroid_std",          # ... its standard deviation over frames
-    "spread_mean",           # magnitude-weighted std of the bin per frame, in octaves, averaged
-    "onset_strength_mean",   # mean over frames of the mean positive log-magnitude increase per bin
-    "onset_strength_std",    # ... its standard deviation
-    "onset_rate_hz",         # peaks of onset strength above mean + 1 std, per second
-)
-
-
-def _frame_loudness(cqt: Array) -> Array:
-    """Per-frame log of the mean linear magnitude [F] from a log-magnitude CQT [F, B]."""
-    peak = cqt.max(axis=1, keepdims=True)                              # [F, 1], for stability
-    return peak[:, 0] + np.log(np.mean(np.exp(cqt - peak), axis=1))
-
-
-def _frame_centroid_spread(cqt: Array) -> tuple[Array, Array]:
-    """Magnitude-weighted mean and std of the bin index per frame, in octaves: ([F], [F])."""
-    weights = np.exp(cqt - cqt.max(axis=1, keepdims=True))           # [F, B], linear magnitude / peak
-    weights /= weights.sum(axis=1, keepdims=True)
-    octaves = np.arange(cqt.shape[1]) / C.CQT_BINS_PER_OCTAVE        # [B]
-    centroid = weights @ octaves                                       # [F]
-    spread = np.sqrt(np.maximum(weights @ octaves ** 2 - centroid ** 2, 0.0))
-    return centroid, spread
-
-
-def _onset_strength(cqt: Array) -> Array:
-    """Mean positive log-magnitude increase per bin between consecutive frames [F - 1]."""
-    return np.maximum(np.diff(cqt, axis=0), 0.0).mean(axis=1)
-
-
-def _peak_rate_hz(strength: Array, frames_per_s: float) -> float:
-    """Local maxima of an onset-strength curve above mean + 1 std, per second."""
-    if strength.size < 3:
-        return 0.0
-    threshold = strength.mean() + strength.std()
-    mid = strength[1:-1]
-    peaks = (mid > strength[:-2]) & (mid >= strength[2:]) & (mid > threshold)
-    return float(peaks.sum() / (strength.size / frames_per_s))
-
-
-def simple_audio_features(cqt: Any, frames_per_s: float = C.CQT_FRAMES_PER_S) -> Array:
-    """A handful of cheap descriptors of a log-magnitude CQT, for the linear baseline.
-
-    cqt: [F, B] log-magnitude (B = 168 in this project), F >= 1 frames at `frames_per_s`.
-    Returns float64 [len(SIMPLE_FEATURE_NAMES)] = [11] in the order of SIMPLE_FEATURE_NAMES.
-    With a single frame the onset features are 0.
-    """
-    x = np.asarray(cqt, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"cqt must be [frames, bins] with at least one of each, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("cqt contains NaN or inf")
-    loudness = _frame_loudness(x)
-    centroid, spread = _frame_centroid_spread(x)
-    strength = _onset_strength(x) if x.shape[0] >= 2 else np.zeros(1)
-    p05, p95 = np.percentile(loudness, [5, 95])
-    return np.array([
-        x.mean(), x.std(),
-        loudness.mean(), loudness.std(), p95 - p05,
-        centroid.mean(), centroid.std(), spread.mean(),
-        strength.mean(), strength.std(), _peak_rate_hz(strength, frames_per_s),
-    ], dtype=np.float64)

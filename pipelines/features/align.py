@@ -1,4 +1,4 @@
-"""Score <-> performance note alignment, local tempo, and per-token performance attributes.
+"""Score <-> performance note alignment and the local tempo it implies.
 
 `align(score, perf)` matches written to performed notes with parangonar (DualDTWNoteMatcher by default:
 an onset-level DTW on pitch sets in both directions, then pitch-wise matching; see
@@ -11,10 +11,12 @@ Local tempo: the matched (score beat, performed onset) pairs are reduced to one 
 kernel of `TEMPO_BANDWIDTH_BEATS` quarter notes, bisquare re-weighting as in LOWESS). The fit gives,
 at every score onset, the expected performed time and the seconds per beat (the local slope, clipped
 to a plausible range and made monotone). Phrase-level rubato is absorbed by the fit; what remains is
-note-level timing, which is what `onset_dev` measures.
+note-level timing, which `pipelines.features.attributes` measures.
 
-`note_attributes` gives one float32 vector per token in the order of `constants.PERF_ATTR_NAMES`;
-`tokens` gives OctupleMIDI rows via `pipelines.features.octuple.encode_fields`.
+`match_fscore` scores matched pairs against ground-truth pairs. Built on an alignment elsewhere: per-token
+performance attributes (`pipelines.features.attributes.note_attributes`), OctupleMIDI tokens
+(`pipelines.features.octuple.encode_alignment`); the K265 reference example with ground-truth matches is
+`pipelines.demo_corpus.k265.k265_example`.
 """
 from __future__ import annotations
 
@@ -25,20 +27,11 @@ from typing import Iterable
 import numba
 import numpy as np
 
-from pipelines.constants import (
-    CC_SOFT,
-    CC_SOSTENUTO,
-    CC_SUSTAIN,
-    N_PERF_ATTRS,
-    PERF_ATTR_NAMES,
-)
 from pipelines.io.notes import (
     ALIGNED_NOTE_DTYPE,
     EXTRA,
     MATCHED,
     MISSED,
-    PEDAL_DTYPE,
-    PERF_NOTE_DTYPE,
     Performance,
     Score,
 )
@@ -55,14 +48,6 @@ MIN_SECONDS_PER_BEAT = 0.05           # 1200 qpm: faster local slopes are clippe
 MAX_SECONDS_PER_BEAT = 5.0            # 12 qpm
 REFINE_MAX_DEV_BEATS = 1.0            # a re-decided match may deviate at most this much from the local tempo
 REFINE_REACH_BEATS = 2.0              # same-pitch notes this close to an unmatched note are re-decided
-DEFAULT_INSTRUMENT = 0                # GM acoustic grand piano
-
-# --- attribute clipping (documented in constants.PERF_ATTR_NAMES) ---------------------------------
-ONSET_DEV_CLIP_BEATS = 2.0
-LOG_IOI_RATIO_CLIP = 2.0
-LOG_DURATION_RATIO_CLIP = 3.0
-MIN_DURATION_S = 1e-3                 # floor for performed/expected durations in log ratios
-ATTR_INDEX = {name: i for i, name in enumerate(PERF_ATTR_NAMES)}
 
 
 # --- local tempo -----------------------------------------------------------------------------------
@@ -111,7 +96,7 @@ def fit_local_tempo(score_beats: np.ndarray, perf_onsets_s: np.ndarray, default_
     Chords are reduced to their median performed onset first. With fewer than two distinct onsets the
     slope is `default_spb` (the written tempo).
     """
-    beats, times = _median_per_onset(np.asarray(score_beats, float), np.asarray(perf_onsets_s, float))
+    beats, times = median_per_onset(np.asarray(score_beats, float), np.asarray(perf_onsets_s, float))
     if len(beats) == 0:
         return LocalTempo(np.zeros(1), np.zeros(1), np.full(1, default_spb))
     if len(beats) == 1:
@@ -125,7 +110,7 @@ def fit_local_tempo(score_beats: np.ndarray, perf_onsets_s: np.ndarray, default_
     return LocalTempo(beats, np.maximum.accumulate(fitted), slope)
 
 
-def _median_per_onset(beats: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def median_per_onset(beats: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct score onsets [G] (ascending) and the median performed time of the notes at each [G]."""
     if len(beats) == 0:
         return beats, times
@@ -504,112 +489,6 @@ def local_tempo(score: Score, perf: Performance, alignment: Alignment) -> LocalT
     return _tempo_of_pairs(score, perf, alignment.matched_pairs)
 
 
-# --- per-token attributes ---------------------------------------------------------------------------
-def note_attributes(score: Score, perf: Performance, alignment: Alignment) -> np.ndarray:
-    """f4 [n_tokens, N_PERF_ATTRS]: performance attributes of each token, in PERF_ATTR_NAMES order.
-
-    Matched: velocity/127; onset deviation from the local-tempo fit in beats (clipped +-2); log of the
-    performed IOI to the next score onset over the written IOI at the piece's median tempo (clipped
-    +-2; 0 for the last onset); log of performed over written duration at the local tempo (clipped +-3).
-    Missed: only `missed` and the pedal state at the estimated onset. Extra: `extra`, velocity, pedal.
-    Pedal columns are 0/1 states of CC64 / CC67 / CC66 at the token's (performed or estimated) onset.
-    """
-    tok = alignment.tokens
-    attrs = np.zeros((len(tok), N_PERF_ATTRS), dtype=np.float32)
-    kind = tok["kind"]
-    matched, extra = kind == MATCHED, kind == EXTRA
-    attrs[:, ATTR_INDEX["played"]] = matched
-    attrs[:, ATTR_INDEX["missed"]] = kind == MISSED
-    attrs[:, ATTR_INDEX["extra"]] = extra
-    played = matched | extra
-    attrs[played, ATTR_INDEX["velocity"]] = perf.notes["velocity"][tok["perf_index"][played]] / 127.0
-    if matched.any():
-        tempo = local_tempo(score, perf, alignment)
-        timing = matched_timing(score, perf, tok[matched], tempo)
-        for name, clip in (("onset_dev", ONSET_DEV_CLIP_BEATS), ("log_ioi_ratio", LOG_IOI_RATIO_CLIP),
-                           ("log_duration_ratio", LOG_DURATION_RATIO_CLIP)):
-            attrs[matched, ATTR_INDEX[name]] = np.clip(timing[name], -clip, clip)
-    for name, controller in (("sustain", CC_SUSTAIN), ("soft", CC_SOFT), ("sostenuto", CC_SOSTENUTO)):
-        attrs[:, ATTR_INDEX[name]] = _pedal_down_at(perf.pedal, tok["perf_onset_s"], controller)
-    return attrs
-
-
-def matched_timing(score: Score, perf: Performance, matched_tokens: np.ndarray,
-                   tempo: LocalTempo) -> dict[str, np.ndarray]:
-    """Unclipped timing of matched tokens [k]: onset_dev (beats), log_ioi_ratio, log_duration_ratio.
-
-    Grace notes (written duration 0) get log ratios of 0: they have no written length or IOI.
-    """
-    sn, pn = score.notes[matched_tokens["score_index"]], perf.notes[matched_tokens["perf_index"]]
-    spb = tempo.spb_at_beat(sn["onset_beat"])
-    onset_dev = (pn["onset_s"] - tempo.time_at(sn["onset_beat"])) / spb
-    written_s = np.maximum(sn["duration_beat"] * spb, MIN_DURATION_S)
-    played_s = np.maximum(pn["offset_s"] - pn["onset_s"], MIN_DURATION_S)
-    grace = is_grace(sn)
-    log_ioi = np.zeros(len(sn))
-    log_ioi[~grace] = _log_ioi_ratio(sn["onset_beat"][~grace], pn["onset_s"][~grace], tempo)
-    return {"onset_dev": onset_dev, "log_ioi_ratio": log_ioi,
-            "log_duration_ratio": np.where(grace, 0.0, np.log(played_s / written_s))}
-
-
-def _log_ioi_ratio(beats: np.ndarray, onsets_s: np.ndarray, tempo: LocalTempo) -> np.ndarray:
-    """log(performed IOI / written IOI at the median tempo) to the next distinct score onset [k]."""
-    group_beats, group_times = _median_per_onset(beats, onsets_s)
-    nxt = np.searchsorted(group_beats, beats, side="right")
-    has_next = nxt < len(group_beats)
-    out = np.zeros(len(beats))
-    j = nxt[has_next]
-    performed = np.maximum(group_times[j] - onsets_s[has_next], MIN_DURATION_S)
-    written = (group_beats[j] - beats[has_next]) * tempo.median_spb
-    out[has_next] = np.log(performed / written)
-    return out
-
-
-def _pedal_down_at(pedal: np.ndarray, times_s: np.ndarray, controller: int) -> np.ndarray:
-    from pipelines.io.performance import pedal_down_at
-
-    return pedal_down_at(pedal, np.asarray(times_s, dtype=np.float64), controller).astype(np.float32)
-
-
-# --- OctupleMIDI tokens --------------------------------------------------------------------------------
-def tokens(score: Score, perf: Performance, alignment: Alignment, bar_offset: int = 0) -> np.ndarray:
-    """i8 [n_tokens, 8]: OctupleMIDI rows of the alignment tokens, bars relative to `bar_offset`.
-
-    Matched: NOTE with the score's bar/position/pitch/duration and the performed velocity. Missed: MISSED
-    with score fields and velocity 0. Extra: EXTRA at the bar/position/time signature of the matched note
-    nearest in performed time, with the performed pitch, velocity and duration (seconds / local spb).
-    """
-    from pipelines.features import octuple
-
-    tok, sn, pn = alignment.tokens, score.notes, perf.notes
-    n = len(tok)
-    ref = tok["score_index"].astype(np.int64)
-    extra = tok["kind"] == EXTRA
-    pairs = alignment.matched_pairs
-    ref[extra] = nearest_matched_score_note(tok["perf_onset_s"][extra], pn["onset_s"][pairs[:, 1]], pairs[:, 0])
-    has_ref = ref >= 0
-    safe = np.where(has_ref, ref, 0)
-
-    def field(name: str, default: float) -> np.ndarray:
-        """The referenced score note's `name` per token [n]; `default` where there is none."""
-        return np.where(has_ref, sn[name][safe], default) if len(sn) else np.full(n, default)
-
-    duration = field("duration_beat", 0.0).astype(np.float64)
-    velocity = np.zeros(n, dtype=np.int64)
-    played = tok["perf_index"] >= 0
-    velocity[played] = pn["velocity"][tok["perf_index"][played]]
-    if extra.any():
-        tempo = local_tempo(score, perf, alignment)
-        e = pn[tok["perf_index"][extra]]
-        duration[extra] = (e["offset_s"] - e["onset_s"]) / tempo.spb_at_time(e["onset_s"])
-    token_type = np.select([tok["kind"] == MATCHED, tok["kind"] == MISSED],
-                           [octuple.TYPE_NOTE, octuple.TYPE_MISSED], octuple.TYPE_EXTRA)
-    return octuple.encode_fields(
-        token_type, field("bar", 0).astype(np.int64) - bar_offset, field("position_beat", 0.0),
-        tok["pitch"].astype(np.int64), duration, velocity, np.full(n, DEFAULT_INSTRUMENT),
-        field("ts_num", 4).astype(np.int64), field("ts_den", 4).astype(np.int64))
-
-
 # --- evaluation ------------------------------------------------------------------------------------------
 def match_fscore(predicted_pairs: Iterable, ground_truth_pairs: Iterable) -> dict[str, float]:
     """Precision, recall and F1 of predicted (score_index, perf_index) matches against the ground truth.
@@ -625,45 +504,3 @@ def match_fscore(predicted_pairs: Iterable, ground_truth_pairs: Iterable) -> dic
     recall = hit / len(truth) if truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
-
-
-# --- the real reference example ------------------------------------------------------------------------
-def k265_example() -> tuple[Score, Performance, set[tuple[int, int]]]:
-    """Mozart K265 var. 1 from parangonar: a human performance, its score and the ground-truth matches.
-
-    The score goes through `pipelines.io.notation.score_from_partitura` (the production reader); ground-truth
-    score ids are mapped to its notes by (onset, pitch). Returns (score, performance,
-    {(score_index, perf_index)}), indices into the returned arrays.
-    """
-    import parangonar
-    import partitura
-
-    from pipelines.io.notation import score_from_partitura
-
-    performance, ground_truth, part_score = partitura.load_match(parangonar.EXAMPLE, create_score=True)
-    score = score_from_partitura(part_score, "k265")
-    perf, perf_ids = _performance_from_partitura(performance)
-    sna = part_score.note_array()
-    origin = float(sna["onset_quarter"].min())
-    by_onset_pitch = {(round(float(o), 6), int(p)): k for k, (o, p) in
-                      enumerate(zip(score.notes["onset_beat"], score.notes["pitch"]))}
-    score_ids = {str(n["id"]): by_onset_pitch[(round(float(n["onset_quarter"]) - origin, 6), int(n["pitch"]))]
-                 for n in sna}
-    truth = {(score_ids[a["score_id"]], perf_ids[a["performance_id"]])
-             for a in ground_truth if a["label"] == "match"}
-    return score, perf, truth
-
-
-def _performance_from_partitura(performance) -> tuple[Performance, dict]:
-    """Key-release offsets (`note_off`, not the pedal-extended `sound_off`) and all controller events."""
-    raw = [n for part in performance.performedparts for n in part.notes]
-    notes = np.zeros(len(raw), dtype=PERF_NOTE_DTYPE)
-    notes["onset_s"] = [n["note_on"] for n in raw]
-    notes["offset_s"] = [n["note_off"] for n in raw]
-    notes["pitch"] = [n["midi_pitch"] for n in raw]
-    notes["velocity"] = [n["velocity"] for n in raw]
-    order = np.lexsort((notes["pitch"], notes["onset_s"]))
-    controls = [c for part in performance.performedparts for c in part.controls]
-    pedal = np.array([(c["time"], c["number"], c["value"]) for c in controls], dtype=PEDAL_DTYPE)
-    pedal = pedal[np.argsort(pedal["time_s"], kind="stable")]
-    return Performance(notes[order], pedal), {str(raw[i]["id"]): k for k, i in enumerate(order)}

@@ -21,8 +21,10 @@ to the performance attributes. At 24 ticks per quarter, 32nd notes (3 ticks), 16
 (4 ticks) and 8th-note triplets (8 ticks) are exact.
 
 `encode_score` yields one token per score note, in score order, with no BOS/EOS (so row i of the
-tokens is note i and lines up with per-note performance attributes); `add_bos_eos` frames a
-sequence. BOS and EOS rows carry their type and PAD in every other field.
+tokens is note i and lines up with per-note performance attributes); `encode_alignment` yields one
+token per alignment token (`pipelines.features.align`: matched, missed and extra notes, in the
+alignment's order, so row i lines up with `pipelines.features.attributes.note_attributes`);
+`add_bos_eos` frames a sequence. BOS and EOS rows carry their type and PAD in every other field.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ from pipelines.constants import (
     PIANO_MAX_PITCH,
     PIANO_MIN_PITCH,
 )
-from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
+from pipelines.features.align import Alignment, local_tempo, nearest_matched_score_note
+from pipelines.io.notes import EXTRA, MATCHED, MISSED, SCORE_NOTE_DTYPE, Performance, Score
 
 TYPE_BOS, TYPE_EOS, TYPE_NOTE, TYPE_MISSED, TYPE_EXTRA = 0, 1, 2, 3, 4
 PAD, MASK = 0, 1
@@ -178,6 +181,42 @@ def encode_score(score: Score, bar_offset: int = 0, velocity: np.ndarray | None 
                          notes["pitch"], notes["duration_beat"],
                          notes["velocity"] if velocity is None else velocity,
                          PIANO_PROGRAM, notes["ts_num"], notes["ts_den"])
+
+
+def encode_alignment(score: Score, perf: Performance, alignment: Alignment, bar_offset: int = 0) -> np.ndarray:
+    """i8 [n_tokens, 8]: OctupleMIDI rows of the alignment tokens, bars relative to `bar_offset`.
+
+    Matched: NOTE with the score's bar/position/pitch/duration and the performed velocity. Missed: MISSED
+    with score fields and velocity 0. Extra: EXTRA at the bar/position/time signature of the matched note
+    nearest in performed time, with the performed pitch, velocity and duration (seconds / local spb).
+    """
+    tok, sn, pn = alignment.tokens, score.notes, perf.notes
+    n = len(tok)
+    ref = tok["score_index"].astype(np.int64)
+    extra = tok["kind"] == EXTRA
+    pairs = alignment.matched_pairs
+    ref[extra] = nearest_matched_score_note(tok["perf_onset_s"][extra], pn["onset_s"][pairs[:, 1]], pairs[:, 0])
+    has_ref = ref >= 0
+    safe = np.where(has_ref, ref, 0)
+
+    def field(name: str, default: float) -> np.ndarray:
+        """The referenced score note's `name` per token [n]; `default` where there is none."""
+        return np.where(has_ref, sn[name][safe], default) if len(sn) else np.full(n, default)
+
+    duration = field("duration_beat", 0.0).astype(np.float64)
+    velocity = np.zeros(n, dtype=np.int64)
+    played = tok["perf_index"] >= 0
+    velocity[played] = pn["velocity"][tok["perf_index"][played]]
+    if extra.any():
+        tempo = local_tempo(score, perf, alignment)
+        e = pn[tok["perf_index"][extra]]
+        duration[extra] = (e["offset_s"] - e["onset_s"]) / tempo.spb_at_time(e["onset_s"])
+    token_type = np.select([tok["kind"] == MATCHED, tok["kind"] == MISSED],
+                           [TYPE_NOTE, TYPE_MISSED], TYPE_EXTRA)
+    return encode_fields(
+        token_type, field("bar", 0).astype(np.int64) - bar_offset, field("position_beat", 0.0),
+        tok["pitch"].astype(np.int64), duration, velocity, np.full(n, PIANO_PROGRAM),
+        field("ts_num", 4).astype(np.int64), field("ts_den", 4).astype(np.int64))
 
 
 def _fill_bar_signatures(bar: np.ndarray, ts_num: np.ndarray, ts_den: np.ndarray,

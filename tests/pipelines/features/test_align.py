@@ -1,4 +1,4 @@
-"""Score <-> performance alignment: generated performances with known errors, K265, tempo, attributes, tokens."""
+"""Score <-> performance alignment: generated performances with known errors, K265, local tempo, F-score."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,24 +15,18 @@ from benchmarks.bench_alignment import (
     score_from_rows,
     synthetic_score,
 )
+from pipelines.demo_corpus.k265 import k265_example
 from pipelines.features.align import (
-    ATTR_INDEX,
     Alignment,
     PitchSetDTW,
     align,
     fit_local_tempo,
-    k265_example,
     match_fscore,
-    nearest_matched_score_note,
-    note_attributes,
     performance_note_array,
     refine_pairs,
     score_note_array,
-    tokens,
 )
-from pipelines.constants import CC_SOFT, CC_SUSTAIN, N_PERF_ATTRS, OCTUPLE_N_SPECIAL, PERF_ATTR_NAMES
-from pipelines.io.notes import EXTRA, MATCHED, MISSED, PEDAL_DTYPE, Performance, make_perf_notes
-from pipelines.features.octuple import FIELD_INDEX, TYPE_EXTRA, TYPE_MISSED, TYPE_NOTE
+from pipelines.io.notes import EXTRA, MISSED, PEDAL_DTYPE, Performance, make_perf_notes
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -160,92 +154,6 @@ def test_local_tempo_with_one_onset_uses_the_default_tempo():
     np.testing.assert_allclose(tempo.time_at(np.array([2.0, 4.0])), [1.01, 2.01])
 
 
-# --- attributes -------------------------------------------------------------------------------------
-def attributes_of(sp):
-    al = align(sp.score, sp.perf)
-    return al, note_attributes(sp.score, sp.perf, al)
-
-
-def test_attributes_shape_order_and_ranges():
-    sp = generated(6, PerformanceStyle(pedal="bar"), errors=(3, 3, 3))
-    al, attrs = attributes_of(sp)
-    assert attrs.shape == (al.n_tokens, N_PERF_ATTRS) and attrs.dtype == np.float32
-    assert list(ATTR_INDEX) == list(PERF_ATTR_NAMES)
-    one_hot = attrs[:, [ATTR_INDEX[k] for k in ("played", "missed", "extra")]]
-    np.testing.assert_array_equal(one_hot.sum(1), 1)
-    np.testing.assert_array_equal(one_hot.argmax(1), al.tokens["kind"])
-    assert np.all((attrs[:, ATTR_INDEX["velocity"]] >= 0) & (attrs[:, ATTR_INDEX["velocity"]] <= 1))
-    for name, bound in (("onset_dev", 2), ("log_ioi_ratio", 2), ("log_duration_ratio", 3)):
-        assert np.all(np.abs(attrs[:, ATTR_INDEX[name]]) <= bound)
-    missed = al.tokens["kind"] == MISSED
-    assert np.all(attrs[missed][:, [ATTR_INDEX[k] for k in ("velocity", "onset_dev", "log_ioi_ratio",
-                                                              "log_duration_ratio")]] == 0)
-    for name in ("sustain", "soft", "sostenuto"):
-        assert set(np.unique(attrs[:, ATTR_INDEX[name]])) <= {0.0, 1.0}
-    assert attrs[:, ATTR_INDEX["sustain"]].mean() > 0.5      # the "bar" pedal is down most of the time
-    matched = al.tokens["kind"] == MATCHED
-    np.testing.assert_allclose(attrs[matched, ATTR_INDEX["velocity"]] * 127,
-                               sp.perf.notes["velocity"][al.tokens["perf_index"][matched]], atol=1e-3)
-
-
-def test_timing_attributes_measure_known_deviations():
-    style = PerformanceStyle(rubato=0.0, jitter_s=0.0, chord_spread_s=0.0, articulation=0.5, articulation_jitter=0.0)
-    sp = generated(7, style)
-    late = int(np.flatnonzero(sp.score.notes["onset_beat"] == 17.0)[0])   # delay one note by 0.1 beat
-    p = int(np.flatnonzero(sp.perf_score_index == late)[0])
-    spb = 60.0 / style.qpm
-    sp.perf.notes["onset_s"][p] += 0.1 * spb
-    sp.perf.notes["offset_s"][p] += 0.1 * spb
-    al, attrs = attributes_of(sp)
-    row = int(np.flatnonzero(al.tokens["score_index"] == late)[0])
-    assert attrs[row, ATTR_INDEX["onset_dev"]] == pytest.approx(0.1, abs=0.02)
-    others = (al.tokens["kind"] == MATCHED) & (al.tokens["score_index"] != late)
-    assert np.median(np.abs(attrs[others, ATTR_INDEX["onset_dev"]])) < 0.01
-    np.testing.assert_allclose(np.median(attrs[others, ATTR_INDEX["log_duration_ratio"]]), np.log(0.5), atol=0.03)
-    assert np.median(np.abs(attrs[others, ATTR_INDEX["log_ioi_ratio"]])) < 0.02
-
-
-def test_pedal_columns_follow_the_controllers():
-    sp = generated(8)
-    t0 = sp.perf.notes["onset_s"][10] - 0.01
-    pedal = np.array([(t0, CC_SUSTAIN, 127), (t0, CC_SOFT, 100)], dtype=PEDAL_DTYPE)
-    perf = dataclasses.replace(sp.perf, pedal=pedal)
-    al = align(sp.score, perf)
-    attrs = note_attributes(sp.score, perf, al)
-    after = al.tokens["perf_onset_s"] >= t0
-    np.testing.assert_array_equal(attrs[:, ATTR_INDEX["sustain"]], after)
-    np.testing.assert_array_equal(attrs[:, ATTR_INDEX["soft"]], after)
-    assert not attrs[:, ATTR_INDEX["sostenuto"]].any()
-
-
-# --- tokens -----------------------------------------------------------------------------------------
-def test_tokens_encode_matched_missed_and_extra_notes():
-    sp = generated(9, errors=(2, 2, 0))
-    al = align(sp.score, sp.perf)
-    tok = tokens(sp.score, sp.perf, al, bar_offset=0)
-    assert tok.shape == (al.n_tokens, 8) and tok.dtype == np.int64
-    kind = al.tokens["kind"]
-    types = tok[:, FIELD_INDEX["type"]] - OCTUPLE_N_SPECIAL
-    np.testing.assert_array_equal(types, np.select([kind == MATCHED, kind == MISSED], [TYPE_NOTE, TYPE_MISSED],
-                                                   TYPE_EXTRA))
-    velocity = tok[:, FIELD_INDEX["velocity"]] - OCTUPLE_N_SPECIAL
-    matched = kind == MATCHED
-    np.testing.assert_array_equal(velocity[matched], sp.perf.notes["velocity"][al.tokens["perf_index"][matched]])
-    assert np.all(velocity[kind == MISSED] == 0)
-    bars = tok[:, FIELD_INDEX["bar"]] - OCTUPLE_N_SPECIAL
-    np.testing.assert_array_equal(bars[kind != EXTRA], sp.score.notes["bar"][al.tokens["score_index"][kind != EXTRA]])
-    extra = np.flatnonzero(kind == EXTRA)
-    pairs = al.matched_pairs
-    anchor = nearest_matched_score_note(al.tokens["perf_onset_s"][extra], sp.perf.notes["onset_s"][pairs[:, 1]],
-                                        pairs[:, 0])
-    np.testing.assert_array_equal(bars[extra], sp.score.notes["bar"][anchor])
-    np.testing.assert_array_equal(tok[extra, FIELD_INDEX["pitch"]] - OCTUPLE_N_SPECIAL + 21,
-                                  sp.perf.notes["pitch"][al.tokens["perf_index"][extra]])
-    shifted = tokens(sp.score, sp.perf, al, bar_offset=2)
-    later = bars >= 2
-    np.testing.assert_array_equal(shifted[later, FIELD_INDEX["bar"]], tok[later, FIELD_INDEX["bar"]] - 2)
-
-
 # --- evaluation -------------------------------------------------------------------------------------
 def test_match_fscore():
     assert match_fscore([(0, 0), (1, 1)], [(0, 0), (1, 1)]) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
@@ -264,22 +172,3 @@ def test_alignment_properties():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert al.matched_pairs.shape == (al.n_matched, 2)
-
-
-def test_grace_notes_are_matched_and_left_out_of_tempo_and_durations():
-    rows = [(float(b), 1.0, p, 1) for b, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
-    rows += [(2.0, 0.0, 66, 1), (5.0, 0.0, 70, 1)]      # grace notes: written duration 0, on the main beat
-    score = score_from_rows(rows, n_bars=2, qpm=60.0)
-    grace = score.notes["duration_beat"] == 0
-    onset = score.notes["onset_beat"] + 1.0 - 0.08 * grace      # played 80 ms ahead of their beat
-    offset = onset + np.where(grace, 0.06, 0.9)
-    perf = Performance(make_perf_notes(onset, offset, score.notes["pitch"], [64] * len(onset)),
-                       np.zeros(0, PEDAL_DTYPE))
-    assert score_note_array(score)["is_grace"].sum() == 2
-    al = align(score, perf)
-    assert (al.n_matched, al.n_missed, al.n_extra) == (10, 0, 0)
-    attrs = note_attributes(score, perf, al)
-    is_grace_token = grace[al.tokens["score_index"]]
-    np.testing.assert_allclose(attrs[~is_grace_token, ATTR_INDEX["onset_dev"]], 0.0, atol=1e-3)
-    np.testing.assert_allclose(attrs[is_grace_token, ATTR_INDEX["onset_dev"]], -0.08, atol=1e-3)
-    assert np.all(attrs[is_grace_token, ATTR_INDEX["log_duration_ratio"]] == 0.0)

@@ -1,17 +1,20 @@
-"""OctupleMIDI: vocabulary bounds, quantisation, and exact score round trips at 24 ticks per quarter."""
+"""OctupleMIDI: vocabulary bounds, quantisation, exact score round trips at 24 ticks per quarter, and
+the tokens of an alignment (matched, missed and extra notes)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from benchmarks.bench_alignment import PerformanceStyle, add_errors, render_performance, synthetic_score
 from pipelines.constants import (
     OCTUPLE_MAX_BARS,
     OCTUPLE_N_SPECIAL,
     OCTUPLE_TICKS_PER_QUARTER,
     OCTUPLE_VOCAB_SIZES,
 )
-from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
+from pipelines.features.align import align, nearest_matched_score_note
 from pipelines.features.octuple import (
+    FIELD_INDEX,
     TYPE_BOS,
     TYPE_EOS,
     TYPE_EXTRA,
@@ -21,12 +24,14 @@ from pipelines.features.octuple import (
     bar_length_beats,
     decode_fields,
     decode_score,
+    encode_alignment,
     encode_fields,
     encode_score,
     normalised_velocity,
     time_signature_from_index,
     time_signature_index,
 )
+from pipelines.io.notes import EXTRA, MATCHED, MISSED, SCORE_NOTE_DTYPE, Score
 
 # grid steps in quarter notes: 32nd, 16th triplet, 16th, 8th triplet, 8th, quarter
 GRID_STEPS = (1 / 8, 1 / 6, 1 / 4, 1 / 3, 1 / 2, 1.0)
@@ -211,3 +216,40 @@ def test_generated_musicxml_with_tuplets_and_32nds_round_trips(tmp_path):
     tokens = encode_score(score)
     assert_scores_equal(decode_score(tokens, score.tempo_qpm), score.notes,
                         fields=("onset_beat", "duration_beat", "pitch", "bar", "position_beat", "ts_num", "ts_den"))
+
+
+# --- tokens of an alignment -----------------------------------------------------------------------------
+def generated_performance(seed: int = 0, style: PerformanceStyle = PerformanceStyle(), errors=(0, 0, 0),
+                          n_bars: int = 12):
+    """A generated score and its rendered performance with (missed, extra, wrong) inserted errors."""
+    rng = np.random.default_rng(seed)
+    sp = render_performance(synthetic_score(rng, n_bars=n_bars), style, rng)
+    return add_errors(sp, rng, *errors)
+
+
+def test_encode_alignment_encodes_matched_missed_and_extra_notes():
+    sp = generated_performance(9, errors=(2, 2, 0))
+    al = align(sp.score, sp.perf)
+    tok = encode_alignment(sp.score, sp.perf, al, bar_offset=0)
+    assert tok.shape == (al.n_tokens, 8) and tok.dtype == np.int64
+    kind = al.tokens["kind"]
+    types = tok[:, FIELD_INDEX["type"]] - OCTUPLE_N_SPECIAL
+    np.testing.assert_array_equal(types, np.select([kind == MATCHED, kind == MISSED], [TYPE_NOTE, TYPE_MISSED],
+                                                   TYPE_EXTRA))
+    velocity = tok[:, FIELD_INDEX["velocity"]] - OCTUPLE_N_SPECIAL
+    matched = kind == MATCHED
+    np.testing.assert_array_equal(velocity[matched], sp.perf.notes["velocity"][al.tokens["perf_index"][matched]])
+    assert np.all(velocity[kind == MISSED] == 0)
+    bars = tok[:, FIELD_INDEX["bar"]] - OCTUPLE_N_SPECIAL
+    np.testing.assert_array_equal(bars[kind != EXTRA], sp.score.notes["bar"][al.tokens["score_index"][kind != EXTRA]])
+    extra = np.flatnonzero(kind == EXTRA)
+    assert len(extra) == 2 and np.sum(kind == MISSED) == 2      # the inserted errors, found
+    pairs = al.matched_pairs
+    anchor = nearest_matched_score_note(al.tokens["perf_onset_s"][extra], sp.perf.notes["onset_s"][pairs[:, 1]],
+                                        pairs[:, 0])
+    np.testing.assert_array_equal(bars[extra], sp.score.notes["bar"][anchor])
+    np.testing.assert_array_equal(tok[extra, FIELD_INDEX["pitch"]] - OCTUPLE_N_SPECIAL + 21,
+                                  sp.perf.notes["pitch"][al.tokens["perf_index"][extra]])
+    shifted = encode_alignment(sp.score, sp.perf, al, bar_offset=2)
+    later = bars >= 2
+    np.testing.assert_array_equal(shifted[later, FIELD_INDEX["bar"]], tok[later, FIELD_INDEX["bar"]] - 2)
