@@ -1,4 +1,5 @@
-"""Model checkpoints: a directory (local or s3://) that rebuilds its model with one call.
+"""Model checkpoints: a local directory that rebuilds its model with one call (pipelines.io.model_files
+reads and writes them at s3:// URIs too).
 
     model.pt    {"format", "version", "state_dict"}  read with torch.load(weights_only=True)
     model.json  {"format", "version", "config": the whole run config (its "model" entry is the resolved
@@ -14,8 +15,7 @@ import copy
 import json
 import math
 import os
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,9 +23,8 @@ from torch import nn
 from model.assessor import PianoAssessor
 from model.builder import build_model
 from model.config import ModelConfig
-from model.errors import CheckpointError, local_copy
+from model.errors import CheckpointError, ConfigError
 from model.schema import DimensionSchema
-from model.typed_config import ConfigError, from_dict, to_dict
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
@@ -64,29 +63,29 @@ def _clean_floats(value: Any) -> Any:
     return value
 
 
+def _require_local(directory: str) -> None:
+    if "://" in directory:
+        raise CheckpointError(f"{directory}: model/ reads and writes local directories; use "
+                              "pipelines.io.model_files for remote URIs")
+
+
 def save_model(directory: str, model: nn.Module, config_dict: dict, schema: DimensionSchema,
                extra: dict | None = None) -> str:
-    """Write model.pt and model.json into `directory` (local path or s3:// prefix); returns `directory`.
+    """Write model.pt and model.json into the local `directory`; returns `directory`.
 
     `config_dict` is the run's whole config (pipelines' Config.to_dict()); its "model" entry is replaced by
     the model's resolved ModelConfig, so the checkpoint describes exactly the weights it holds.
     """
+    _require_local(directory)
     model = _unwrap(model)
     config = copy.deepcopy(dict(config_dict or {}))
-    config["model"] = to_dict(model.config)
+    config["model"] = model.config.to_dict()
     meta = {"format": FORMAT, "version": VERSION, "config": config, "schema": schema.to_dict(),
             "extra": extra or {}}
     meta_text = json.dumps(_clean_floats(json.loads(json.dumps(meta, default=_jsonable))), indent=2, sort_keys=True)
     payload = {"format": FORMAT, "version": VERSION,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    if directory.startswith("s3://"):
-        from pipelines.io import storage
-
-        with tempfile.TemporaryDirectory(prefix="pianoeval-ckpt-") as tmp:
-            _write(tmp, payload, meta_text)
-            storage.upload_dir(tmp, directory)
-    else:
-        _write(os.path.expanduser(directory), payload, meta_text)
+    _write(os.path.expanduser(directory), payload, meta_text)
     return directory
 
 
@@ -102,17 +101,18 @@ def _write(local_dir: str, payload: dict, meta_text: str) -> None:
 def load_model(directory: str, map_location: str | torch.device = "cpu"
                ) -> tuple[PianoAssessor, dict, DimensionSchema, dict]:
     """Rebuild the model saved in `directory` -> (model in eval mode, config dict, schema, extra)."""
+    _require_local(directory)
     expected = f"expected a directory written by model.checkpoint.save_model ({WEIGHTS_FILE} and {META_FILE})"
-    with local_copy(directory, "the checkpoint") as local:
-        meta_path, weights_path = os.path.join(local, META_FILE), os.path.join(local, WEIGHTS_FILE)
-        if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
-            raise CheckpointError(f"{directory}: no {META_FILE} and {WEIGHTS_FILE} there; {expected}")
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-            payload = torch.load(weights_path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # JSON / unpickling errors
-            raise CheckpointError(f"{directory}: unreadable checkpoint ({exc}); {expected}") from None
+    local = os.path.expanduser(directory)
+    meta_path, weights_path = os.path.join(local, META_FILE), os.path.join(local, WEIGHTS_FILE)
+    if not (os.path.isfile(meta_path) and os.path.isfile(weights_path)):
+        raise CheckpointError(f"{directory}: no {META_FILE} and {WEIGHTS_FILE} there; {expected}")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        payload = torch.load(weights_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # JSON / unpickling errors
+        raise CheckpointError(f"{directory}: unreadable checkpoint ({exc}); {expected}") from None
     if meta.get("format") != FORMAT or not isinstance(payload, dict) or "state_dict" not in payload:
         raise CheckpointError(f"{directory}: not a pianoeval model checkpoint; {expected}")
     if int(meta.get("version", 0)) > VERSION:
@@ -120,7 +120,7 @@ def load_model(directory: str, map_location: str | torch.device = "cpu"
                               f"reads ({VERSION})")
     config = meta["config"]
     try:
-        cfg = from_dict(ModelConfig, config["model"], "model")
+        cfg = ModelConfig.from_dict(config["model"])
         schema = DimensionSchema.from_dict(meta["schema"])
     except (ConfigError, KeyError) as exc:
         raise CheckpointError(f"{directory}: the saved model config or schema is invalid ({exc})") from None

@@ -3,8 +3,8 @@
 MERT-v1-95M's checkpoint has HuBERT-base's module graph (its config sets `feature_extractor_cqt=False`
 and `deepnorm=False`), so it loads into `transformers.HubertModel` without `trust_remote_code`: we read
 its config.json, map it onto a `HubertConfig` built from our `ModelConfig` (checking the shapes), and call
-`HubertModel.from_pretrained(source, config=mapped)`. A Hugging Face id, a local directory and an s3://
-prefix (downloaded to a temporary directory first) all take that same path.
+`HubertModel.from_pretrained(source, config=mapped)`. A Hugging Face id and a local directory take that same
+path (an s3:// prefix is downloaded to a local directory by pipelines.io.model_files first).
 
 MERT-v1-330M (24 x 1024) is HuBERT-large-like; its normalisation layout (`feat_extract_norm`,
 `do_stable_layer_norm`, `conv_bias`) is taken from the checkpoint's config.json, whatever the preset says,
@@ -14,11 +14,10 @@ ignores), so it is accepted and ignored.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from torch import nn
 from transformers import HubertConfig, HubertModel, PretrainedConfig
 
 from model.config import MERT_SAMPLE_RATE_HZ, ModelConfig
-from model.errors import CheckpointError, local_copy
+from model.errors import CheckpointError
 from model.hf import enable_activation_checkpointing, float32_loading_kwargs
 from model.masks import lengths_to_mask, masked_mean_std
 
@@ -136,21 +135,18 @@ def _looks_like_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith(("/", ".", "~"))
 
 
-@contextlib.contextmanager
-def materialised_source(source: str) -> Iterator[str]:
-    """A name `from_pretrained` can read: the hub id or local directory itself; an s3:// prefix downloaded."""
-    if source.startswith("s3://"):
-        with local_copy(source, "the MERT checkpoint: expected an s3:// prefix holding config.json and "
-                                "model weights") as tmp:
-            yield tmp
-    elif os.path.isdir(os.path.expanduser(source)):
-        yield os.path.expanduser(source)
-    elif _looks_like_hub_id(source):
-        yield source
-    else:
-        raise CheckpointError(f"{source}: no such directory; expected a Hugging Face id (m-a-p/MERT-v1-95M), an "
-                              "s3:// prefix or a local directory with config.json and pytorch_model.bin or "
-                              "model.safetensors (a HuBERT/MERT checkpoint saved with save_pretrained)")
+def pretrained_location(source: str) -> str:
+    """A name `from_pretrained` can read: a hub id or a local directory (s3:// is fetched by the caller)."""
+    if "://" in source:
+        raise CheckpointError(f"{source}: model/ loads a Hugging Face id or a local directory; fetch remote "
+                              "URIs first (pipelines.io.model_files.build_model_from_sources does)")
+    if os.path.isdir(os.path.expanduser(source)):
+        return os.path.expanduser(source)
+    if _looks_like_hub_id(source):
+        return source
+    raise CheckpointError(f"{source}: no such directory; expected a Hugging Face id (m-a-p/MERT-v1-95M), an "
+                          "s3:// prefix or a local directory with config.json and pytorch_model.bin or "
+                          "model.safetensors (a HuBERT/MERT checkpoint saved with save_pretrained)")
 
 
 def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
@@ -160,19 +156,19 @@ def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
         raise CheckpointError("model.mert_source is empty; expected a Hugging Face id, s3:// prefix or directory")
     expected = ("expected a HuBERT-graph checkpoint (config.json plus pytorch_model.bin or model.safetensors), "
                 "e.g. m-a-p/MERT-v1-95M or a directory written by HubertModel.save_pretrained")
-    with materialised_source(source) as where:
-        try:
-            raw, _ = PretrainedConfig.get_config_dict(where)
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{source}: cannot read config.json ({_first_line(exc)}); {expected}") from None
-        if not raw:
-            raise CheckpointError(f"{source}: cannot read config.json (not found); {expected}")
-        resolved = resolve_checkpoint_config(cfg, raw, source)
-        try:
-            hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), output_loading_info=True,
-                                                       **float32_loading_kwargs())
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: cannot load the weights ({_first_line(exc)}); {expected}") from None
+    where = pretrained_location(source)
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(where)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot read config.json ({_first_line(exc)}); {expected}") from None
+    if not raw:
+        raise CheckpointError(f"{source}: cannot read config.json (not found); {expected}")
+    resolved = resolve_checkpoint_config(cfg, raw, source)
+    try:
+        hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), output_loading_info=True,
+                                                   **float32_loading_kwargs())
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot load the weights ({_first_line(exc)}); {expected}") from None
     missing = sorted(info.get("missing_keys", ()))
     mismatched = list(info.get("mismatched_keys", ()))
     if missing or mismatched:

@@ -6,16 +6,13 @@ into one vector per note, plus a linear projection of the aligned performance at
 timing and duration deviations, pedal; zeros where no performance is known). A `transformers.BertModel`
 (post-norm layers, learned positions) reads these vectors as `inputs_embeds`.
 
-Pretrained weights: `save_symbolic_encoder` writes `symbolic_encoder.pt` into a directory (local or
-s3://); `load_symbolic_weights` reads such a directory, a `.pt` file of that format, or a pianoeval
+Pretrained weights: `save_symbolic_encoder` writes `symbolic_encoder.pt` into a local directory;
+`load_symbolic_weights` reads such a directory, a `.pt` file of that format, or a pianoeval
 model checkpoint directory (its `symbolic.*` weights).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -102,40 +99,12 @@ class SymbolicEncoder(nn.Module):
 
 
 def save_symbolic_encoder(encoder: SymbolicEncoder, directory: str) -> str:
-    """Write `symbolic_encoder.pt` (format tag + state dict) into a local directory or s3:// prefix."""
+    """Write `symbolic_encoder.pt` (format tag + state dict) into a local directory; returns it."""
     payload = {"format": SYMBOLIC_FORMAT, "version": 1,
                "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()}}
-    if directory.startswith("s3://"):
-        from pipelines.io import storage
-
-        with tempfile.TemporaryDirectory(prefix="pianoeval-sym-") as tmp:
-            torch.save(payload, os.path.join(tmp, SYMBOLIC_WEIGHTS_FILE))
-            storage.upload_dir(tmp, directory)
-    else:
-        os.makedirs(directory, exist_ok=True)
-        torch.save(payload, os.path.join(directory, SYMBOLIC_WEIGHTS_FILE))
+    os.makedirs(directory, exist_ok=True)
+    torch.save(payload, os.path.join(directory, SYMBOLIC_WEIGHTS_FILE))
     return directory
-
-
-@contextlib.contextmanager
-def _local(source: str) -> Iterator[str]:
-    if source.startswith("s3://"):
-        from pipelines.io import storage
-
-        with tempfile.TemporaryDirectory(prefix="pianoeval-sym-") as tmp:
-            try:
-                if source.endswith(".pt"):
-                    target = os.path.join(tmp, os.path.basename(source))
-                    with open(target, "wb") as f:
-                        f.write(storage.read_bytes(source))
-                    yield target
-                else:
-                    storage.download_dir(source, tmp)
-                    yield tmp
-            except (OSError, RuntimeError) as exc:
-                raise CheckpointError(f"{source}: cannot download the symbolic encoder weights ({exc})") from None
-    else:
-        yield os.path.expanduser(source)
 
 
 def _read_state(path: str, source: str) -> dict[str, torch.Tensor]:
@@ -166,8 +135,7 @@ def _read_state(path: str, source: str) -> dict[str, torch.Tensor]:
 
 def load_symbolic_weights(encoder: SymbolicEncoder, source: str) -> None:
     """Load pretrained weights into `encoder`; CheckpointError names every missing or misshapen tensor."""
-    with _local(source) as path:
-        state = _read_state(path, source)
+    state = _read_state(os.path.expanduser(source), source)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

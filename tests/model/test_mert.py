@@ -1,4 +1,4 @@
-"""MERT loading (hub id, local directory, s3://, MERT-style config.json) and the waveform encoder."""
+"""MERT loading (hub id, local directory, MERT-style config.json) and the waveform encoder."""
 from __future__ import annotations
 
 import dataclasses
@@ -116,15 +116,9 @@ def test_resolve_fills_absent_keys_with_hubert_defaults(tiny_cfg):
     assert resolve_checkpoint_config(tiny_cfg, raw, "x") == tiny_cfg
 
 
-def test_s3_source_downloads_then_loads(tiny_cfg, tmp_path, s3_bucket):
-    from pipelines.io import storage
-
-    saved = save_tiny_mert(tmp_path / "m", tiny_cfg, seed=7)
-    storage.upload_dir(str(tmp_path / "m"), f"{s3_bucket}/mert")
-    hubert, _ = load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source=f"{s3_bucket}/mert"))
-    assert _same_weights(hubert, saved)
-    with pytest.raises(CheckpointError, match="cannot download the MERT checkpoint"):
-        load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source=f"{s3_bucket}/absent"))
+def test_remote_uris_are_refused_with_a_pointer_to_the_fetching_layer(tiny_cfg):
+    with pytest.raises(CheckpointError, match="s3://b/m: model/ loads a Hugging Face id or a local directory"):
+        load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source="s3://b/m"))
 
 
 # --- the encoder -------------------------------------------------------------------------------------
