@@ -34,13 +34,13 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import re
 from typing import Any, Iterable
 
 from model.schema import PERCEPIANO19
 from pipelines import constants as C
 from pipelines.io import storage
+from pipelines.io.labels_table import LabelsTableError, read_labels_table
 
 MAESTRO_CSV = "maestro-v3.0.0.csv"
 MAESTRO_JSON = "maestro-v3.0.0.json"
@@ -137,40 +137,6 @@ def check_unique_ids(recordings: Iterable[Recording], source: str) -> None:
         if rec.recording_id in seen:
             raise CorpusError(f"{source}: duplicate recording id {rec.recording_id!r}")
         seen.add(rec.recording_id)
-
-
-def _parse_label(value: str, where: str) -> float | None:
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise CorpusError(f"{where}: label {text!r} is not a number") from None
-    if not (math.isfinite(number) and 0.0 <= number <= 100.0):
-        raise CorpusError(f"{where}: label {number} is outside 0..100")
-    return number
-
-
-def read_labels_table(uri: str) -> dict[str, dict[str, float] | None]:
-    """`recording_id` + one column per dimension (0..100; blank = missing) -> {id: labels or None}."""
-    rows = _read_csv(uri, ("recording_id",), "labels table")
-    out: dict[str, dict[str, float] | None] = {}
-    for line, row in enumerate(rows, start=2):
-        rec_id = (row.get("recording_id") or "").strip()
-        if not rec_id:
-            raise CorpusError(f"{uri}: line {line} has no recording_id")
-        if rec_id in out:
-            raise CorpusError(f"{uri}: recording id {rec_id!r} appears twice")
-        labels = {}
-        for dim, value in row.items():
-            if dim == "recording_id" or dim is None:
-                continue
-            number = _parse_label(value or "", f"{uri} line {line} column {dim}")
-            if number is not None:
-                labels[dim] = number
-        out[rec_id] = labels or None
-    return out
 
 
 def _read_csv(uri: str, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
@@ -277,7 +243,11 @@ def read_maestro(uri: str) -> list[Recording]:
     check_unique_ids(recordings, table)
     labels_uri = storage.join(root, LABELS_CSV)
     if storage.exists(labels_uri):
-        _attach_labels(recordings, read_labels_table(labels_uri), labels_uri)
+        try:
+            labels = read_labels_table(labels_uri)
+        except LabelsTableError as exc:
+            raise CorpusError(str(exc)) from None
+        _attach_labels(recordings, labels, labels_uri)
     return recordings
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 import soundfile as sf
 
 from model.schema import PERCEPIANO19
-from pipelines.io import corpora
-from pipelines.io import storage
+from pipelines.io import corpora, storage
 from pipelines.io.corpora import CorpusError
 
 SR = 8000
@@ -275,10 +273,3 @@ def test_readers_on_s3(s3_bucket, maestro_dir, library_dir, tiny_percepiano):
 def test_recording_dict_roundtrip(maestro_dir):
     rec = corpora.read_maestro(str(maestro_dir))[0]
     assert corpora.Recording.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
-
-
-def test_labels_table_reader_reads_generated_text(tmp_path):
-    text = io.StringIO()
-    csv.writer(text).writerows([["recording_id", "tone", "pedaling"], ["x", "12.5", ""], ["y", "", ""]])
-    (tmp_path / "labels.csv").write_text(text.getvalue())
-    assert corpora.read_labels_table(str(tmp_path / "labels.csv")) == {"x": {"tone": 12.5}, "y": None}
