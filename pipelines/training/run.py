@@ -1,285 +1,29 @@
-"""Training on Ray Train: the per-worker loop and the driver that sets up data, storage and the run.
+"""The training driver: reads feature shards, selects each stage's rows and targets, and fits the
+per-worker loop (`pipelines.training.loop`) on Ray Train's TorchTrainer.
 
 Pseudo stage: learns the technical pseudo-labels computed by preprocessing. Expert stage: learns a
-labels table (the corpus's labels, or `--labels`), initialised from a pseudo checkpoint. DDP via
-`ray.train.torch.prepare_model` (gloo on CPU, nccl on GPU); fp16 autocast + GradScaler on GPU, bf16
-when asked, fp32 on CPU; gradient accumulation; clip; AdamW with three parameter groups; cosine
-schedule with warmup; early stopping on validation loss. A checkpoint every epoch (kept: the best N
-by validation loss, plus the latest), to local or S3 storage; a rerun with the same name resumes.
+labels table (the corpus's labels, or `--labels`), initialised from a pseudo checkpoint. Checkpoints go
+to local or S3 storage (kept: the best N by validation loss, plus the latest); a rerun with the same name
+resumes; a lost worker is restored from the last checkpoint up to `train.max_failures` times.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import tempfile
-import time
 import warnings
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-import torch
 
+from pipelines.config import Config
 from pipelines.io import storage
-from pipelines.config import Config, config_from_dict
-from pipelines.training.batches import collate, columns_for, label_matrix, target_column, to_device
-
-log = logging.getLogger("pianoeval.train")
-TRAIN_STATE = "train_state.pt"
-MODEL_DIR = "model"
+from pipelines.io.labels_table import labels_for_dimensions, read_labels_table
+from pipelines.training.batches import columns_for, label_matrix, target_column
+from pipelines.training.loop import MODEL_DIR, train_loop_per_worker
 
 
-# ------------------------------------------------------------------------------------------------
-# pieces used by the worker loop (plain torch, unit-testable)
-# ------------------------------------------------------------------------------------------------
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto -> fp16 on CUDA, fp32 elsewhere; fp16 on CPU falls back to fp32 (no CPU GradScaler use)."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        return "fp32"
-    return precision
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp16":
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The PianoAssessor inside a DDP wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
-
-
-def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW over the audio backbone, symbolic encoder and the rest, each at its own learning rate."""
-    t = config.train
-    groups = unwrap(model).parameter_groups()
-    lrs = {"audio": t.lr_audio, "symbolic": t.lr_symbolic, "head": t.lr_head}
-    param_groups = [{"params": params, "lr": lrs[name], "name": name}
-                    for name, params in groups.items() if params]
-    extra = [p for p in loss_fn.parameters() if p.requires_grad]
-    if extra:
-        param_groups.append({"params": extra, "lr": t.lr_head, "name": "loss"})
-    return torch.optim.AdamW(param_groups, weight_decay=t.weight_decay)
-
-
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _maybe_die(spec: str | None, epoch: int, rank: int, batch_index: int) -> None:
-    """Fault injection for the fault-tolerance test: PIANOEVAL_KILL_AT=<epoch>:<marker file> in the
-    driver's environment makes one worker process exit in the middle of that (0-based) epoch, at its
-    third batch, once (the marker records it)."""
-    if not spec or batch_index != 2 or rank != min(1, _world_size() - 1):
-        return
-    at, marker = spec.split(":", 1)
-    if epoch == int(at) and not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(17)                      # the worker process dies, as on a lost node
-
-
-def _world_size() -> int:
-    import ray.train
-    return ray.train.get_context().get_world_size()
-
-
-# ------------------------------------------------------------------------------------------------
-# the worker loop
-# ------------------------------------------------------------------------------------------------
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch as rtt
-
-    from model.builder import build_model
-    from model.checkpoint import load_model, save_model
-    from model.losses import MultiTaskLoss
-    from model.schema import DimensionSchema
-
-    config = config_from_dict(loop_config["config"])
-    schema = DimensionSchema.from_dict(loop_config["schema"])
-    t = config.train
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    torch.manual_seed(t.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = rtt.get_device()
-    precision = resolve_precision(t.precision, device)
-
-    model = build_model(config.model, schema, dropout=t.dropout, pretrained=t.pretrained)
-    if loop_config.get("init_dir"):
-        init_model, *_ = load_model(loop_config["init_dir"])
-        missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
-        if rank == 0:
-            log.info("initialised from %s (%d missing, %d unexpected keys)", loop_config["init_dir"],
-                     len(missing), len(unexpected))
-    model.to(device)
-    loss_fn = MultiTaskLoss(schema, weighting=t.loss_weighting, label_smoothing=t.label_smoothing).to(device)
-    loss_fn.set_target_mean(torch.tensor(loop_config["label_mean"], dtype=torch.float32, device=device))
-    model = rtt.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True}) \
-        if world > 1 else model
-    optimizer = build_optimizer(model, loss_fn, config)
-    steps_per_epoch = max(1, math.ceil(loop_config["train_rows"] / (t.batch_size * world * t.grad_accum_steps)))
-    scheduler = cosine_with_warmup(optimizer, steps_per_epoch * t.epochs, t.warmup_fraction)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "attempt": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            saved = torch.load(os.path.join(ckpt_dir, TRAIN_STATE), map_location=device, weights_only=True)
-            unwrap(model).load_state_dict(saved["model"])
-            loss_fn.load_state_dict(saved["loss"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            state = json.loads(saved["state"])
-        if rank == 0:
-            log.info("resumed from the checkpoint of epoch %d", state["epoch"])
-    state["attempt"] = state.get("attempt", 0) + 1        # 1 on a fresh start, +1 per restore/resume
-
-    writer = _tensorboard_writer(loop_config) if rank == 0 else None
-    names = schema.names
-    stopped = state.get("stopped", False)
-    while state["epoch"] < t.epochs and not stopped:
-        epoch = state["epoch"]
-        started = time.time()
-        train_metrics = _run_epoch(model, loss_fn, optimizer, scheduler, scaler, ray.train.get_dataset_shard("train"),
-                                   names, config, device, precision, train=True,
-                                   on_batch=lambda i: _maybe_die(loop_config.get("kill_at"), epoch, rank, i))
-        val_metrics = _run_epoch(model, loss_fn, None, None, None, ray.train.get_dataset_shard("val"),
-                                 names, config, device, precision, train=False)
-        state["epoch"] = epoch + 1
-        improved = val_metrics["loss"] < state["best_val"] - 1e-6
-        if improved:
-            state["best_val"], state["bad_epochs"] = val_metrics["loss"], 0
-        else:
-            state["bad_epochs"] += 1
-        stopped = state["bad_epochs"] >= t.patience
-        state["stopped"] = stopped
-        metrics = {"epoch": epoch + 1, "train_loss": train_metrics["loss"], "val_loss": val_metrics["loss"],
-                   "val_mae": val_metrics["mae"], "train_samples_per_s": train_metrics["samples_per_s"],
-                   "lr_head": optimizer.param_groups[-1]["lr"], "epoch_seconds": time.time() - started,
-                   "best_val_loss": state["best_val"], "early_stopped": stopped, "attempt": state["attempt"]}
-        metrics.update({f"val_mae/{n}": v for n, v in val_metrics["mae_per_dim"].items()})
-        state["history"].append({k: v for k, v in metrics.items() if "/" not in k})
-        if writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.add_scalar(key, value, epoch + 1)
-            writer.flush()
-            _sync_tensorboard(loop_config)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                core = unwrap(model)
-                torch.save({"model": core.state_dict(), "loss": loss_fn.state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict(), "state": json.dumps(state)},
-                           os.path.join(tmp, TRAIN_STATE))
-                extra = {"label_mean": loop_config["label_mean"], "label_std": loop_config["label_std"],
-                         "stage": t.stage, "metrics": {k: v for k, v in metrics.items() if "/" not in k},
-                         "epoch": epoch + 1, "version": loop_config.get("version", "0")}
-                save_model(os.path.join(tmp, MODEL_DIR), core, loop_config["config"], schema, extra)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-    if writer is not None:
-        writer.close()
-
-
-def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, config: Config, device, precision,
-               *, train: bool, on_batch=None) -> dict[str, Any]:
-    t = config.train
-    model.train(train)
-    total_loss, total_items, started = 0.0, 0, time.time()
-    abs_err = np.zeros(len(names))
-    counts = np.zeros(len(names))
-    micro = 0
-    iterator = shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", prefetch_batches=1,
-                                  local_shuffle_buffer_size=4 * t.batch_size if train else None,
-                                  local_shuffle_seed=t.seed if train else None)
-    if train:
-        optimizer.zero_grad(set_to_none=True)
-    for batch_index, numpy_batch in enumerate(iterator):
-        if on_batch is not None:
-            on_batch(batch_index)
-        batch = to_device(collate(numpy_batch, names, stage=t.stage, audio_only=t.audio_only,
-                                  max_notes=config.model.max_notes), device)
-        labels = batch.pop("labels")
-        sync = (micro + 1) % t.grad_accum_steps == 0
-        no_sync = model.no_sync if (train and not sync and hasattr(model, "no_sync")) else nullcontext
-        with torch.set_grad_enabled(train), no_sync():
-            with autocast_context(precision, device):
-                output = model(batch)
-            loss, _ = loss_fn(output, labels)
-            if train:
-                scaler.scale(loss / t.grad_accum_steps).backward()
-        micro += 1
-        if train and sync:
-            _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
-        n = labels.shape[0]
-        total_loss += float(loss.detach()) * n
-        total_items += n
-        valid = ~torch.isnan(labels)
-        err = torch.where(valid, (output.scores.float() - torch.nan_to_num(labels)).abs(), torch.zeros_like(labels))
-        abs_err += err.sum(0).detach().cpu().numpy()
-        counts += valid.sum(0).cpu().numpy()
-    if train and micro % t.grad_accum_steps != 0:
-        _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
-    sums = _all_reduce_sum([total_loss, total_items, *abs_err.tolist(), *counts.tolist()], device)
-    loss_sum, items = sums[0], sums[1]
-    abs_err = np.asarray(sums[2:2 + len(names)])
-    counts = np.asarray(sums[2 + len(names):])
-    mae_per_dim = {n: float(e / c) for n, e, c in zip(names, abs_err, counts) if c > 0}
-    elapsed = max(time.time() - started, 1e-9)
-    return {"loss": loss_sum / max(items, 1), "mae": float(abs_err.sum() / max(counts.sum(), 1)),
-            "mae_per_dim": mae_per_dim, "samples_per_s": total_items / elapsed}
-
-
-def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float) -> None:
-    scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def _tensorboard_writer(loop_config: dict[str, Any]):
-    from tensorboardX import SummaryWriter
-    return SummaryWriter(loop_config["tensorboard_local"])
-
-
-def _sync_tensorboard(loop_config: dict[str, Any]) -> None:
-    if loop_config.get("tensorboard_uri") and storage.is_s3(loop_config["tensorboard_uri"]):
-        storage.upload_dir(loop_config["tensorboard_local"], loop_config["tensorboard_uri"])
-
-
-# ------------------------------------------------------------------------------------------------
-# driver side
-# ------------------------------------------------------------------------------------------------
 def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], list[float], int]:
     """Per-dimension mean/std of the training targets (0..100) and the number of labelled rows."""
     matrix = label_matrix(table.column(target_column(stage)).to_pylist(), names)
@@ -291,28 +35,6 @@ def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], 
     mean = np.where(np.isnan(mean), 50.0, mean)
     std = np.where(np.isnan(std) | (std == 0), 1.0, std)
     return mean.tolist(), std.tolist(), int(labelled.sum())
-
-
-def read_labels_table(labels_uri: str, names: list[str]) -> dict[str, str]:
-    """{recording_id: labels JSON} from a labels table (CSV or Parquet: recording_id + dimension columns)."""
-    import io
-
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    data = storage.read_bytes(labels_uri)
-    try:
-        labels = pq.read_table(io.BytesIO(data)) if labels_uri.endswith(".parquet") else \
-            pacsv.read_csv(io.BytesIO(data))
-    except Exception as exc:
-        raise ValueError(f"{labels_uri}: not a readable CSV/Parquet labels table ({exc})") from None
-    if "recording_id" not in labels.column_names:
-        raise ValueError(f"{labels_uri}: the labels table needs a recording_id column")
-    dims = [n for n in names if n in labels.column_names]
-    if not dims:
-        raise ValueError(f"{labels_uri}: no column matches a dimension of the schema ({', '.join(names)})")
-    return {str(row["recording_id"]): json.dumps({d: float(row[d]) for d in dims if row[d] is not None})
-            for row in labels.to_pylist()}
 
 
 def select_rows(table, *, stage: str, names: list[str], split: str, originals_only: bool,
@@ -345,7 +67,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     schema = config.schema()
     names = schema.names
     storage.check_bucket(storage_uri)
-    lookup = read_labels_table(labels_uri, names) if labels_uri else None
+    lookup = _labels_lookup(labels_uri, names) if labels_uri else None
     selection = {"stage": t.stage, "names": names, "labels_lookup": lookup}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
                                                   "pseudo_json"])
@@ -371,7 +93,6 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_rows": train_meta.num_rows, "init_dir": model_dir_uri(init) if init else None,
         "tensorboard_local": tensorboard_local, "tensorboard_uri": tensorboard_uri,
         "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(),
-        "kill_at": os.environ.get("PIANOEVAL_KILL_AT"),
     }
     storage_path = storage.resolve(storage_uri)[1]
     storage_fs = storage.s3_filesystem() if storage.is_s3(storage_uri) else None
@@ -405,6 +126,12 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     }
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _labels_lookup(labels_uri: str, names: list[str]) -> dict[str, str]:
+    """{recording_id: labels JSON} of a labels table, restricted to the schema's dimensions."""
+    labels = labels_for_dimensions(read_labels_table(labels_uri), names, labels_uri)
+    return {rid: json.dumps(values) for rid, values in labels.items()}
 
 
 def _checkpoint_uri(checkpoint, storage_uri: str) -> str | None:
