@@ -13,7 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
-KNOWN_JOBS = {"train.py", "score.py", "preprocess.py", "evaluate.py", "make_corpus.py", "tune.py"}
+KNOWN_JOBS = {p.name for p in (ROOT / "jobs").glob("*.py") if not p.name.startswith("_")}
+# Named by a manifest before it exists: the nightly scoring job (issue 9). The strict xfail below fails
+# as soon as the script lands, so this set cannot outlive it.
+NOT_YET_BUILT = {"score.py"}
 GPU_INSTANCE_ACCELERATOR = {"p3.2xlarge": "V100", "p4d.24xlarge": "A100"}
 RAY_VERSION = "2.60.0"
 S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
@@ -185,7 +188,7 @@ def test_job_entrypoints_name_known_job_scripts():
     entrypoints = dict(_entrypoints())
     assert set(entrypoints) == {"rayjob-train.yaml", "raycronjob-score.yaml"}
     train = entrypoints["rayjob-train.yaml"]
-    assert JOB_COMMAND.findall(train) == ["train.py"]
+    assert JOB_COMMAND.findall(train) == ["train.py"] and "train.py" in KNOWN_JOBS
     for flag in ("--config mert-v1-95m", "--data s3://", "--storage s3://", "--gpu", "--num-workers 4"):
         assert flag in train
     score = entrypoints["raycronjob-score.yaml"]
@@ -197,7 +200,12 @@ def test_job_entrypoints_name_known_job_scripts():
 def test_readme_commands_name_known_jobs_and_existing_files():
     readme = (CLUSTER / "README.md").read_text()
     scripts = JOB_COMMAND.findall(readme)
-    assert scripts and set(scripts) <= KNOWN_JOBS
+    assert scripts and set(scripts) <= KNOWN_JOBS | NOT_YET_BUILT
     for applied in re.findall(r"kubectl (?:apply|delete) -f (\S+)", readme):
         assert (ROOT / applied).is_file(), applied
     assert "ray up cluster/aws.yaml" in readme and "ray job submit --address" in readme
+
+
+@pytest.mark.xfail(strict=True, reason="jobs/score.py arrives with the scoring issue; the RayCronJob names it already")
+def test_jobs_named_by_manifests_exist():
+    assert NOT_YET_BUILT <= KNOWN_JOBS
