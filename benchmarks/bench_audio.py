@@ -83,8 +83,8 @@ def _run(repeats: int, seconds: float, tmp: str) -> dict:
     import soundfile as sf
 
     from pipelines import constants as C
-    from pipelines.io.audio import load_audio, prepare_audio
     from pipelines.features.cqt import CQTExtractor, cqt_librosa
+    from pipelines.io.audio import load_audio, prepare_audio
 
     audio, source = render_piano(seconds)
     paths = {}

@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:                 # also runnable as `python benchma
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import peak_rss_mb  # noqa: E402
+
 PRESETS = ("tiny", "mert-v1-95m")
 WINDOWS_S = (10.0, 30.0)
 NOTES_PER_S = 10

@@ -52,8 +52,8 @@ def main(pieces: int = 6, takes: int = 6, repeats: int = 2) -> str:
 
     from pipelines.config import load_config
     from pipelines.demo_corpus.generate import make_corpus
-    from pipelines.preprocess import load_records, run_preprocess
     from pipelines.features.processor import RecordingProcessor
+    from pipelines.preprocess import load_records, run_preprocess
 
     tmp = tempfile.mkdtemp(prefix="bench-pre-")
     corpus = os.path.join(tmp, "corpus")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import time
 
 from benchmarks.common import markdown_table, median_time, peak_rss_mb
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, markdown_table
+from pipelines.features.transcribe import Transcriber, onset_f1
+from pipelines.io.notation import load_score
 from pipelines.io.notes import Performance, empty_pedal, make_perf_notes
 from pipelines.io.performance import load_performance, with_sustain
-from pipelines.io.notation import load_score
-from pipelines.features.transcribe import Transcriber, onset_f1
 
 SOUNDFONTS = {
     "FluidR3_GM": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
@@ -118,10 +118,10 @@ def demo_corpus_table(transcriber: Transcriber, pieces: int = 3, takes: int = 3,
     against each take's performance MIDI."""
     import tempfile
 
-    from pipelines.io.audio import load_audio
     from pipelines.demo_corpus.generate import make_corpus
-    from pipelines.io.performance import load_performance
+    from pipelines.io.audio import load_audio
     from pipelines.io.corpora import read_corpus
+    from pipelines.io.performance import load_performance
 
     rows = []
     for font_name, font in SOUNDFONTS.items():

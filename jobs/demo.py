@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_config_args(parser)
     args = parser.parse_args(argv)
 
-    from pipelines.io import storage
     from pipelines.config import load_config
     from pipelines.demo_corpus.generate import make_corpus
-    from pipelines.preprocess import format_summary, run_preprocess
     from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
+    from pipelines.io import storage
+    from pipelines.preprocess import format_summary, run_preprocess
     from pipelines.training.run import run_training
 
     started = time.time()

@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "(default: <checkpoint>/../evaluation-<split>)")
     args = parser.parse_args(argv)
 
-    from pipelines.io import storage
     from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
+    from pipelines.io import storage
     from pipelines.training.run import model_dir_uri
 
     checkpoint = model_dir_uri(args.checkpoint)

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: summary[k] for k in ("name", "best_checkpoint", "latest_checkpoint", "tensorboard")},
                      indent=2))
     if args.evaluate and summary["best_checkpoint"]:
-        from pipelines.io import storage
         from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
+        from pipelines.io import storage
 
         out = storage.join(summary["run_dir"], "evaluation")
         result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out)

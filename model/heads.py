@@ -13,7 +13,6 @@ from torch import nn
 
 from model.config import ModelConfig
 
-
 INITIAL_SIGMA = 0.2
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -24,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from pipelines.io import storage
 from pipelines.config import Config, config_from_dict, save_config
-from pipelines.features.rows import SEGMENT_SCHEMA, loads_labels
+from pipelines.features.rows import SEGMENT_SCHEMA
 from pipelines.features.splits import assign_splits, normalise_split_name
+from pipelines.io import storage
 
 log = logging.getLogger("pianoeval.preprocess")
 SEGMENTS_DIR = "segments"

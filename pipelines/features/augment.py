@@ -39,8 +39,8 @@ import scipy.signal
 import soundfile as sf
 
 from pipelines import constants as C
-from pipelines.io.audio import AudioError, peak_normalise, resample
 from pipelines.config import AugmentConfig
+from pipelines.io.audio import AudioError, peak_normalise, resample
 from pipelines.io.notes import PEDAL_DTYPE, PERF_NOTE_DTYPE, SCORE_NOTE_DTYPE
 
 TRANSFORMS = ("pitch_shift", "time_stretch", "reverb", "gain", "noise", "mp3")   # application order

@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 
 from pipelines import constants as C
-from pipelines.io import storage
 from pipelines.config import Config
-from pipelines.io.errors import one_line
 from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array
+from pipelines.io import storage
+from pipelines.io.errors import one_line
 from pipelines.io.notes import Performance, Score, empty_pedal, empty_perf_notes
-
 
 MAX_AUGMENT_DRAWS = 20
 
@@ -67,7 +66,7 @@ class RecordingProcessor:
     def transcriber(self):
         if self._transcriber is None:
             from pipelines.features.transcribe import Transcriber
-            self._transcriber = Transcriber()
+            self._transcriber = Transcriber(backend=self.data.transcriber)
         return self._transcriber
 
     # --- stages ----------------------------------------------------------------------------------
@@ -121,6 +120,8 @@ class RecordingProcessor:
         from pipelines.features import align as A
         from pipelines.features import pseudo_labels as L
         from pipelines.features import segment as S
+        from pipelines.features.attributes import note_attributes
+        from pipelines.features.octuple import encode_alignment
 
         data = self.data
         duration_s = len(variant.cqt_audio) / C.CQT_SAMPLE_RATE_HZ
@@ -128,7 +129,7 @@ class RecordingProcessor:
         alignment = attrs = None
         if score is not None and perf is not None and len(perf.notes):
             alignment = A.align(score, perf)
-            attrs = A.note_attributes(score, perf, alignment)
+            attrs = note_attributes(score, perf, alignment)
             segments = S.segment_alignment(alignment, score, duration_s, data.train_window_s, data.window_overlap)
         else:
             perf_or_empty = perf if perf is not None else Performance(empty_perf_notes(), empty_pedal(), "none")
@@ -165,7 +166,7 @@ class RecordingProcessor:
                 idx = np.flatnonzero(seg.token_mask)[: data.max_notes]
                 offset = max(seg.bar_start, 0)
                 if offset not in tokens_by_offset:
-                    tokens_by_offset[offset] = A.tokens(score, perf, alignment, bar_offset=offset)
+                    tokens_by_offset[offset] = encode_alignment(score, perf, alignment, bar_offset=offset)
                 seg_tokens = tokens_by_offset[offset][idx]
                 times = alignment.tokens["perf_onset_s"][idx] - seg.start_s
                 row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(attrs[idx], "f4"),

@@ -59,11 +59,11 @@ import math
 
 import numpy as np
 
+from model.schema import SEED10
 from pipelines.constants import CC_SUSTAIN
 from pipelines.io.notes import EXTRA, MATCHED, MISSED, Performance, Score
 
-TECHNICAL_DIMENSIONS = ("note_accuracy", "rhythmic_precision", "dynamics_control", "articulation",
-                        "pedaling", "tone")
+TECHNICAL_DIMENSIONS = tuple(SEED10.pseudo_names)
 
 # --- note accuracy ---------------------------------------------------------------------------------
 EXTRA_FULL_VELOCITY = 30.0      # an extra note at this velocity or louder counts as one full error
@@ -339,7 +339,8 @@ def _articulation_statistics(score: Score | None, perf: Performance, alignment, 
     nan = {"duration_bias": math.nan, "duration_spread": math.nan}
     if view.tokens is None:
         return nan
-    from pipelines.features.align import ATTR_INDEX, is_grace, local_tempo, matched_timing
+    from pipelines.features.align import is_grace, local_tempo
+    from pipelines.features.attributes import ATTR_INDEX, matched_timing
     from pipelines.io.performance import pedal_down_at
 
     rows = view.token_rows[view.tokens["kind"] == MATCHED]

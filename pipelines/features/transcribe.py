@@ -169,9 +169,10 @@ class _TranskunBackend:
 
     def __init__(self, device: str = "cpu") -> None:
         try:
+            from importlib.resources import files
+
             import moduleconf
             import torch
-            from importlib.resources import files
         except ImportError as exc:
             raise TranscriptionError(f"transkun backend needs the transkun package ({exc}); "
                                      "pip install transkun where a matching torchaudio is available") from None

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.constants import MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
+from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
 from pipelines.io.storage import StorageError, local_path
 

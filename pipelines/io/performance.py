@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.constants import CC_SOFT, CC_SOSTENUTO, CC_SUSTAIN, MIDI_EXTENSIONS, PEDAL_DOWN_THRESHOLD
+from pipelines.io.errors import parse_midi_bytes
 from pipelines.io.notes import PEDAL_DTYPE, Performance, make_perf_notes
 from pipelines.io.storage import StorageError, local_path
 

@@ -5,8 +5,8 @@ Starts its own head on 127.0.0.1 with a private temp dir and stops it by PID (ne
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys

@@ -11,7 +11,7 @@ from transformers import HubertModel
 
 from model.config import ModelConfig
 from model.mert import hubert_config
-from model.schema import SEED10, DimensionSchema, Dimension
+from model.schema import SEED10, Dimension, DimensionSchema
 
 # A tiny model of the full architecture: every branch on, every size small.
 TINY = ModelConfig(

@@ -10,7 +10,7 @@ from model.assessor import PianoAssessor, resample_frames
 from model.builder import build_model
 from model.hf import is_activation_checkpointing
 from model.losses import MultiTaskLoss
-from tests.model.conftest import make_batch, item
+from tests.model.conftest import item, make_batch
 
 AUDIO_S = [2.0, 1.3, 0.7]
 NOTES = [24, 9, 0]

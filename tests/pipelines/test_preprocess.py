@@ -3,16 +3,15 @@ MIDI file in the input, local and S3 outputs, idempotent reruns."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.io import storage
 from pipelines.config import load_config
 from pipelines.features.rows import SEGMENT_SCHEMA
+from pipelines.io import storage
 
 
 @pytest.fixture(scope="module")

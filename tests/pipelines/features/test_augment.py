@@ -8,11 +8,24 @@ import pytest
 import scipy.signal
 
 from pipelines import constants as C
-from pipelines.io.audio import AudioError, peak_dbfs, peak_normalise
-from pipelines.features.augment import (TRANSFORMS, AugmentInfo, Augmenter, add_noise, apply_gain, apply_room,
-                               effective_mp3_kbps, mp3_roundtrip, pitch_time_shift, room_impulse_response,
-                               room_specs, transform_pedal, transform_perf_notes, transform_score_notes)
 from pipelines.config import AugmentConfig
+from pipelines.features.augment import (
+    TRANSFORMS,
+    Augmenter,
+    AugmentInfo,
+    add_noise,
+    apply_gain,
+    apply_room,
+    effective_mp3_kbps,
+    mp3_roundtrip,
+    pitch_time_shift,
+    room_impulse_response,
+    room_specs,
+    transform_pedal,
+    transform_perf_notes,
+    transform_score_notes,
+)
+from pipelines.io.audio import AudioError, peak_dbfs, peak_normalise
 from pipelines.io.notes import PEDAL_DTYPE, SCORE_NOTE_DTYPE, make_perf_notes
 
 SR = 44_100

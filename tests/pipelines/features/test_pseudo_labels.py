@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_alignment import PerformanceStyle, add_errors, render_performance, synthetic_score
-from pipelines.features.align import align, k265_example, note_attributes
-from pipelines.features.pseudo_labels import TECHNICAL_DIMENSIONS, pseudo_labels, pseudo_labels_window, technical_statistics
-from pipelines.features.segment import segment_alignment
 from model.schema import SEED10
+from pipelines.demo_corpus.k265 import k265_example
+from pipelines.features.align import align
+from pipelines.features.attributes import note_attributes
+from pipelines.features.pseudo_labels import (
+    TECHNICAL_DIMENSIONS,
+    pseudo_labels,
+    pseudo_labels_window,
+    technical_statistics,
+)
+from pipelines.features.segment import segment_alignment
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 BASE = PerformanceStyle()
@@ -162,8 +169,8 @@ def test_percepiano_humans_score_high_and_timing_label_tracks_raters(percepiano_
 
     from scipy.stats import spearmanr
 
-    from pipelines.io.performance import load_performance
     from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
 
     ratings = json.loads((percepiano_dir / "labels_mean.json").read_text())
     by_passage: dict[str, list[tuple[float, float]]] = defaultdict(list)

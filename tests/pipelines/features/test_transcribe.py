@@ -5,8 +5,6 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from pipelines.io.notes import Performance, empty_pedal, make_perf_notes
-from pipelines.io.performance import performance_from_pretty_midi
 from pipelines.features.transcribe import (
     BASIC_PITCH_FRAMES_PER_S,
     BASIC_PITCH_OVERLAP_SAMPLES,
@@ -19,6 +17,8 @@ from pipelines.features.transcribe import (
     onset_f1,
     stitch_windows,
 )
+from pipelines.io.notes import Performance, empty_pedal, make_perf_notes
+from pipelines.io.performance import performance_from_pretty_midi
 
 RATE_HZ = 44_100
 

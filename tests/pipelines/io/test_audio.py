@@ -13,8 +13,18 @@ import soundfile as sf
 
 from pipelines import constants as C
 from pipelines.io import storage
-from pipelines.io.audio import (AudioError, DecodedAudio, check_audio, load_and_prepare, load_audio, peak_dbfs,
-                             peak_normalise, prepare_audio, resample, to_mono)
+from pipelines.io.audio import (
+    AudioError,
+    DecodedAudio,
+    check_audio,
+    load_and_prepare,
+    load_audio,
+    peak_dbfs,
+    peak_normalise,
+    prepare_audio,
+    resample,
+    to_mono,
+)
 from pipelines.io.storage import StorageError
 
 SR = 44_100
