@@ -122,7 +122,7 @@ def load_model(directory: str, map_location: str | torch.device = "cpu"
     try:
         cfg = ModelConfig.from_dict(config["model"])
         schema = DimensionSchema.from_dict(meta["schema"])
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, TypeError) as exc:   # TypeError: a value of the wrong type
         raise CheckpointError(f"{directory}: the saved model config or schema is invalid ({exc})") from None
     model = build_model(cfg, schema, pretrained=False)
     state = payload["state_dict"]

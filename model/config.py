@@ -1,9 +1,10 @@
 """ModelConfig: every size and switch of the assessment model, typed and validated.
 
-A stdlib dataclass (model/ depends on torch and transformers, not pydantic) that checks its types and
-ranges on construction (`__post_init__`) and raises a one-line `ConfigError`; `from_dict` / `to_dict`
-convert to and from plain dicts (YAML, a checkpoint's JSON). The run config (pipelines/config.py)
-validates its `model:` section through this class.
+A stdlib dataclass (model/ depends on torch and transformers, not pydantic) that checks its choices,
+ranges and the sizes that must fit together on construction (`__post_init__`) and raises a one-line
+`ConfigError`; `from_dict` / `to_dict` convert to and from plain dicts (YAML, a checkpoint's JSON).
+Value types are checked where values come from users: the run config (pipelines/config.py) validates
+its `model:` section with pydantic against these field types.
 
 Presets (`tiny`, `mert-v1-95m`, `mert-v1-330m`) live in pipelines/presets/*.yaml as overrides of these
 defaults. Derived sizes are properties. `model/` does not import `pipelines/`: the few signal facts the
@@ -14,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from model.errors import ConfigError
 
@@ -172,7 +172,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError (one line) on a value of the wrong type or range, or sizes that do not fit."""
-        self._check_types()
+        self._check_choices()
         _require(len(self.mert_conv_dim) == len(self.mert_conv_kernel) == len(self.mert_conv_stride),
                  "mert_conv_dim, mert_conv_kernel and mert_conv_stride must have the same length "
                  f"(got {len(self.mert_conv_dim)}, {len(self.mert_conv_kernel)}, {len(self.mert_conv_stride)})")
@@ -203,12 +203,11 @@ class ModelConfig:
         _require(self.audio_encoder != "none" or self.symbolic_encoder,
                  "audio_encoder is 'none' and symbolic_encoder is off: the model would have no input")
 
-    def _check_types(self) -> None:
+    def _check_choices(self) -> None:
         for name, hint in _field_hints().items():
-            value = getattr(self, name)
-            if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, typing.get_args(hint)))}")
-            _require(_fits(value, hint), f"{name}: expected {_type_name(hint)}, got {value!r}")
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+            if choices and getattr(self, name) not in choices:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}")
 
 
 @functools.cache
@@ -216,26 +215,3 @@ def _field_hints() -> dict[str, Any]:
     """ModelConfig's field name -> resolved type hint."""
     hints = typing.get_type_hints(ModelConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether `value` has type `hint` (the few kinds ModelConfig uses); bools are not numbers."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return value in args
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is tuple:
-        return isinstance(value, tuple) and all(_fits(item, args[0]) for item in value)
-    if hint is type(None):
-        return value is None
-    if hint in (int, float):
-        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _type_name(hint: Any) -> str:
-    """`int`, `tuple[int, ...]`, `str | None`."""
-    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
-        return hint.__name__
-    return str(hint).replace("typing.", "")

@@ -61,6 +61,8 @@ def test_overrides_are_parsed_as_yaml_values():
     ("model.symbolic_encoder=1", "model.symbolic_encoder: expected true or false, got 1"),
     ("model.audio_encoder=wav2vec", "model.audio_encoder: 'wav2vec' is not one of"),
     ("model.xyz=1", "unknown config key model.xyz (known: "),
+    ("model.cqt_layers=true", "model.cqt_layers: expected a number, got True"),
+    ("model.mert_conv_dim=[512, x, 512, 512, 512, 512, 512]", "model.mert_conv_dim[1]: expected an integer, got 'x'"),
     ("train.use_gpu=1", "train.use_gpu: expected true or false, got 1"),
     ("train.epochs=true", "train.epochs: expected a number, got True"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
