@@ -11,9 +11,7 @@ from benchmarks.bench_alignment import (
     PerformanceStyle,
     add_errors,
     error_detection,
-    render_performance,
     score_from_rows,
-    synthetic_score,
 )
 from pipelines.demo_corpus.k265 import k265_example
 from pipelines.features.align import (
@@ -27,14 +25,9 @@ from pipelines.features.align import (
     score_note_array,
 )
 from pipelines.io.notes import EXTRA, MISSED, PEDAL_DTYPE, Performance, make_perf_notes
+from tests.pipelines.features.conftest import generated
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-def generated(seed: int = 0, style: PerformanceStyle = PerformanceStyle(), errors=(0, 0, 0), n_bars: int = 12):
-    rng = np.random.default_rng(seed)
-    sp = render_performance(synthetic_score(rng, n_bars=n_bars), style, rng)
-    return add_errors(sp, rng, *errors)
 
 
 # --- conversion ----------------------------------------------------------------------------------

@@ -8,23 +8,15 @@ import pytest
 
 from benchmarks.bench_alignment import (
     PerformanceStyle,
-    add_errors,
-    render_performance,
     score_from_rows,
-    synthetic_score,
 )
 from pipelines.constants import CC_SOFT, CC_SUSTAIN, N_PERF_ATTRS, PERF_ATTR_NAMES
 from pipelines.features.align import align, score_note_array
 from pipelines.features.attributes import ATTR_INDEX, note_attributes
 from pipelines.io.notes import MATCHED, MISSED, PEDAL_DTYPE, Performance, make_perf_notes
+from tests.pipelines.features.conftest import generated
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-def generated(seed: int = 0, style: PerformanceStyle = PerformanceStyle(), errors=(0, 0, 0), n_bars: int = 12):
-    rng = np.random.default_rng(seed)
-    sp = render_performance(synthetic_score(rng, n_bars=n_bars), style, rng)
-    return add_errors(sp, rng, *errors)
 
 
 # --- attributes of generated performances ----------------------------------------------------------
