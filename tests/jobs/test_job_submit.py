@@ -47,8 +47,7 @@ def _pids_using(marker: str) -> list[int]:
 
 @pytest.mark.slow
 def test_job_submit_runs_train_on_a_local_head(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests" / "tune"))
-    from conftest import make_synthetic_features  # the tune tests' synthetic features
+    from tests.pipelines.training.conftest import make_synthetic_features   # the training tests' features
 
     features = make_synthetic_features(tmp_path / "features", n_pieces=4, takes=3, segments=1)
     bin_dir = Path(sys.executable).parent

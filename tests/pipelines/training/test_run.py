@@ -90,11 +90,12 @@ def _train_worker_pids() -> list[int]:
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], stop: threading.Event) -> None:
-    """Wait for the first complete checkpoint, then SIGKILL one training worker of this session's cluster."""
+    """Wait until Ray Train has registered the first checkpoint (every worker reported it, and the
+    controller wrote its snapshot), then SIGKILL one training worker of this session's cluster."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     while not stop.is_set():
-        done = [c for c in run_dir.glob("checkpoint_*") if (c / "model" / "model.json").is_file()]
         workers = _train_worker_pids()
-        if done and len(workers) >= 2:
+        if snapshot.is_file() and len(workers) >= 2:
             time.sleep(0.5)                          # into the next epoch
             os.kill(workers[-1], signal.SIGKILL)
             killed.append(workers[-1])
