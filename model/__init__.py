@@ -12,4 +12,6 @@
     losses.py      the uncertainty-weighted multi-task loss (Kendall & Gal)
     builder.py     the one place where a ModelConfig becomes a model
     checkpoint.py  save and rebuild a model from a local directory
+    errors.py      ConfigError, CheckpointError
+    hf.py, masks.py  transformers loading options and activation checkpointing; padding masks
 """
