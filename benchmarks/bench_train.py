@@ -10,10 +10,9 @@ from benchmarks.common import markdown_table, median_time, peak_rss_mb
 
 
 def _synthetic(tmp: str):
-    import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "tune"))
-    from conftest import make_synthetic_features
+
+    from tests.pipelines.training.conftest import make_synthetic_features    # the training tests' features
     return make_synthetic_features(Path(tmp) / "features", n_pieces=8, takes=6, segments=2, seconds=10.0,
                                    n_notes=64)
 
