@@ -1,4 +1,4 @@
-"""The one place where configuration becomes objects.
+"""The run config and its loader: where settings from presets, YAML files and overrides become one typed object.
 
 A run's configuration is a `Config` (model, data, augmentation, training, scoring, dimension schema):
 pydantic models for the pipeline sections and the stdlib dataclass `model.config.ModelConfig` for the
