@@ -33,7 +33,8 @@ VERSION = 1
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")     # DDP and torch.compile wrappers
 
 
-def _unwrap(model: nn.Module) -> PianoAssessor:
+def unwrap(model: nn.Module) -> PianoAssessor:
+    """The PianoAssessor inside DDP and torch.compile wrappers (or the model itself)."""
     while not isinstance(model, PianoAssessor):
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None:
@@ -77,7 +78,7 @@ def save_model(directory: str, model: nn.Module, config_dict: dict, schema: Dime
     the model's resolved ModelConfig, so the checkpoint describes exactly the weights it holds.
     """
     _require_local(directory)
-    model = _unwrap(model)
+    model = unwrap(model)
     config = copy.deepcopy(dict(config_dict or {}))
     config["model"] = model.config.to_dict()
     meta = {"format": FORMAT, "version": VERSION, "config": config, "schema": schema.to_dict(),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.checkpoint import unwrap
 from pipelines.config import Config, config_from_dict
 from pipelines.io import storage
 from pipelines.training.batches import collate, to_device
@@ -45,11 +46,6 @@ def autocast_context(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The PianoAssessor inside a DDP wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
