@@ -45,7 +45,9 @@ CC_SOFT = 67
 PEDAL_DOWN_THRESHOLD = 64             # controller value >= this means "pedal down"
 
 # --- file types ------------------------------------------------------------------------------
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".m4a")
+# every suffix pipelines.io.audio decodes: libsndfile's formats, then AAC and WMA through ffmpeg
+AUDIO_EXTENSIONS = (".wav", ".rf64", ".w64", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc",
+                    ".caf", ".au", ".m4a", ".aac", ".wma")
 MIDI_EXTENSIONS = (".mid", ".midi")
 MUSICXML_EXTENSIONS = (".musicxml", ".mxl", ".xml")
 SCORE_EXTENSIONS = MIDI_EXTENSIONS + (".musicxml", ".mxl")

@@ -86,6 +86,24 @@ def test_m4a_goes_through_ffmpeg(tmp_path):
     assert dominant_hz(y[:SR], sr) == pytest.approx(440, rel=0.01)
 
 
+# ffmpeg arguments that write each listed suffix (the muxer is guessed from the suffix otherwise)
+_FFMPEG_OUTPUT = {".rf64": ["-f", "wav", "-rf64", "always"], ".aif": ["-f", "aiff"], ".aifc": ["-f", "aiff"],
+                  ".oga": ["-f", "ogg"], ".m4a": ["-c:a", "aac"], ".aac": ["-c:a", "aac"]}
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+@pytest.mark.parametrize("suffix", C.AUDIO_EXTENSIONS)
+def test_every_listed_audio_suffix_decodes(tmp_path, suffix):
+    """The library reader picks up exactly the suffixes in AUDIO_EXTENSIONS: each must decode."""
+    wav = write(tmp_path / "src.wav", stereo_tone(2.0))
+    target = tmp_path / f"tone{suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", wav, *_FFMPEG_OUTPUT.get(suffix, []), str(target)],
+                   check=True)
+    y, sr = load_audio(str(target))
+    assert abs(len(y) / sr - 2.0) < 0.05                      # codec frames and delays, at most a few ms
+    assert dominant_hz(y[: sr // 2], sr) == pytest.approx(440, rel=0.01)
+
+
 def test_streamed_wav_with_placeholder_sizes_loads(tmp_path):
     """A WAV written to a pipe carries 0xFFFFFFFF chunk sizes: not truncated, must load."""
     path = Path(write(tmp_path / "streamed.wav", stereo_tone(1.2)))

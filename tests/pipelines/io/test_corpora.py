@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from model.schema import PERCEPIANO19
+from pipelines import constants as C
 from pipelines.io import corpora, storage
 from pipelines.io.corpora import CorpusError
 
@@ -177,6 +178,14 @@ def test_library_audio_with_sidecars(library_dir):
     assert recs["sub/b"].piece_id == "b" and recs["sub/b"].performer_id == "unknown"
     assert all(r.labels is None and r.midi_uri is None for r in recs.values())
     assert recs["sub/deeper/c"].audio_uri.endswith("sub/deeper/c.ogg")
+
+
+def test_library_lists_every_audio_suffix_in_any_case(tmp_path):
+    for i, suffix in enumerate(C.AUDIO_EXTENSIONS):
+        (tmp_path / f"take{i}{suffix.upper() if i % 2 else suffix}").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not audio")
+    recs = corpora.read_library(str(tmp_path))
+    assert sorted(r.recording_id for r in recs) == sorted(f"take{i}" for i in range(len(C.AUDIO_EXTENSIONS)))
 
 
 def test_library_duplicate_stem_raises(library_dir):
