@@ -20,10 +20,8 @@ def build_model(cfg: ModelConfig, schema: DimensionSchema, *, dropout: float | N
     Loading MERT adopts the checkpoint's normalisation layout into `model.config` (see model/mert.py),
     which is what checkpoints then carry. Raises CheckpointError when a source is missing or does not fit.
     """
-    cfg.validate()
     if dropout is not None:
-        cfg = cfg.dropout_overridden(dropout)
-        cfg.validate()
+        cfg = cfg.dropout_overridden(dropout)        # a new ModelConfig: validated on construction
     hubert = None
     if pretrained and cfg.uses_mert and cfg.mert_source:
         hubert, cfg = load_pretrained_hubert(cfg)

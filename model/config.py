@@ -109,7 +109,7 @@ class ModelConfig:
         """Build from a plain dict (YAML, a checkpoint's JSON): unknown keys are errors, lists become tuples."""
         if not isinstance(data, dict):
             raise ConfigError(f"model: expected a mapping, got {data!r}")
-        hints = _field_hints()
+        hints = field_hints()
         unknown = sorted(set(data) - set(hints))
         if unknown:
             raise ConfigError(f"unknown config key model.{unknown[0]} (known: {', '.join(sorted(hints))})")
@@ -204,14 +204,14 @@ class ModelConfig:
                  "audio_encoder is 'none' and symbolic_encoder is off: the model would have no input")
 
     def _check_choices(self) -> None:
-        for name, hint in _field_hints().items():
+        for name, hint in field_hints().items():
             choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
             if choices and getattr(self, name) not in choices:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}")
 
 
 @functools.cache
-def _field_hints() -> dict[str, Any]:
+def field_hints() -> dict[str, Any]:
     """ModelConfig's field name -> resolved type hint."""
     hints = typing.get_type_hints(ModelConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(ModelConfig)}

@@ -10,10 +10,8 @@ message names the dotted path of the key. The resolved config is saved with ever
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -30,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from model.config import ModelConfig
+from model.config import ModelConfig, field_hints
 from model.errors import ConfigError
 from model.schema import DimensionSchema, load_schema
 from pipelines import constants as C
@@ -76,10 +74,6 @@ class _Section(BaseModel):
             self.__dict__.clear()
             self.__dict__.update(before)
             raise _config_error(exc, type(self)) from None
-
-    def validate(self) -> None:  # type: ignore[override]  # replaces pydantic v1's deprecated classmethod
-        """Check every value again (construction and assignment check them already)."""
-        _build(type(self), self.model_dump())
 
 
 class AugmentConfig(_Section):
@@ -277,8 +271,6 @@ class Config(_Section):
 
 # --- one-line errors -----------------------------------------------------------------------------
 
-_MODEL_HINTS = typing.get_type_hints(ModelConfig)
-
 # pydantic error type (prefix) -> what the value should have been
 _EXPECTED = {"int_": "an integer", "float_": "a number", "bool_as_number": "a number", "bool_": "true or false",
              "string_": "a string", "tuple_": "a list", "list_": "a list", "model_": "a mapping",
@@ -286,7 +278,7 @@ _EXPECTED = {"int_": "an integer", "float_": "a number", "bool_as_number": "a nu
 
 
 def _check_model_scalar(name: str, value: Any) -> None:
-    hint = _MODEL_HINTS.get(name)
+    hint = field_hints().get(name)
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"model.{name}: expected true or false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):
@@ -297,8 +289,8 @@ def _field_types(cls: type) -> dict[str, Any]:
     """Field name -> type of a config section (pydantic model) or of ModelConfig (dataclass)."""
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return {name: info.annotation for name, info in cls.model_fields.items()}
-    if dataclasses.is_dataclass(cls):
-        return {f.name: _MODEL_HINTS.get(f.name) for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:
+        return field_hints()
     return {}
 
 

@@ -231,7 +231,6 @@ class Augmenter:
     """
 
     def __init__(self, cfg: AugmentConfig):
-        cfg.validate()
         self.cfg = cfg
         self.bitrates = tuple(b for b in MP3_BITRATES_KBPS if cfg.mp3_kbps_min <= b <= cfg.mp3_kbps_max)
         if cfg.p_mp3 > 0 and not self.bitrates:
