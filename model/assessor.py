@@ -3,10 +3,15 @@
     audio (B, S) ──MERT──► weighted layer sum ─► proj ─┐ (+ CQT encoder resampled onto MERT's frames)
     cqt (B, F, 168) ─CQT encoder─► proj ───────────────┤  (the audio axis when there is no MERT)
     notes (B, N, 8) + attrs ─symbolic encoder─► proj ──┴─► bidirectional cross-attention (audio axis)
-        ─► BiLSTM ─► attention pooling (B, 2H) ─► heads ─► scores (B, D) in 0..100, sigma, attention (B, T)
+        ─► BiLSTM ─► attention pooling (B, 2H) ─► heads ─► scores (B, D) in 0..100, sigma (B, D), attention (B, T)
 
 An item whose `note_lengths` is 0 is assessed from audio alone (flagged in `audio_only`), also inside a
 batch of scored items. With `audio_encoder: none` the note sequence is the time axis.
+
+The weighted layer sum can be computed once with `encode_mert` and passed instead of the audio
+(`mert_features` + `mert_lengths`), so that overlapping inference windows do not run MERT twice: the
+backbone is skipped and the rest of the forward pass is the same. sigma is per item and dimension
+(`sigma_head: per_item`) or one value per dimension broadcast over the batch (`per_dimension`).
 """
 from __future__ import annotations
 
@@ -130,8 +135,8 @@ class PianoAssessor(nn.Module):
             x = self.fusion(audio.x, audio.mask, audio.times, score.x, score.mask, score.times, has_score)
             fused = dataclasses.replace(audio, x=x)
         pooled, head_weights = self.aggregator(fused.x, fused.lengths)      # (B, P), (B, heads, T)
-        logits = self.heads(pooled).float()                                  # (B, D)
-        log_sigma = self.heads.log_sigma.float()[None].expand(batch_size, -1)
+        logits, log_sigma = self.heads(pooled)                               # (B, D), (B, D) fp32
+        logits = logits.float()
         return AssessmentOutput(
             scores=torch.sigmoid(logits) * 100.0,
             sigma=torch.exp(log_sigma) * 100.0,
@@ -145,12 +150,55 @@ class PianoAssessor(nn.Module):
             pooled=pooled,
         )
 
+    def encode_mert(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, S) at 24 kHz, (B,) valid samples -> MERT's weighted layer sum (B, T, H) fp32, (B,) frames.
+
+        What `forward` computes from `batch["audio"]` before the projection; `forward` takes it back as
+        `batch["mert_features"]` / `batch["mert_lengths"]`. n samples give `config.mert_frames(n)`
+        frames, frame f centred on sample f * hop + (field - 1) / 2 (hop 320, field 400 for MERT-v1).
+        Chunks cut by `mert_chunk_spans` yield frames that, concatenated, sit on the frame grid of the
+        whole audio, so a window starting at sample k * hop takes frames k, k + 1, ... of them. Features of
+        a chunk are not those of the whole audio (MERT sees only the chunk), so chunks should be long
+        compared with the windows cut from them.
+        """
+        if self.mert is None:
+            raise ValueError(f"audio_encoder is {self.config.audio_encoder!r}: the model has no MERT branch")
+        feats, frames = self.mert(audio, lengths.to(device=audio.device, dtype=torch.long))
+        return feats.float(), frames                                         # (B, T, H), (B,)
+
+    def mert_chunk_spans(self, n_samples: int, chunk_s: float) -> list[tuple[int, int]]:
+        """[start, end) samples of consecutive chunks of about `chunk_s` seconds covering `n_samples`.
+
+        Chunks start at multiples of the hop and run field - hop samples (80 for MERT-v1) past the next
+        chunk's start, so chunk i yields exactly the frames i * c, ..., (i + 1) * c - 1 of the whole audio
+        (c frames per chunk) and the concatenation has `config.mert_frames(n_samples)` frames. A tail too
+        short for one frame joins the chunk before it.
+        """
+        cfg = self.config
+        hop, field = cfg.mert_hop_samples, cfg.mert_receptive_field_samples
+        if n_samples < field:
+            raise ValueError(f"{n_samples} samples: MERT needs at least {field}")
+        step = max(1, round(chunk_s * cfg.mert_frames_per_s)) * hop                # samples per chunk, hop multiple
+        starts = list(range(0, n_samples, step))
+        if len(starts) > 1 and n_samples - starts[-1] < field:
+            starts.pop()
+        return [(s, min(s + step + field - hop, n_samples) if i + 1 < len(starts) else n_samples)
+                for i, s in enumerate(starts)]
+
     def _encode_audio(self, batch: Batch) -> _Sequence | None:
         seq = None
         if self.mert is not None:
-            wave = _require(batch, "audio", "audio_encoder='mert' or 'both'")
-            lengths = _lengths(batch, "audio_lengths", wave)
-            feats, frames = self.mert(wave, lengths)                        # (B, Ta, Hm), (B,)
+            if "mert_features" in batch:                                     # precomputed by encode_mert
+                feats = batch["mert_features"]
+                if feats.dim() != 3 or feats.shape[-1] != self.mert.hidden_size:
+                    raise ValueError(f"mert_features have shape {tuple(feats.shape)}; expected (B, T, "
+                                     f"{self.mert.hidden_size}) from encode_mert")
+                feats = feats.to(self.mert_proj.weight.dtype)
+                frames = _lengths(batch, "mert_lengths", feats).clamp(max=feats.shape[1])
+            else:
+                wave = _require(batch, "audio", "audio_encoder='mert' or 'both' (or 'mert_features')")
+                lengths = _lengths(batch, "audio_lengths", wave)
+                feats, frames = self.mert(wave, lengths)                    # (B, Ta, Hm), (B,)
             times = self.mert.frame_times(feats.shape[1], feats.device).expand(feats.shape[0], -1)
             seq = _Sequence(self.mert_proj(feats), frames, times, self.mert.frame_rate_hz)
         if self.cqt is not None:
@@ -192,7 +240,7 @@ class PianoAssessor(nn.Module):
         """Trainable parameters by learning-rate group, each exactly once; frozen ones left out.
 
         audio: the MERT backbone and the CQT encoder; symbolic: the symbolic encoder; head: everything
-        new on top (MERT's layer weights, projections, fusion, LSTM, pooling, heads, task log-sigmas).
+        new on top (MERT's layer weights, projections, fusion, LSTM, pooling, heads, log-sigma head).
         """
         groups: dict[str, list[nn.Parameter]] = {"audio": [], "symbolic": [], "head": []}
         for name, param in self.named_parameters():
@@ -238,7 +286,7 @@ def _lengths(batch: Batch, key: str, values: torch.Tensor) -> torch.Tensor:
 
 
 def _batch_size(batch: Batch) -> int:
-    for key in ("audio", "cqt", "notes"):
+    for key in ("audio", "mert_features", "cqt", "notes"):
         if key in batch:
             return int(batch[key].shape[0])
-    raise KeyError("batch has none of 'audio', 'cqt', 'notes'")
+    raise KeyError("batch has none of 'audio', 'mert_features', 'cqt', 'notes'")

@@ -7,7 +7,9 @@ reads and writes them at s3:// URIs too).
                  "extra": label statistics, metrics, version, ...}
 
 `load_model` rebuilds with `build_model(cfg, schema, pretrained=False)` (the weights come from model.pt,
-so no MERT download is needed) and returns the model in eval mode.
+so no MERT download is needed) and returns the model in eval mode. A saved model config without
+`sigma_head` (written before per-item sigma existed) is read as "per_dimension", the layout of its weights.
+Other files in the directory (calibration.json) are left to their readers.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ META_FILE = "model.json"
 FORMAT = "pianoeval-model"
 VERSION = 1
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")     # DDP and torch.compile wrappers
+LEGACY_SIGMA_HEAD = "per_dimension"              # the sigma head of checkpoints whose config lacks sigma_head
 
 
 def unwrap(model: nn.Module) -> PianoAssessor:
@@ -120,6 +123,8 @@ def load_model(directory: str, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{directory}: checkpoint format version {meta['version']} is newer than this code "
                               f"reads ({VERSION})")
     config = meta["config"]
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        config["model"].setdefault("sigma_head", LEGACY_SIGMA_HEAD)
     try:
         cfg = ModelConfig.from_dict(config["model"])
         schema = DimensionSchema.from_dict(meta["schema"])

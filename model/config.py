@@ -100,6 +100,10 @@ class ModelConfig:
     head_shared_size: int = 256
     head_hidden_size: int = 128
     head_dropout: float = 0.1
+    # aleatoric sigma: per_item predicts log sigma per input and dimension from the heads' shared trunk
+    # (Kendall & Gal's heteroscedastic form); per_dimension learns one log sigma per dimension for every
+    # input (homoscedastic; checkpoints written before this field load as per_dimension)
+    sigma_head: Literal["per_item", "per_dimension"] = "per_item"
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,8 +1,17 @@
-"""Assessment heads: a shared trunk, one small MLP per dimension, and a learned log sigma per dimension.
+"""Assessment heads: a shared trunk, one small MLP per dimension, and the log sigma of each prediction.
 
-pooled (B, P) -> logits (B, D). Scores are sigmoid(logits) * 100, computed in fp32. `log_sigma` is the
-log standard deviation of each dimension's error on the 0..1 scale (Kendall & Gal's homoscedastic,
-task-level aleatoric uncertainty); it is trained by the uncertainty-weighted loss.
+pooled (B, P) -> logits (B, D), log_sigma (B, D). Scores are sigmoid(logits) * 100, computed in fp32.
+`log_sigma` is the log standard deviation of each prediction's error on the 0..1 scale (Kendall & Gal's
+aleatoric uncertainty), trained by the Gaussian negative log-likelihood term of `model.losses`:
+
+    per_item (heteroscedastic):       log_sigma_bd = soft_clamp(w_d . shared_b + c_d)
+    per_dimension (homoscedastic):    log_sigma_bd = s_d, one learned value per dimension for every input
+
+where shared_b is the trunk's output (B, head_shared_size) and
+soft_clamp(x) = m + h * tanh((x - m) / h), m = (lo + hi) / 2, h = (hi - lo) / 2, with lo = log 0.005 and
+hi = log 1.0: smooth, close to the identity near m, and never outside (lo, hi), so sigma stays within
+0.5..100 score points however training goes. Both start at sigma = INITIAL_SIGMA for every input
+(per_item: w = 0, c = soft_clamp^-1(log INITIAL_SIGMA)).
 """
 from __future__ import annotations
 
@@ -13,7 +22,21 @@ from torch import nn
 
 from model.config import ModelConfig
 
-INITIAL_SIGMA = 0.2
+INITIAL_SIGMA = 0.2                       # on the 0..1 scale (20 score points)
+LOG_SIGMA_MIN = math.log(0.005)           # per_item bounds of log sigma (0.5 .. 100 score points)
+LOG_SIGMA_MAX = math.log(1.0)
+
+
+def soft_clamp(x: torch.Tensor, low: float = LOG_SIGMA_MIN, high: float = LOG_SIGMA_MAX) -> torch.Tensor:
+    """mid + half * tanh((x - mid) / half): smoothly into (low, high), slope 1 at the midpoint."""
+    mid, half = (low + high) / 2, (high - low) / 2
+    return mid + half * torch.tanh((x - mid) / half)
+
+
+def soft_clamp_inverse(y: float, low: float = LOG_SIGMA_MIN, high: float = LOG_SIGMA_MAX) -> float:
+    """The x with soft_clamp(x) = y, for low < y < high."""
+    mid, half = (low + high) / 2, (high - low) / 2
+    return mid + half * math.atanh((y - mid) / half)
 
 
 class DimensionHead(nn.Module):
@@ -28,18 +51,29 @@ class DimensionHead(nn.Module):
 
 
 class AssessmentHeads(nn.Module):
-    """(B, P) pooled -> (B, D) logits, one head per dimension of the schema (in schema order)."""
+    """(B, P) pooled -> (B, D) logits and (B, D) fp32 log sigma, one head per dimension (schema order)."""
 
     def __init__(self, cfg: ModelConfig, n_dims: int):
         super().__init__()
+        self.sigma_head = cfg.sigma_head
         self.shared = nn.Sequential(nn.Linear(cfg.pooled_size, cfg.head_shared_size), nn.ReLU(),
                                     nn.Dropout(cfg.head_dropout))
         self.dims = nn.ModuleList([DimensionHead(cfg.head_shared_size, cfg.head_hidden_size, cfg.head_dropout)
                                    for _ in range(n_dims)])
-        # (D,), on the 0..1 scale; starts at sigma = 0.2 (20 points), a prior of the spread of ratings,
-        # rather than 1.0 (100 points), which short runs would never shrink to a calibrated width
-        self.log_sigma = nn.Parameter(torch.full((n_dims,), math.log(INITIAL_SIGMA)))
+        # sigma starts at 0.2 (20 points), a prior of the spread of ratings, rather than 1.0 (100 points),
+        # which short runs would never shrink to a calibrated width
+        if cfg.sigma_head == "per_item":
+            self.log_sigma_head = nn.Linear(cfg.head_shared_size, n_dims)
+            nn.init.zeros_(self.log_sigma_head.weight)
+            nn.init.constant_(self.log_sigma_head.bias, soft_clamp_inverse(math.log(INITIAL_SIGMA)))
+        else:
+            self.log_sigma = nn.Parameter(torch.full((n_dims,), math.log(INITIAL_SIGMA)))   # (D,)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = self.shared(pooled)                                         # (B, S)
-        return torch.stack([head(shared) for head in self.dims], dim=-1)     # (B, D)
+        logits = torch.stack([head(shared) for head in self.dims], dim=-1)   # (B, D)
+        if self.sigma_head == "per_item":
+            log_sigma = soft_clamp(self.log_sigma_head(shared).float())      # (B, D)
+        else:
+            log_sigma = self.log_sigma.float()[None].expand(pooled.shape[0], -1)
+        return logits, log_sigma

@@ -1,14 +1,21 @@
 """Multi-task loss over the assessment dimensions, masked where a label is missing.
 
 On the 0..1 scale (scores / 100), for dimension d with valid labels b in V_d and smoothed targets
-y'_bd = (1 - eps) * y_bd + eps * mean_d (label smoothing toward the training mean):
+y'_bd = (1 - eps) * y_bd + eps * mean_d (label smoothing toward the training mean), and the Gaussian
+negative log-likelihood (up to a constant) of target y' under N(p, sigma^2), s = log sigma:
 
-    uncertainty (Kendall & Gal, 2018):  L = sum_d  mean_{b in V_d} [ 0.5 * exp(-2 s_bd) * (p_bd - y'_bd)^2 + s_bd ]
-    equal (ablation: every s fixed at 0): L = sum_d  0.5 * mean_{b in V_d} (p_bd - y'_bd)^2
+    nll(p, s) = 0.5 * exp(-2 s) * (p - y')^2 + s
 
-where s = log sigma from the model output (one learned value per dimension, broadcast over the batch).
-Dimensions without a valid label in the batch contribute nothing. Computed in fp32 whatever the
-autocast context.
+    uncertainty (Kendall & Gal, 2018):  L = sum_d  mean_{b in V_d} nll(p_bd, s_bd)
+    equal (ablation):                   L = sum_d  mean_{b in V_d} [ 0.5 * (p_bd - y'_bd)^2 + nll(sg(p_bd), s_bd) ]
+
+where s_bd is the model output's log sigma (B, D): predicted per item (`sigma_head: per_item`,
+heteroscedastic) or one learned value per dimension broadcast over the batch (`per_dimension`); every
+term uses its own item's s_bd. sg() stops the gradient: with `equal` the score heads get the same
+weight in every dimension (their gradient is that of the plain squared error, whatever sigma is), while
+sigma is still trained by the likelihood of the errors the predictions make, so an equal-weighted model
+also says how sure it is. Dimensions without a valid label in the batch contribute nothing. Computed in
+fp32 whatever the autocast context.
 """
 from __future__ import annotations
 
@@ -63,10 +70,11 @@ class MultiTaskLoss(nn.Module):
         denom = count.clamp_min(1).float()
         mse = sq_err.sum(dim=0) / denom                                      # (D,)
         if self.weighting == "uncertainty":
-            per_item = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err + log_sigma, 0.0)
-            per_dim = per_item.sum(dim=0) / denom                            # (D,)
-        else:
-            per_dim = 0.5 * mse
+            nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err + log_sigma, 0.0)   # (B, D)
+            per_dim = nll.sum(dim=0) / denom                                 # (D,)
+        else:                                                                # predictions detached in the nll
+            nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
+            per_dim = 0.5 * mse + nll.sum(dim=0) / denom                     # (D,)
         present = count > 0
         # the zero terms keep every output in the graph (no labels -> zero loss that still back-propagates)
         loss = per_dim[present].sum() + 0.0 * (pred.sum() + log_sigma.sum())

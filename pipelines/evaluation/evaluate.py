@@ -1,12 +1,18 @@
 """Evaluate a checkpoint on preprocessed segments: model vs baselines, per dimension, per recording.
 
-Window predictions are aggregated to one prediction per recording (the labels are per recording):
-the mean of the windows' scores, with sigma combining the model's aleatoric sigma and the spread of the
-windows. Targets are the expert labels (`labels_json`) or the pseudo-labels, per the checkpoint's stage
-unless told. Baselines: uniform random, training mean, ridge regression on simple audio features.
+Window predictions are aggregated to one prediction per recording (the labels are per recording) by the
+scoring job's overlap rule (`pipelines.scoring.aggregate.aggregate_windows`: centre-weighted mean of the
+windows' scores, sigma combining the model's aleatoric sigma and the spread of the windows), so
+evaluation, calibration and scoring see the same recording-level predictions. When the checkpoint has a
+`calibration.json` (`pipelines.evaluation.calibration`), the recording sigma is scaled by its temperature
+and the summary reports the ECE with raw and with calibrated sigma. Targets are the expert labels
+(`labels_json`) or the pseudo-labels, per the checkpoint's stage unless told. Baselines: uniform random,
+training mean, ridge regression on simple audio features.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
 import warnings
@@ -16,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipelines.evaluation.calibration import apply_temperature, calibration_summary, load_calibration
 from pipelines.features.rows import unpack_array
 from pipelines.io import storage
 from pipelines.training.batches import collate, columns_for, label_matrix, target_column
@@ -47,15 +54,61 @@ def rows_by_recording(recording_ids: list[str]) -> dict[str, list[int]]:
     return index
 
 
-def aggregate_by_recording(recording_ids: list[str], scores: np.ndarray, sigma: np.ndarray | None):
-    """Mean window score per recording; sigma = sqrt(mean window sigma^2 + variance across windows)."""
+def aggregate_by_recording(recording_ids: list[str], starts_s, ends_s, scores: np.ndarray,
+                           sigma: np.ndarray | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Window rows (N,) with their times (N,) and predictions (N, D) -> sorted ids, scores (R, D), sigma (R, D).
+
+    Each recording's windows are combined by `pipelines.scoring.aggregate.aggregate_windows` (the scoring
+    job's rule); sigma is None when `sigma` is."""
+    from pipelines.scoring.aggregate import aggregate_windows
+
     index = rows_by_recording(recording_ids)
     ids = sorted(index)
-    agg_scores = np.stack([scores[index[r]].mean(0) for r in ids])
-    agg_sigma = None
-    if sigma is not None:
-        agg_sigma = np.stack([np.sqrt((sigma[index[r]] ** 2).mean(0) + scores[index[r]].var(0)) for r in ids])
-    return ids, agg_scores, agg_sigma
+    starts, ends = np.asarray(starts_s, dtype=np.float64), np.asarray(ends_s, dtype=np.float64)
+    window_sigma = np.zeros_like(scores) if sigma is None else sigma
+    agg_scores = np.zeros((len(ids), scores.shape[1]))
+    agg_sigma = np.zeros((len(ids), scores.shape[1]))
+    for i, r in enumerate(ids):
+        rows = index[r]
+        agg_scores[i], agg_sigma[i] = aggregate_windows(starts[rows], ends[rows], scores[rows], window_sigma[rows])
+    return ids, agg_scores, None if sigma is None else agg_sigma
+
+
+@dataclasses.dataclass
+class RecordingPredictions:
+    """A checkpoint's predictions of one split, one row per recording (sorted ids), on the 0..100 scale."""
+    ids: list[str]
+    scores: np.ndarray            # (R, D)
+    sigma: np.ndarray             # (R, D) the model's sigma aggregated over windows, before any calibration
+    y_true: np.ndarray            # (R, D) mean target over the recording's windows; NaN where unlabelled
+    groups: np.ndarray            # (R,) piece ids
+    segments: int                 # windows predicted
+
+
+def target_for(extra: dict[str, Any], target: str | None) -> str:
+    """The labels to compare with: `target` when given, else the stage the checkpoint was trained on."""
+    return target or extra.get("stage", "expert")
+
+
+def original_rows(table, split: str):
+    """The split's rows that are not augmented copies (Arrow table in, Arrow table out)."""
+    originals = table.filter(np.asarray([a == "" for a in table.column("augment").to_pylist()], dtype=bool))
+    return originals.filter(np.asarray(originals.column("split").to_pylist()) == split)
+
+
+def predict_recordings(model, table, names: list[str], label_col: str, *, audio_only: bool = False,
+                       max_notes: int | None = None) -> RecordingPredictions:
+    """Predict every window of `table` and aggregate windows and targets to one row per recording."""
+    pred = predict_segments(model, table, names, audio_only=audio_only, max_notes=max_notes)
+    rec_ids = table.column("recording_id").to_pylist()
+    ids, scores, sigma = aggregate_by_recording(rec_ids, table.column("start_s").to_pylist(),
+                                                table.column("end_s").to_pylist(), pred["scores"], pred["sigma"])
+    truth = _mean_target_per_recording(rec_ids, label_matrix(table.column(label_col).to_pylist(), names))
+    groups = _first_per_recording(rec_ids, table.column("piece_id").to_pylist())
+    empty = np.zeros((0, len(names)))
+    return RecordingPredictions(ids=ids, scores=scores, sigma=sigma,
+                                y_true=np.stack([truth[r] for r in ids]) if ids else empty,
+                                groups=np.asarray([groups[r] for r in ids]), segments=table.num_rows)
 
 
 def _first_per_recording(recording_ids: list[str], values: list[Any]) -> dict[str, Any]:
@@ -95,26 +148,20 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
 
     model, config_dict, schema, extra = load_checkpoint(checkpoint_uri)
     names = schema.names
-    stage = target or extra.get("stage", "expert")
+    stage = target_for(extra, target)
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
     columns = sorted(set(columns_for(audio_encoder)) | {"cqt", "cqt_frames"})
     table = read_segments_table(data_uri, columns=columns)
-    originals = table.filter(np.asarray([a == "" for a in table.column("augment").to_pylist()]))
-    splits = np.asarray(originals.column("split").to_pylist())
-    test = originals.filter(splits == split)
-    train = originals.filter(splits == "train")
+    test, train = original_rows(table, split), original_rows(table, "train")
     if test.num_rows == 0:
         raise ValueError(f"{data_uri}: no segments in the {split!r} split")
     use_audio_only = bool(config_dict["train"].get("audio_only", False)) if audio_only is None else audio_only
-    pred = predict_segments(model, test, names, audio_only=use_audio_only,
-                            max_notes=config_dict["model"].get("max_notes"))
-    rec_ids = test.column("recording_id").to_pylist()
-    ids, scores, sigma = aggregate_by_recording(rec_ids, pred["scores"], pred["sigma"])
-    truth_map = _mean_target_per_recording(rec_ids, label_matrix(test.column(label_col).to_pylist(), names))
-    y_true = np.stack([truth_map[r] for r in ids])
-    groups_map = _first_per_recording(rec_ids, test.column("piece_id").to_pylist())
-    groups = np.asarray([groups_map[r] for r in ids])
+    rec = predict_recordings(model, test, names, label_col, audio_only=use_audio_only,
+                             max_notes=config_dict["model"].get("max_notes"))
+    ids, scores, y_true, groups = rec.ids, rec.scores, rec.y_true, rec.groups
+    calibration = load_calibration(checkpoint_uri)
+    sigma = apply_temperature(rec.sigma, calibration, names) if calibration else rec.sigma
 
     train_ids = train.column("recording_id").to_pylist()
     train_truth = _mean_target_per_recording(train_ids, label_matrix(train.column(label_col).to_pylist(), names))
@@ -134,6 +181,7 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
         "checkpoint": checkpoint_uri, "data": data_uri, "split": split, "target": stage,
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
         "results": results,
+        "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
         "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)}}
                           for r, g, row in zip(ids, groups, scores)],
     }
@@ -161,6 +209,9 @@ def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, n
     text = [f"# Evaluation on the {summary['split']} split ({summary['recordings']} recordings, "
             f"target: {summary['target']})", "", comparison_table(summary), "",
             "## Model, per dimension", "", E.format_table(summary["results"]["model"])]
+    calibration = summary.get("calibration")
+    if calibration:
+        text += ["## Calibration of sigma", "", _calibration_line(calibration)]
     storage.write_text(storage.join(out_uri, "evaluation.md"), "\n".join(text) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         if sigma is not None:
@@ -168,3 +219,17 @@ def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, n
         P.scatter_plot(y_true, scores, names, os.path.join(tmp, "scatter.png"))
         for name in os.listdir(tmp):
             storage.upload_file(os.path.join(tmp, name), storage.join(out_uri, name))
+
+
+def _calibration_line(calibration: dict[str, Any]) -> str:
+    """One Markdown line: mean ECE with raw sigma and, when the checkpoint has a calibration, calibrated."""
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    line = f"ECE (mean over dimensions) with the model's raw sigma: {fmt(calibration['ece_raw_mean'])}"
+    if calibration["applied"]:
+        line += (f"; with the temperature of `{calibration['file']}` (fit on the {calibration['fit_split']} "
+                 f"split): {fmt(calibration['ece_calibrated_mean'])}")
+    else:
+        line += "; the checkpoint has no calibration.json"
+    return line + "\n"

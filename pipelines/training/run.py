@@ -4,11 +4,14 @@ per-worker loop (`pipelines.training.loop`) on Ray Train's TorchTrainer.
 Pseudo stage: learns the technical pseudo-labels computed by preprocessing. Expert stage: learns a
 labels table (the corpus's labels, or `--labels`), initialised from a pseudo checkpoint. Checkpoints go
 to local or S3 storage (kept: the best N by validation loss, plus the latest); a rerun with the same name
-resumes; a lost worker is restored from the last checkpoint up to `train.max_failures` times.
+resumes; a lost worker is restored from the last checkpoint up to `train.max_failures` times. After
+training, the best checkpoint's sigma is calibrated on the val split (`calibration.json` in its model
+directory, `pipelines.evaluation.calibration`); a failure there is logged and never fails the run.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -22,6 +25,8 @@ from pipelines.io import storage
 from pipelines.io.labels_table import labels_for_dimensions, read_labels_table
 from pipelines.training.batches import columns_for, label_matrix, target_column
 from pipelines.training.loop import MODEL_DIR, train_loop_per_worker
+
+log = logging.getLogger("pianoeval.train")
 
 
 def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], list[float], int]:
@@ -124,8 +129,26 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_segments": train_meta.num_rows,
         "val_segments": val_rows,
     }
+    summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup)
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def calibrate_best(checkpoint_uri: str | None, data_uri: str, *,
+                   labels_lookup: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Calibrate a checkpoint's sigma on the val split; on failure log it and return {"error": message}."""
+    from pipelines.evaluation.calibration import calibrate_checkpoint
+
+    if checkpoint_uri is None:
+        return None
+    try:
+        result = calibrate_checkpoint(checkpoint_uri, data_uri, split="val", labels_lookup=labels_lookup)
+    except Exception as exc:  # calibration is an extra: the trained checkpoint stands without it
+        log.warning("calibrating %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    if result.get("skipped"):
+        log.warning("calibration of %s skipped: %s", checkpoint_uri, result["skipped"])
+    return result
 
 
 def _labels_lookup(labels_uri: str, names: list[str]) -> dict[str, str]:

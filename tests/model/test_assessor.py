@@ -96,7 +96,7 @@ def test_parameter_groups_partition_the_trainable_parameters(tiny_cfg, schema):
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
     assert not any(id(p) in set(ids) for p in model.mert.hubert.feature_extractor.parameters())
-    assert id(model.heads.log_sigma) in {id(p) for p in groups["head"]}
+    assert {id(p) for p in model.heads.log_sigma_head.parameters()} <= {id(p) for p in groups["head"]}
     assert id(model.mert.layer_logits) in {id(p) for p in groups["head"]}
     counts = model.parameter_counts()
     assert counts["all"]["trainable"] == sum(p.numel() for ps in groups.values() for p in ps)
@@ -174,3 +174,67 @@ def test_resample_frames_interpolates_and_clamps_per_item():
 def test_model_is_a_plain_module(tiny_cfg, schema):
     model = PianoAssessor(tiny_cfg, schema)
     assert model.training and model.config == tiny_cfg and model.schema is schema
+
+
+@pytest.mark.parametrize("encoder", ["mert", "both"])
+def test_forward_on_precomputed_mert_features_equals_forward_on_audio(tiny_cfg, schema, encoder):
+    model = _model(tiny_cfg, schema, audio_encoder=encoder).eval()
+    batch = make_batch(tiny_cfg, AUDIO_S, NOTES, seed=6)
+    with torch.no_grad():
+        feats, frames = model.encode_mert(batch["audio"], batch["audio_lengths"])
+        direct = model(batch)
+        cached = model({"mert_features": feats, "mert_lengths": frames,
+                        **{k: v for k, v in batch.items() if k not in ("audio", "audio_lengths")}})
+    assert feats.dtype == torch.float32 and feats.shape == (3, tiny_cfg.mert_frames(48_000), tiny_cfg.mert_hidden_size)
+    assert frames.tolist() == [tiny_cfg.mert_frames(int(s * 24_000)) for s in AUDIO_S]
+    for name in ("scores", "sigma", "log_sigma", "attention", "times"):
+        assert torch.allclose(getattr(direct, name), getattr(cached, name), atol=1e-5), name
+    assert torch.equal(direct.lengths, cached.lengths) and cached.frame_rate_hz == direct.frame_rate_hz
+    with pytest.raises(ValueError, match="expected \\(B, T, 32\\) from encode_mert"):
+        model({"mert_features": feats[..., :8], "mert_lengths": frames})
+    with pytest.raises(ValueError, match="no MERT branch"):
+        _model(tiny_cfg, schema, audio_encoder="cqt").encode_mert(batch["audio"], batch["audio_lengths"])
+
+
+def test_mert_features_of_consecutive_chunks_feed_overlapping_windows(tiny_cfg, schema):
+    model = _model(tiny_cfg, schema, audio_encoder="mert", symbolic_encoder=False).eval()
+    hop, rate = tiny_cfg.mert_hop_samples, tiny_cfg.mert_frames_per_s
+    g = torch.Generator().manual_seed(7)
+    audio = 0.3 * torch.randn(int(3.3 * 24_000), generator=g)                  # (S,) a "long" recording
+    spans = model.mert_chunk_spans(len(audio), chunk_s=1.0)
+    assert spans[0][0] == 0 and spans[-1][1] == len(audio) and all(s % hop == 0 for s, _ in spans)
+    with torch.no_grad():
+        parts = []
+        for start, end in spans:                                             # each sample encoded once
+            feats, frames = model.encode_mert(audio[None, start:end], torch.tensor([end - start]))
+            assert start // hop == sum(p.shape[0] for p in parts)             # chunks tile the frame grid
+            parts.append(feats[0, : int(frames[0])])
+        track = torch.cat(parts)                                             # (T, H)
+        assert track.shape == (tiny_cfg.mert_frames(len(audio)), tiny_cfg.mert_hidden_size)
+        # overlapping 1.5 s windows every 0.75 s, cut from the frames, the last one shorter
+        window_s, step_s = 1.5, 0.75
+        starts = [k * step_s for k in range(4)]
+        windows, lengths = [], []
+        for t0 in starts:
+            first = round(t0 * rate)
+            n = min(tiny_cfg.mert_frames(int(window_s * 24_000)), track.shape[0] - first)
+            windows.append(track[first:first + n])
+            lengths.append(n)
+        feats = torch.nn.utils.rnn.pad_sequence(windows, batch_first=True)  # (W, T, H)
+        out = model({"mert_features": feats, "mert_lengths": torch.tensor(lengths)})
+        one = model({"mert_features": windows[1][None], "mert_lengths": torch.tensor([lengths[1]])})
+    assert lengths[:3] == [tiny_cfg.mert_frames(36_000)] * 3 and 0 < lengths[3] < lengths[0]
+    assert out.scores.shape == out.sigma.shape == (4, len(schema)) and out.lengths.tolist() == lengths
+    assert torch.isfinite(out.scores).all() and torch.allclose(out.attention.sum(1), torch.ones(4))
+    assert out.times[0, 0].item() == pytest.approx((tiny_cfg.mert_receptive_field_samples - 1) / 2 / 24_000)
+    assert torch.allclose(out.scores[1], one.scores[0], atol=1e-5)          # padding changes nothing
+
+
+def test_mert_chunk_spans_join_a_tail_too_short_for_a_frame(tiny_cfg, schema):
+    model = _model(tiny_cfg, schema, audio_encoder="mert")
+    field, hop = tiny_cfg.mert_receptive_field_samples, tiny_cfg.mert_hop_samples
+    spans = model.mert_chunk_spans(2 * 24_000 + 100, chunk_s=1.0)            # a 100-sample tail
+    assert spans == [(0, 24_000 + field - hop), (24_000, 2 * 24_000 + 100)]
+    assert model.mert_chunk_spans(1000, chunk_s=1.0) == [(0, 1000)]
+    with pytest.raises(ValueError, match="at least 400"):
+        model.mert_chunk_spans(300, chunk_s=1.0)

@@ -98,3 +98,34 @@ def test_a_saved_config_with_an_unknown_key_names_it(tiny_cfg, schema, tmp_path)
     (tmp_path / "c" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="unknown config key model.lstm_size"):
         load_model(str(tmp_path / "c"))
+
+
+def test_a_checkpoint_from_before_sigma_head_loads_with_its_per_dimension_sigma(tiny_cfg, schema, tmp_path):
+    cfg = dataclasses.replace(tiny_cfg, audio_encoder="cqt", sigma_head="per_dimension")
+    model = build_model(cfg, schema, pretrained=False)
+    with torch.no_grad():
+        model.heads.log_sigma.copy_(torch.linspace(-3.0, -1.0, len(schema)))
+    save_model(str(tmp_path / "c"), model, {"model": cfg.to_dict()}, schema, {})
+    meta = json.loads((tmp_path / "c" / "model.json").read_text())
+    del meta["config"]["model"]["sigma_head"]                               # as written before the field
+    (tmp_path / "c" / "model.json").write_text(json.dumps(meta))
+    state = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["state_dict"]
+    assert "heads.log_sigma" in state and not any(k.startswith("heads.log_sigma_head") for k in state)
+    loaded, config, _, _ = load_model(str(tmp_path / "c"))
+    assert loaded.config.sigma_head == "per_dimension" and config["model"]["sigma_head"] == "per_dimension"
+    batch = make_batch(tiny_cfg, [1.0, 0.6], [12, 0])
+    a, b = _run(model, batch), _run(loaded, batch)
+    assert torch.equal(a.sigma, b.sigma) and torch.equal(a.scores, b.scores)
+    assert torch.equal(b.sigma[0], b.sigma[1])
+
+
+def test_per_item_sigma_round_trips(tiny_cfg, schema, tmp_path):
+    model = build_model(dataclasses.replace(tiny_cfg, audio_encoder="cqt"), schema, pretrained=False)
+    with torch.no_grad():
+        model.heads.log_sigma_head.weight.normal_(0.0, 0.3)
+    save_model(str(tmp_path / "c"), model, {}, schema, {})
+    loaded, config, _, _ = load_model(str(tmp_path / "c"))
+    assert config["model"]["sigma_head"] == "per_item"
+    batch = make_batch(tiny_cfg, [1.0, 0.6], [12, 0])
+    a, b = _run(model, batch), _run(loaded, batch)
+    assert torch.equal(a.sigma, b.sigma) and not torch.equal(b.sigma[0], b.sigma[1])

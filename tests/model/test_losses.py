@@ -61,17 +61,35 @@ def test_label_smoothing_pulls_targets_toward_the_training_mean():
         loss_fn.set_target_mean(torch.zeros(3))
 
 
-def test_equal_weighting_is_uncertainty_with_sigma_fixed_at_one():
-    out = _output([[60.0, 20.0], [40.0, 90.0]], [[0.0, 0.0], [0.0, 0.0]])
+def test_equal_weighting_weights_the_scores_equally_and_still_trains_sigma():
     labels = torch.tensor([[50.0, 30.0], [70.0, NAN]])
-    equal, _ = MultiTaskLoss(2, "equal")(out, labels)
-    uncertain, _ = MultiTaskLoss(2, "uncertainty")(out, labels)
-    assert equal.item() == pytest.approx(uncertain.item())
-    out2 = _output([[60.0, 20.0], [40.0, 90.0]], [[2.0, 2.0], [2.0, 2.0]])
-    assert MultiTaskLoss(2, "equal")(out2, labels)[0].item() == pytest.approx(equal.item())
-    loss, _ = MultiTaskLoss(2, "equal")(out2, labels)
+    scores = [[60.0, 20.0], [40.0, 90.0]]
+    out = _output(scores, [[0.5, -1.0], [0.2, -1.0]])
+    loss, _ = MultiTaskLoss(2, "equal", label_smoothing=0.0)(out, labels)
+    # 0.5 * MSE per dimension plus the Gaussian NLL with the prediction held fixed
+    d0 = 0.5 * (0.01 + 0.09) / 2 + (0.5 * math.exp(-1.0) * 0.01 + 0.5 + 0.5 * math.exp(-0.4) * 0.09 + 0.2) / 2
+    d1 = 0.5 * 0.01 + 0.5 * math.exp(2.0) * 0.01 - 1.0
+    assert loss.item() == pytest.approx(d0 + d1, rel=1e-6)
     loss.backward()
-    assert out2.log_sigma.grad is not None                                  # still in the graph (DDP)
+    # the scores' gradient is that of the plain squared error, whatever sigma is
+    plain = _output(scores, [[0.0, 0.0], [0.0, 0.0]])
+    (0.5 * ((plain.scores / 100 - torch.nan_to_num(labels / 100, nan=0.0)) ** 2
+            * torch.tensor([[0.5, 1.0], [0.5, 0.0]])).sum()).backward()
+    assert torch.allclose(out.scores.grad, plain.scores.grad)
+    # sigma gets the NLL's gradient: d/ds [0.5 exp(-2s) e^2 + s] = 1 - exp(-2s) e^2, averaged over the items
+    assert float(out.log_sigma.grad[0, 0]) == pytest.approx((1 - math.exp(-1.0) * 0.01) / 2, rel=1e-5)
+    assert float(out.log_sigma.grad[1, 1]) == 0.0                          # no label there
+
+
+def test_per_item_log_sigma_weights_each_item_by_its_own_sigma():
+    labels = torch.tensor([[50.0], [50.0]])
+    out = _output([[60.0], [60.0]], [[-2.0], [0.0]])                       # same error, different sigma
+    loss, _ = MultiTaskLoss(1, "uncertainty", label_smoothing=0.0)(out, labels)
+    expected = (0.5 * math.exp(4.0) * 0.01 - 2.0 + 0.5 * 0.01) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    grad = out.scores.grad[:, 0]                                            # the surer item is pulled harder
+    assert float(grad[0]) == pytest.approx(math.exp(4.0) * float(grad[1]), rel=1e-5)
 
 
 def test_no_labels_gives_a_zero_loss_with_a_graph():
