@@ -11,11 +11,18 @@ core, 60 s of audio took 0.36 s with half-octave groups, 0.44 s with octaves, 0.
 smaller groups, and 2.1 s with the nnAudio module. `impl="nnaudio"` runs the nnAudio module itself.
 Long audio is processed in chunks of output frames to bound memory.
 
+`cqt_frames_of_span` computes the frames of one window of a long recording (from
+`pipelines.io.audio_stream.AudioStream.spans`) equal to the whole-file transform's frames: given
+`CQT_SPAN_MARGIN_S` of context (the lowest kernels reach 23,010 samples, 0.52 s, each side of a frame's
+centre, plus up to one hop to align the window to the frame grid), frames of contiguous spans of a 70 s
+signal matched the whole-file CQT within float32 rounding (tests/pipelines/features/test_cqt_spans.py).
+
 `cqt_librosa` is the reference with librosa's multirate algorithm and the same parameters.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Iterator, Literal
 
@@ -28,6 +35,7 @@ from pipelines import constants as C
 Impl = Literal["trimmed", "nnaudio"]
 DEFAULT_CHUNK_FRAMES = 2048           # output frames per convolution call (~24 s of audio)
 GROUP_BINS = 12                       # kernels convolved together (half an octave; fastest measured)
+CQT_SPAN_MARGIN_S = 0.55              # context a span needs on each side: kernel reach (0.522 s) + one hop
 
 
 def n_cqt_frames(n_samples: int, hop: int = C.CQT_HOP_SAMPLES) -> int:
@@ -99,6 +107,8 @@ class CQTExtractor:
         # reflect padding only as wide as the lowest kernel reaches (nnAudio pads kernel_width // 2)
         self._offset = min(g.start for g in self._groups)
         self.pad = self.kernel_width // 2 - self._offset
+        # samples a frame's non-zero taps read before and after its centre (both impls): (left, right)
+        self.reach = (self.pad, max(g.stop for g in self._groups) - self.kernel_width // 2)
         self._nnaudio = self._build_nnaudio() if impl == "nnaudio" else None
 
     @property
@@ -161,6 +171,53 @@ class CQTExtractor:
     def _magnitude_nnaudio(self, x: torch.Tensor) -> np.ndarray:
         """|CQT| [B, 168, frames] from nnAudio's CQT1992v2 module (whole signal at once)."""
         return self._nnaudio(x, output_format="Magnitude").cpu().numpy().astype(np.float32)
+
+
+def cqt_frames_of_span(extractor: CQTExtractor, y_44k: np.ndarray, pad_s: float, start_s: float, end_s: float,
+                       duration_s: float) -> tuple[np.ndarray, int]:
+    """The whole-file CQT's frames whose centres fall in [start_s, end_s), from a window of the recording.
+
+    y_44k [n] is the 44.1 kHz audio from start_s - pad_s on (an `AudioStream.spans` window) of a
+    recording of duration_s seconds. Frame k is centred on sample k * 512 of the recording; the window
+    must hold `extractor.reach` samples of context around every frame asked for (CQT_SPAN_MARGIN_S of
+    margin is enough), except at the recording's true start or end, where the whole-file transform's
+    reflect padding is reproduced. A span ending at or after duration_s takes every frame up to the last
+    (1 + n // 512 frames in all), so contiguous spans cover each frame exactly once.
+
+    Returns (float32 log-magnitude frames [F, 168], index of the first frame in the whole-file CQT).
+    """
+    sr, hop = C.CQT_SAMPLE_RATE_HZ, C.CQT_HOP_SAMPLES
+    y_44k = np.asarray(y_44k, dtype=np.float32)
+    total = round(duration_s * sr)                                     # samples of the whole recording
+    first = round((start_s - pad_s) * sr)                              # recording index of y_44k[0]
+    if first < 0 or first + len(y_44k) > total + 1:
+        raise ValueError(f"span audio [{first}, {first + len(y_44k)}) lies outside the recording [0, {total})")
+    n_frames = n_cqt_frames(total)
+    k0 = min(max(0, math.ceil(start_s * sr / hop - 1e-6)), n_frames)
+    k1 = n_frames if end_s >= duration_s else min(n_frames, max(k0, math.ceil(end_s * sr / hop - 1e-6)))
+    if k1 <= k0:
+        return np.zeros((0, C.CQT_N_BINS), np.float32), k0
+    left, right = extractor.reach
+    end = first + len(y_44k)                                           # recording index past y_44k[-1]
+    need_from, need_to = k0 * hop - left, (k1 - 1) * hop + right       # samples the wanted frames read
+    if need_from < 0:                # reflect padding at the recording's start: the chunk must start there
+        lo = 0 if first == 0 else None
+    else:                            # a chunk starting on the frame grid, at or before need_from
+        lo = max(need_from // hop * hop, -(-first // hop) * hop)
+        lo = lo if lo <= need_from else None
+    if need_to > total:              # reflect padding at the recording's end: the chunk must end there
+        hi = total if end >= total else None
+    else:
+        hi = need_to if need_to <= end else None
+    if lo is None or hi is None:
+        raise ValueError(
+            f"span [{start_s:.3f}, {end_s:.3f}) s needs audio [{max(need_from, 0) / sr:.3f}, "
+            f"{min(need_to, total) / sr:.3f}) s but the window holds [{first / sr:.3f}, {end / sr:.3f}) s: "
+            f"give spans a margin of at least {CQT_SPAN_MARGIN_S} s")
+    if hi < total:                   # the extractor's shortest input, from real samples when there are any
+        hi = min(max(hi, lo + extractor.min_samples), end, total)
+    frames = extractor(y_44k[lo - first:hi - first])[0]                # [1 + (hi - lo) // hop, 168]
+    return frames[k0 - lo // hop:k1 - lo // hop], k0
 
 
 def cqt_librosa(y: np.ndarray) -> np.ndarray:

@@ -98,9 +98,14 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
             y = f.read(dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
             raise AudioError(f"corrupt {f.format} data ({_libsndfile_cause(exc)})") from None
-        if f.format in ("MP3", "FLAC") and declared > 0 and y.shape[0] < (1 - _TRUNCATION_TOLERANCE) * declared:
-            raise AudioError(f"truncated {f.format} file: decoded {y.shape[0]} of {declared} declared frames")
+        _check_decoded_frames(f.format, y.shape[0], declared)
         return y, f.samplerate
+
+
+def _check_decoded_frames(fmt: str, decoded: int, declared: int) -> None:
+    """Raise AudioError when an MP3/FLAC decodes to fewer frames than its header declares (truncated)."""
+    if fmt in ("MP3", "FLAC") and declared > 0 and decoded < (1 - _TRUNCATION_TOLERANCE) * declared:
+        raise AudioError(f"truncated {fmt} file: decoded {decoded} of {declared} declared frames")
 
 
 def _libsndfile_cause(exc: Exception) -> str:
@@ -131,12 +136,10 @@ def _check_header_consistency(log: str) -> None:
 
 def _read_ffmpeg(path: str, uri: str, soundfile_cause: str) -> tuple[np.ndarray, int]:
     """Decode with the ffmpeg binary into a float32 WAV, then read it: [frames, channels], rate."""
-    if shutil.which("ffmpeg") is None:
-        raise AudioError(f"{uri}: not a format soundfile reads ({soundfile_cause}) and ffmpeg is not installed")
+    _require_program("ffmpeg", uri, soundfile_cause)
     with tempfile.TemporaryDirectory(prefix="pianoeval-ffmpeg-") as tmp:
         out = os.path.join(tmp, "decoded.wav")
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-xerror", "-i", path, "-vn", "-map", "0:a:0",
-               "-c:a", "pcm_f32le", "-f", "wav", out]
+        cmd = [*_ffmpeg_decode_args(path), "-c:a", "pcm_f32le", "-f", "wav", out]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=_FFMPEG_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -145,6 +148,18 @@ def _read_ffmpeg(path: str, uri: str, soundfile_cause: str) -> tuple[np.ndarray,
             raise AudioError(f"{uri}: not a readable audio file ({_ffmpeg_cause(done.stderr, path)})")
         y, sr = sf.read(out, dtype="float32", always_2d=True)
         return y, int(sr)
+
+
+def _require_program(name: str, uri: str, soundfile_cause: str) -> None:
+    """AudioError unless `name` (ffmpeg, ffprobe) is on PATH, for a file soundfile cannot open."""
+    if shutil.which(name) is None:
+        raise AudioError(f"{uri}: not a format soundfile reads ({soundfile_cause}) and {name} is not installed")
+
+
+def _ffmpeg_decode_args(path: str) -> list[str]:
+    """ffmpeg arguments that decode the first audio stream of `path`, stopping at the first error
+    (the output codec, format and target follow)."""
+    return ["ffmpeg", "-nostdin", "-v", "error", "-xerror", "-i", path, "-vn", "-map", "0:a:0"]
 
 
 _FFMPEG_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
@@ -182,11 +197,20 @@ def peak_dbfs(y: np.ndarray) -> float:
 def peak_normalise(y: np.ndarray, target_dbfs: float = C.PEAK_TARGET_DBFS) -> np.ndarray:
     """Scale a waveform so that its absolute peak sits at `target_dbfs` (float32, same shape)."""
     peak = float(np.max(np.abs(y))) if np.size(y) else 0.0
+    return _apply_gain(y, _normalising_gain(peak, target_dbfs))
+
+
+def _normalising_gain(peak: float, target_dbfs: float = C.PEAK_TARGET_DBFS) -> float:
+    """The linear gain that brings an absolute peak `peak` to `target_dbfs`."""
     if not math.isfinite(peak):
         raise AudioError("peak_normalise: signal holds NaN or infinite samples")
     if peak == 0.0:
         raise AudioError("peak_normalise: signal is digital silence (peak 0), nothing to normalise")
-    gain = 10.0 ** (target_dbfs / 20.0) / peak
+    return 10.0 ** (target_dbfs / 20.0) / peak
+
+
+def _apply_gain(y: np.ndarray, gain: float) -> np.ndarray:
+    """y * gain computed in float64, returned as float32 (same shape)."""
     return (np.asarray(y, dtype=np.float64) * gain).astype(np.float32)
 
 
@@ -216,15 +240,33 @@ def check_audio(y: np.ndarray, sr: int, uri: str, min_duration_s: float = C.MIN_
     if y.size == 0 or n_samples == 0:
         raise AudioError(f"{uri}: no audio samples")
     if not np.all(np.isfinite(y)):
-        raise AudioError(f"{uri}: audio holds {int(np.sum(~np.isfinite(y)))} NaN or infinite samples")
-    duration_s = n_samples / sr
+        raise AudioError(f"{uri}: {_nonfinite_cause(int(np.sum(~np.isfinite(y))))}")
+    duration_cause = _duration_cause(n_samples / sr, min_duration_s, max_duration_s)
+    if duration_cause:
+        raise AudioError(f"{uri}: {duration_cause}")
+    silence_cause = _silence_cause(peak_dbfs(y))
+    if silence_cause:
+        raise AudioError(f"{uri}: {silence_cause}")
+
+
+def _nonfinite_cause(n_bad: int) -> str:
+    return f"audio holds {n_bad} NaN or infinite samples"
+
+
+def _duration_cause(duration_s: float, min_duration_s: float, max_duration_s: float) -> str | None:
+    """Why a duration (s) is outside [min_duration_s, max_duration_s], or None when it is inside."""
     if duration_s < min_duration_s:
-        raise AudioError(f"{uri}: too short ({duration_s:.3f} s < minimum {min_duration_s:g} s)")
+        return f"too short ({duration_s:.3f} s < minimum {min_duration_s:g} s)"
     if duration_s > max_duration_s:
-        raise AudioError(f"{uri}: too long ({duration_s:.1f} s > maximum {max_duration_s:g} s)")
-    level = peak_dbfs(y)
-    if level < C.SILENCE_PEAK_DBFS:
-        raise AudioError(f"{uri}: silent (peak {level:.1f} dBFS < {C.SILENCE_PEAK_DBFS:g} dBFS)")
+        return f"too long ({duration_s:.1f} s > maximum {max_duration_s:g} s)"
+    return None
+
+
+def _silence_cause(level_dbfs: float) -> str | None:
+    """Why a peak level (dBFS) counts as silence, or None when it is audible."""
+    if level_dbfs < C.SILENCE_PEAK_DBFS:
+        return f"silent (peak {level_dbfs:.1f} dBFS < {C.SILENCE_PEAK_DBFS:g} dBFS)"
+    return None
 
 
 # --- the whole front end -----------------------------------------------------------------------
