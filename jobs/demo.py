@@ -5,7 +5,8 @@
 Steps: generate a demo corpus from real scores (music21 corpus + parangonar's human K265 take) ->
 preprocess on Ray Data -> train the pseudo-label stage on Ray Train (2 CPU workers, DDP over gloo) ->
 train the expert stage from it on the corpus's ground-truth labels -> evaluate the expert model against
-baselines on held-out pieces. Prints where every output is.
+baselines on held-out pieces -> score a small library with it (held-out recordings, one with its score and
+one without, and a corrupt file) as the nightly job does. Prints where every output is.
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.demo_corpus.generate import make_corpus
     from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
     from pipelines.io import storage
-    from pipelines.preprocess import format_summary, run_preprocess
+    from pipelines.preprocess import format_summary, load_records, run_preprocess
+    from pipelines.scoring.publish import read_latest
+    from pipelines.scoring.run import format_summary as scoring_summary
+    from pipelines.scoring.run import run_scoring
     from pipelines.training.run import run_training
 
     started = time.time()
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     def step(title: str) -> None:
         print(f"\n=== [{time.time() - started:6.1f} s] {title}", flush=True)
 
-    step(f"1/5 demo corpus: {args.pieces} pieces x {args.takes} takes -> {corpus}")
+    step(f"1/6 demo corpus: {args.pieces} pieces x {args.takes} takes -> {corpus}")
     if storage.exists(storage.join(corpus, "manifest.json")):
         print("corpus already there (use --fresh to regenerate)")
     else:
@@ -52,24 +56,30 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config(args.config, args.overrides)
     _common.init_ray(args.address)
-    step(f"2/5 preprocessing on Ray Data -> {features}")
+    step(f"2/6 preprocessing on Ray Data -> {features}")
     manifest = run_preprocess(corpus, features, config)
     print(format_summary(manifest, features))
 
-    step("3/5 training, pseudo-label stage (Ray Train, DDP over gloo)")
+    step("3/6 training, pseudo-label stage (Ray Train, DDP over gloo)")
     pseudo = run_training(load_config(args.config, args.overrides + ["train.stage=pseudo"]), features, runs,
                           name="pseudo")
     print(json.dumps({k: pseudo[k] for k in ("best_checkpoint", "best_metrics")}, indent=2, default=str))
 
-    step("4/5 training, expert stage (ground-truth labels, initialised from the pseudo stage)")
+    step("4/6 training, expert stage (ground-truth labels, initialised from the pseudo stage)")
     expert = run_training(load_config(args.config, args.overrides + ["train.stage=expert"]), features, runs,
                           name="expert", init=pseudo["best_checkpoint"])
     print(json.dumps({k: expert[k] for k in ("best_checkpoint", "best_metrics")}, indent=2, default=str))
 
-    step("5/5 evaluation on held-out pieces (test split) against baselines")
+    step("5/6 evaluation on held-out pieces (test split) against baselines")
     evaluation_uri = storage.join(runs, "expert", "evaluation")
     summary = evaluate_checkpoint(expert["best_checkpoint"], features, evaluation_uri)
     print(comparison_table(summary))
+
+    step("6/6 scoring a library with the expert model (jobs/score.py's pipeline)")
+    library, scores = storage.join(out, "library"), storage.join(out, "scores")
+    make_demo_library(load_records(corpus, config), library)
+    scoring = run_scoring(library, scores, expert["best_checkpoint"], config)
+    print(scoring_summary(scoring, scores, read_latest(scores).sort_by("recording_id")))
 
     print(f"\ndemo finished in {time.time() - started:.0f} s. Outputs:")
     print(f"  corpus        {corpus}  (audio, performance MIDI, scores, labels.csv, manifest.json)")
@@ -77,7 +87,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  checkpoints   {pseudo['best_checkpoint']}\n                {expert['best_checkpoint']}")
     print(f"  tensorboard   tensorboard --logdir {runs}")
     print(f"  evaluation    {evaluation_uri}  (evaluation.md, evaluation.json, reliability.png, scatter.png)")
+    print(f"  scores        {scores}/latest.json -> runs/<run_id>/results/*.parquet  (library: {library})")
     return 0
+
+
+def make_demo_library(records: list[dict], library: str) -> None:
+    """A small library as users keep one: two held-out recordings (the first with its score beside it,
+    the second without) and a corrupt file, which the scoring run must report and step over."""
+    from pipelines.io import storage
+
+    held_out = [r for r in records if r.get("split") == "test" and r.get("audio_uri")]
+    with_score = next((r for r in held_out if r.get("score_uri")), None)
+    if with_score is None or len(held_out) < 2:
+        raise ValueError("the demo corpus has too few held-out recordings to score; use more --pieces")
+    without = next(r for r in held_out if r is not with_score)
+    if storage.exists(library):
+        storage.delete(library)
+    for record, name, score in ((with_score, "with score", True), (without, "audio only", False)):
+        suffix = "." + record["audio_uri"].rsplit(".", 1)[-1]
+        storage.write_bytes(storage.join(library, name + suffix), storage.read_bytes(record["audio_uri"]))
+        if score:
+            score_suffix = "." + record["score_uri"].rsplit(".", 1)[-1]
+            storage.write_bytes(storage.join(library, name + score_suffix), storage.read_bytes(record["score_uri"]))
+    storage.write_bytes(storage.join(library, "corrupt.wav"), b"RIFF\x24\x00\x00\x00WAVEfmt not really audio")
 
 
 if __name__ == "__main__":

@@ -200,19 +200,40 @@ class TrainConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    """Scoring a library of recordings with a trained model (windows, batching, resources)."""
+    """Scoring a library of recordings with a trained model (jobs/score.py): windows, limits, resources."""
     path: ClassVar[str] = "scoring"
     window_s: Float = C.INFER_WINDOW_S
     overlap: Float = C.WINDOW_OVERLAP
-    batch_size: Int = 4
-    num_actors: Int = 1
+    span_windows: Int = 8              # windows per span row (MERT runs once per span; memory per row)
+    batch_size: Int = 4                # windows (and MERT chunks) per forward call
+    num_actors: Int = 1                # model actors (one GPU each with use_gpu)
     use_gpu: Bool = False
+    actor_cpus: Float = 1.0            # CPUs per model actor
+    prepare_cpus: Float = 1.0          # CPUs per decode/feature task
+    min_duration_s: Float = C.MIN_DURATION_S
+    max_duration_s: Float = 4 * 3600.0   # checked from the file header before decoding
+    max_file_mb: Float = 4096.0        # checked from the listing before reading
+    timeout_s: Float = 3600.0          # per recording, in the decode/feature stage
+    max_retries: Int = 1               # retries of a task or actor call whose worker died
+    curve_hop_s: Float = 1.0           # bin width of the attention curve
+    low_confidence_sigma: Float = 15.0   # a dimension whose calibrated sigma exceeds this is flagged
+    min_match_rate: Float = 0.5        # below this alignment F-measure a given score is set aside
+    rows_per_part: Int = 256           # result rows per Parquet part file
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ScoringConfig:
         _require(20.0 <= self.window_s <= 30.0, f"scoring.window_s must be 20..30 s, got {self.window_s}")
         _require(0.0 <= self.overlap < 1.0, f"scoring.overlap must be in [0, 1), got {self.overlap}")
         _require(self.batch_size >= 1, f"scoring.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.span_windows >= 1, f"scoring.span_windows must be >= 1, got {self.span_windows}")
+        _require(self.num_actors >= 1, f"scoring.num_actors must be >= 1, got {self.num_actors}")
+        _require(0 < self.min_duration_s < self.max_duration_s,
+                 f"scoring.min_duration_s must be > 0 and below max_duration_s, got {self.min_duration_s}")
+        for name in ("max_file_mb", "timeout_s", "curve_hop_s", "low_confidence_sigma", "actor_cpus", "prepare_cpus"):
+            _require(getattr(self, name) > 0, f"scoring.{name} must be > 0, got {getattr(self, name)}")
+        _require(0 <= self.max_retries <= 5, f"scoring.max_retries must be 0..5, got {self.max_retries}")
+        _require(0.0 <= self.min_match_rate <= 1.0, f"scoring.min_match_rate must be in [0, 1], got {self.min_match_rate}")
+        _require(self.rows_per_part >= 1, f"scoring.rows_per_part must be >= 1, got {self.rows_per_part}")
         return self
 
 

@@ -14,9 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 KNOWN_JOBS = {p.name for p in (ROOT / "jobs").glob("*.py") if not p.name.startswith("_")}
-# Named by a manifest before it exists: the nightly scoring job (issue 9). The strict xfail below fails
-# as soon as the script lands, so this set cannot outlive it.
-NOT_YET_BUILT = {"score.py"}
 GPU_INSTANCE_ACCELERATOR = {"p3.2xlarge": "V100", "p4d.24xlarge": "A100"}
 RAY_VERSION = "2.60.0"
 S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
@@ -193,19 +190,43 @@ def test_job_entrypoints_name_known_job_scripts():
         assert flag in train
     score = entrypoints["raycronjob-score.yaml"]
     assert JOB_COMMAND.findall(score) == ["score.py"]
-    for flag in ("--library s3://", "--checkpoint s3://", "--out s3://"):
+    for flag in ("--input s3://", "--checkpoint s3://", "--out s3://", "--max-error-rate"):
         assert flag in score
 
 
 def test_readme_commands_name_known_jobs_and_existing_files():
     readme = (CLUSTER / "README.md").read_text()
     scripts = JOB_COMMAND.findall(readme)
-    assert scripts and set(scripts) <= KNOWN_JOBS | NOT_YET_BUILT
+    assert scripts and set(scripts) <= KNOWN_JOBS
     for applied in re.findall(r"kubectl (?:apply|delete) -f (\S+)", readme):
         assert (ROOT / applied).is_file(), applied
     assert "ray up cluster/aws.yaml" in readme and "ray job submit --address" in readme
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/score.py arrives with the scoring issue; the RayCronJob names it already")
-def test_jobs_named_by_manifests_exist():
-    assert NOT_YET_BUILT <= KNOWN_JOBS
+def _job_options(script: str) -> set[str]:
+    """The --options a job's argparse parser accepts (from its --help, run without Ray)."""
+    import subprocess
+    import sys
+    text = subprocess.run([sys.executable, str(ROOT / "jobs" / script), "--help"], capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+    return set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text))
+
+
+def test_every_job_command_in_the_cluster_files_uses_real_flags():
+    """Each `python jobs/X.py --flag ...` in a manifest, the cluster README or the top README names a job
+    that exists and only flags that job accepts (a renamed flag would fail every night)."""
+    texts = {p.name: p.read_text() for p in _yaml_files()}
+    texts["cluster/README.md"] = (CLUSTER / "README.md").read_text()
+    texts["README.md"] = (ROOT / "README.md").read_text()
+    options: dict[str, set[str]] = {}
+    checked = 0
+    for name, text in texts.items():
+        for match in re.finditer(r"python\s+(?:\S*/)?jobs/([\w.-]+\.py)((?:[^\n`]|\\\n)*)", text):
+            script, rest = match.group(1), match.group(2)
+            assert script in KNOWN_JOBS, f"{name} runs jobs/{script}, which does not exist"
+            if script not in options:
+                options[script] = _job_options(script)
+            for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest.split(" -- ")[0]):
+                assert flag in options[script], f"{name}: jobs/{script} has no option {flag}"
+                checked += 1
+    assert checked > 10 and "score.py" in options

@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_ALLOWED = {"model", "torch", "transformers", "yaml"}
-RAY_DRIVERS = {"pipelines/preprocess.py", "pipelines/training/run.py", "pipelines/training/loop.py"}
+RAY_DRIVERS = {"pipelines/preprocess.py", "pipelines/training/run.py", "pipelines/training/loop.py",
+               "pipelines/scoring/run.py"}
 
 
 def _top_level_imports(path: Path) -> set[str]:

@@ -182,8 +182,11 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
         "results": results,
         "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
-        "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)}}
-                          for r, g, row in zip(ids, groups, scores)],
+        "uncertainty": sigma_tracks_error(y_true, scores, sigma),
+        "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)},
+                           "sigma": {n: float(v) for n, v in zip(names, sd)},
+                           "truth": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, truth)}}
+                          for r, g, row, sd, truth in zip(ids, groups, scores, sigma, y_true)],
     }
     if out_uri:
         write_report(summary, out_uri, y_true, scores, sigma, names)
@@ -201,6 +204,29 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = ("pears
     return "\n".join([header, *rows])
 
 
+def sigma_tracks_error(y_true: np.ndarray, scores: np.ndarray, sigma: np.ndarray) -> dict[str, Any]:
+    """Does the predicted sigma say which results to distrust? Per dimension, the recordings are split at
+    the median absolute error into the half the model got wrong and the half it got right; returns the
+    mean sigma of each half (pooled over dimensions) and the Spearman correlation of sigma with the
+    absolute error (mean over dimensions)."""
+    from scipy.stats import spearmanr
+
+    wrong, right, rhos = [], [], []
+    for d in range(y_true.shape[1]):
+        ok = np.isfinite(y_true[:, d]) & np.isfinite(scores[:, d]) & np.isfinite(sigma[:, d])
+        if ok.sum() < 4:
+            continue
+        err, sd = np.abs(y_true[ok, d] - scores[ok, d]), sigma[ok, d]
+        cut = np.median(err)
+        wrong += sd[err > cut].tolist()
+        right += sd[err <= cut].tolist()
+        if np.ptp(sd) > 0 and np.ptp(err) > 0:
+            rhos.append(float(spearmanr(sd, err)[0]))
+    mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
+    return {"sigma_wrong_half": mean(wrong), "sigma_right_half": mean(right),
+            "sigma_error_spearman": mean(rhos), "dimensions": len(rhos)}
+
+
 def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, names) -> None:
     from pipelines.evaluation import metrics as E
     from pipelines.evaluation import plots as P
@@ -212,6 +238,11 @@ def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, n
     calibration = summary.get("calibration")
     if calibration:
         text += ["## Calibration of sigma", "", _calibration_line(calibration)]
+    u = summary.get("uncertainty")
+    if u and u["dimensions"]:
+        text += [f"Mean sigma on the half of the recordings the model got most wrong: {u['sigma_wrong_half']:.2f}; "
+                 f"on the half it got right: {u['sigma_right_half']:.2f} (Spearman of sigma with the absolute "
+                 f"error: {u['sigma_error_spearman']:.2f}, mean over {u['dimensions']} dimensions)", ""]
     storage.write_text(storage.join(out_uri, "evaluation.md"), "\n".join(text) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         if sigma is not None:

@@ -47,6 +47,23 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+def segment_notes(score: Score, perf: Performance, alignment, attrs: np.ndarray, seg, max_notes: int,
+                  tokens_by_offset: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The symbolic input of one window: OctupleMIDI tokens (n, 8), aligned attributes (n, A) and performed
+    onsets in seconds from the window start (n,), for at most `max_notes` of its alignment tokens.
+
+    OctupleMIDI bars are relative to the window's first bar; `tokens_by_offset` caches the encoding of
+    the whole alignment per bar offset across the windows of one recording."""
+    from pipelines.features.octuple import encode_alignment
+
+    idx = np.flatnonzero(seg.token_mask)[:max_notes]
+    offset = max(seg.bar_start, 0)
+    if offset not in tokens_by_offset:
+        tokens_by_offset[offset] = encode_alignment(score, perf, alignment, bar_offset=offset)
+    times = alignment.tokens["perf_onset_s"][idx] - seg.start_s
+    return tokens_by_offset[offset][idx], attrs[idx], times
+
+
 class RecordingProcessor:
     """Callable: record dict -> list of feature-row dicts (see pipelines/features/rows.py)."""
 
@@ -121,7 +138,6 @@ class RecordingProcessor:
         from pipelines.features import pseudo_labels as L
         from pipelines.features import segment as S
         from pipelines.features.attributes import note_attributes
-        from pipelines.features.octuple import encode_alignment
 
         data = self.data
         duration_s = len(variant.cqt_audio) / C.CQT_SAMPLE_RATE_HZ
@@ -163,14 +179,10 @@ class RecordingProcessor:
                 row.update(cqt=pack_array(frames, "f2"), cqt_frames=len(frames))
             audio_features = {"cqt": frames} if frames is not None and len(frames) else None
             if alignment is not None:
-                idx = np.flatnonzero(seg.token_mask)[: data.max_notes]
-                offset = max(seg.bar_start, 0)
-                if offset not in tokens_by_offset:
-                    tokens_by_offset[offset] = encode_alignment(score, perf, alignment, bar_offset=offset)
-                seg_tokens = tokens_by_offset[offset][idx]
-                times = alignment.tokens["perf_onset_s"][idx] - seg.start_s
-                row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(attrs[idx], "f4"),
-                           note_times=pack_array(times, "f4"), n_notes=len(idx))
+                seg_tokens, seg_attrs, times = segment_notes(score, perf, alignment, attrs, seg, data.max_notes,
+                                                             tokens_by_offset)
+                row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(seg_attrs, "f4"),
+                           note_times=pack_array(times, "f4"), n_notes=len(seg_tokens))
                 pseudo = L.pseudo_labels(score, perf, alignment, attrs, audio_features, note_mask=seg.token_mask)
             elif perf is not None:
                 pseudo = L.pseudo_labels(None, perf, None, None, audio_features, note_mask=seg.token_mask)

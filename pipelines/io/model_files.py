@@ -86,3 +86,19 @@ def build_model_from_sources(cfg: ModelConfig, schema: DimensionSchema, *, dropo
     if local:
         model.config = dataclasses.replace(model.config, **{field: getattr(cfg, field) for field in local})
     return model
+
+
+def read_checkpoint_meta(uri: str) -> dict:
+    """model.json of a local or s3:// model directory (config, schema, extra) without loading weights."""
+    import json
+
+    meta_uri = storage.join(uri, checkpoint.META_FILE)
+    try:
+        meta = json.loads(storage.read_text(meta_uri))
+    except storage.StorageError as exc:
+        raise CheckpointError(f"{uri}: not a model directory ({exc})") from None
+    except ValueError:
+        raise CheckpointError(f"{meta_uri}: not valid JSON") from None
+    if meta.get("format") != checkpoint.FORMAT:
+        raise CheckpointError(f"{uri}: not a pianoeval model checkpoint")
+    return meta

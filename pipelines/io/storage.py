@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+
+S3_MAX_ATTEMPTS = 5           # boto3 attempts per request (transient errors only, exponential backoff)
 
 
 class StorageError(RuntimeError):
@@ -91,9 +95,15 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 def boto3_client():
     """A boto3 S3 client with the same endpoint as `resolve`."""
     import boto3
-    # a fresh session each time, so changed credentials or endpoints in the environment take effect
-    return boto3.session.Session().client("s3", endpoint_url=_endpoint(),
-                        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    from botocore.config import Config
+
+    # a fresh session each time, so changed credentials or endpoints in the environment take effect;
+    # botocore's "standard" mode retries transient errors only (throttling, 5xx, dropped connections)
+    # with exponential backoff, never a missing key or a denied request
+    return boto3.session.Session().client(
+        "s3", endpoint_url=_endpoint(),
+        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}))
 
 
 def _explain(uri: str, exc: BaseException) -> StorageError:
@@ -169,7 +179,8 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object. On S3 a single PUT, so the ETag is the content's md5."""
+    """Write a whole object, atomically: on S3 a single PUT (so the ETag is the content's md5); a local
+    file is written under a temporary name beside it and renamed."""
     fs, path = resolve(uri)
     with _errors(uri):
         if is_s3(uri):
@@ -177,8 +188,14 @@ def write_bytes(uri: str, data: bytes) -> None:
             boto3_client().put_object(Bucket=bucket, Key=key, Body=data)
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        partial = f"{path}.partial-{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            with open(partial, "wb") as f:      # beside its name, then renamed: readers never see half a file
+                f.write(data)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -288,12 +305,14 @@ def local_path(uri: str, suffix: str | None = None) -> Iterator[str]:
             raise StorageError(f"{uri}: no such file")
         yield path
         return
-    data = read_bytes(uri)
     suffix = suffix if suffix is not None else Path(basename(uri)).suffix
     with tempfile.TemporaryDirectory(prefix="pianoeval-") as tmp:
         path = os.path.join(tmp, f"data{suffix}")
-        with open(path, "wb") as f:
-            f.write(data)
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        with _errors(uri):                  # streamed to disk: a large recording never sits in memory whole
+            if not key or key.endswith("/"):
+                raise StorageError(f"{uri}: not a file")
+            boto3_client().download_file(bucket, key, path)
         yield path
 
 

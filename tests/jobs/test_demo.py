@@ -1,6 +1,7 @@
 """`make demo`'s job end to end: corpus -> Ray Data preprocessing -> pseudo stage -> expert stage on
 2 CPU workers (DDP over gloo) -> evaluation on held-out pieces, where the model must beat the
-training-mean and linear-feature baselines."""
+training-mean and linear-feature baselines and its sigma must be larger where it is wrong -> scoring a
+small library."""
 from __future__ import annotations
 
 import json
@@ -37,3 +38,15 @@ def test_demo_job_trains_both_stages_and_beats_the_baselines(tmp_path):
     test_pieces = {r["piece_id"] for r in table if r["split"] == "test"}
     train_pieces = {r["piece_id"] for r in table if r["split"] == "train"}
     assert test_pieces and not test_pieces & train_pieces
+    # sigma tells which results to distrust: larger on the held-out recordings the model got wrong
+    uncertainty = evaluation["uncertainty"]
+    assert uncertainty["sigma_wrong_half"] > uncertainty["sigma_right_half"], uncertainty
+    calibration = evaluation["calibration"]
+    assert calibration["applied"] and 0.0 <= calibration["ece_calibrated_mean"] <= 1.0
+    # the demo ends by scoring a library: held-out recordings with and without a score, and a corrupt file
+    from pipelines.scoring.publish import read_latest
+    rows = {r["recording_id"]: r for r in read_latest(str(out / "scores")).to_pylist()}
+    assert rows["with score"]["status"] == "ok" and rows["with score"]["has_score"]
+    assert rows["audio only"]["status"] == "ok" and not rows["audio only"]["has_score"]
+    assert rows["corrupt"]["status"] == "error" and "corrupt.wav" in rows["corrupt"]["message"]
+    assert "scored 3 recordings" in result.stdout and "latest.json" in result.stdout

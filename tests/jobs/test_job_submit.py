@@ -1,9 +1,11 @@
-"""`ray start --head` in the venv, then `ray job submit --working-dir . -- python jobs/train.py ...`.
+"""`ray start --head` in the venv, then `ray job submit --working-dir . -- python jobs/train.py ...` and
+`python jobs/score.py ...` with the checkpoint it trained, as the nightly schedule does.
 
 Starts its own head on 127.0.0.1 with a private temp dir and stops it by PID (never a bare `ray stop`).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
+
+from pipelines import constants as C
+from tests.pipelines.scoring.conftest import SCALE, melody_midi, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +52,7 @@ def _pids_using(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_job_submit_runs_train_on_a_local_head(tmp_path):
+def test_job_submit_runs_train_then_score_on_a_local_head(tmp_path):
     from tests.pipelines.training.conftest import make_synthetic_features   # the training tests' features
 
     features = make_synthetic_features(tmp_path / "features", n_pieces=4, takes=3, segments=1)
@@ -73,7 +79,23 @@ def test_job_submit_runs_train_on_a_local_head(tmp_path):
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         assert "succeeded" in submit.stdout
         assert "best_checkpoint" in submit.stdout
-        assert (tmp_path / "runs" / "submitted" / "summary.json").exists()
+        summary = json.loads((tmp_path / "runs" / "submitted" / "summary.json").read_text())
+
+        library = tmp_path / "library"
+        library.mkdir()
+        sf.write(library / "take.wav", render(melody_midi(SCALE[:30])), C.CQT_SAMPLE_RATE_HZ)
+        (library / "broken.flac").write_bytes(b"fLaC not really")
+        score = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+             str(ROOT), "--", "python", "jobs/score.py", "--input", str(library), "--out", str(tmp_path / "scores"),
+             "--checkpoint", summary["best_checkpoint"], "--max-error-rate", "0.5",
+             "--set", "scoring.actor_cpus=0.5", "--set", "scoring.prepare_cpus=0.5"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+        assert score.returncode == 0, (score.stdout + score.stderr)[-4000:]
+        assert "succeeded" in score.stdout and "1 ok" in score.stdout and "broken.flac" in score.stdout
+        from pipelines.scoring.publish import read_latest
+        rows = {r["recording_id"]: r for r in read_latest(str(tmp_path / "scores")).to_pylist()}
+        assert rows["take"]["status"] == "ok" and rows["broken"]["status"] == "error"
     finally:
         for pid in _pids_using(str(temp_dir)):
             try:

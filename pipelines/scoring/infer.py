@@ -1,0 +1,196 @@
+"""The model stage of scoring: span rows in, per-window predictions out (an actor pool, model loaded once).
+
+MERT runs once over each span's audio, in contiguous chunks of `scoring.window_s` seconds; each window
+then takes its slice of those frames (`PianoAssessor.forward` with `mert_features`), so overlapping
+windows do not pay the encoder twice. The rest of the model (CQT encoder, fusion, BiLSTM, pooling, heads)
+runs per window, `scoring.batch_size` windows per call. On a GPU the forward runs under fp16 autocast.
+Sigma is the model's own; the checkpoint's calibration (a temperature per dimension, fitted on aggregated
+recording sigma) is applied after aggregation. A span that fails here becomes an error row for its
+recording.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipelines import constants as C
+from pipelines.features.rows import pack_array, unpack_array
+from pipelines.io.errors import one_line
+from pipelines.training.batches import _pad_stack
+
+PRED_SCHEMA = pa.schema([
+    ("recording_id", pa.string()),
+    ("span_index", pa.int32()),
+    ("n_spans", pa.int32()),
+    ("status", pa.string()),
+    ("error_kind", pa.string()),
+    ("message", pa.string()),
+    ("info_json", pa.string()),
+    ("win_index", pa.list_(pa.int32())),
+    ("win_start_s", pa.list_(pa.float64())),
+    ("win_end_s", pa.list_(pa.float64())),
+    ("win_scores", pa.list_(pa.list_(pa.float32()))),
+    ("win_sigma", pa.list_(pa.list_(pa.float32()))),
+    ("win_attention", pa.list_(pa.binary())),       # float32 pooling weights of each window's steps
+    ("win_att_times", pa.list_(pa.binary())),       # float32 seconds from the window start of those steps
+    ("prepare_s", pa.float64()),
+    ("infer_s", pa.float64()),
+])
+MERT_EXTRA_SAMPLES = 80     # a chunk of 320 N + 80 samples gives exactly N MERT frames (400-sample receptive field)
+
+
+class SpanModel:
+    """A loaded checkpoint and what it needs to predict windows of spans."""
+
+    def __init__(self, model, names: list[str], *, window_s: float,
+                 batch_size: int, max_notes: int | None, device: str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.names = names
+        self.window_s = window_s
+        self.batch_size = batch_size
+        self.max_notes = max_notes
+        cfg = model.config
+        self.uses_mert = model.mert is not None
+        self.uses_cqt = model.cqt is not None
+        self.uses_notes = model.symbolic is not None
+        self.encoder_s = 0.0            # time spent in the MERT backbone (for benchmarks)
+        self.audio_only = bool(getattr(cfg, "audio_only", False))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # --- MERT once per span -----------------------------------------------------------------------
+    def span_mert(self, audio: np.ndarray) -> torch.Tensor:
+        """(T, H) MERT features of a span's 24 kHz audio, encoded in contiguous chunks of window_s."""
+        hop = self.model.mert.hop_samples
+        chunk = int(round(self.window_s * C.MERT_SAMPLE_RATE_HZ / hop)) * hop
+        bounds = list(range(0, len(audio), chunk))
+        if len(bounds) > 1 and len(audio) - bounds[-1] < C.MERT_SAMPLE_RATE_HZ:   # a short tail joins its neighbour
+            bounds.pop()
+        pieces = [audio[b: (bounds[i + 1] + MERT_EXTRA_SAMPLES if i + 1 < len(bounds) else len(audio))]
+                  for i, b in enumerate(bounds)]
+        frames_per = [chunk // hop] * (len(pieces) - 1)
+        feats = []
+        started = time.perf_counter()
+        for i in range(0, len(pieces), self.batch_size):
+            group = pieces[i: i + self.batch_size]
+            wave, lengths = _pad_stack([p.astype(np.float32) for p in group], torch.float32)
+            with torch.no_grad(), self._autocast():
+                out, n = self.model.encode_mert(wave.to(self.device), lengths.to(self.device))
+            for j in range(len(group)):
+                keep = frames_per[i + j] if i + j < len(frames_per) else int(n[j])
+                feats.append(out[j, :keep].float())
+        self.encoder_s += time.perf_counter() - started
+        return torch.cat(feats)                                                # (T, H)
+
+    # --- windows -----------------------------------------------------------------------------------
+    def predict_span(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Per-window scores, calibrated sigma and attention of one span row."""
+        n_win = len(row["win_index"])
+        span_start = float(row["span_start_s"])
+        mert = None
+        if self.uses_mert:
+            audio = unpack_array(row["audio"], "f2").astype(np.float32)
+            mert = self.span_mert(audio)
+        cqt = unpack_array(row["cqt"], "f2", (C.CQT_N_BINS,)).astype(np.float32) if self.uses_cqt else None
+        items = []
+        for w in range(n_win):
+            start, end = float(row["win_start_s"][w]), float(row["win_end_s"][w])
+            item: dict[str, Any] = {}
+            if mert is not None:
+                samples = int(round((end - start) * C.MERT_SAMPLE_RATE_HZ))
+                n_frames = int(self.model.mert.frame_lengths(torch.tensor([samples]))[0])
+                f0 = int(round((start - span_start) * self.model.mert.frame_rate_hz))
+                item["mert"] = mert[f0: f0 + n_frames]
+            if cqt is not None:
+                fps = C.CQT_FRAMES_PER_S
+                first = int(row["cqt_first_frame"])
+                f0 = int(np.floor(start * fps)) - first
+                f1 = int(np.ceil(end * fps)) + 1 - first
+                item["cqt"] = cqt[max(f0, 0): max(f1, 0)]
+            notes = unpack_array(row["win_notes"][w], "i2", (8,)).astype(np.int64)
+            attrs = unpack_array(row["win_attrs"][w], "f4", (C.N_PERF_ATTRS,))
+            times = unpack_array(row["win_times"][w], "f4")
+            if self.max_notes is not None:
+                notes, attrs, times = notes[: self.max_notes], attrs[: self.max_notes], times[: self.max_notes]
+            if not self.uses_notes or self.audio_only:
+                notes, attrs, times = notes[:0], attrs[:0], times[:0]
+            item.update(notes=notes, attrs=attrs, times=times)
+            items.append(item)
+        scores, sigma, attention, att_times = [], [], [], []
+        for i in range(0, n_win, self.batch_size):
+            out = self._forward(items[i: i + self.batch_size])
+            scores.append(out.scores.float().cpu().numpy())
+            sigma.append(out.sigma.float().cpu().numpy())
+            for j in range(out.scores.shape[0]):
+                n = int(out.lengths[j])
+                attention.append(pack_array(out.attention[j, :n].float().cpu().numpy(), "f4"))
+                att_times.append(pack_array(out.times[j, :n].float().cpu().numpy(), "f4"))
+        return {"win_scores": np.concatenate(scores).tolist(), "win_sigma": np.concatenate(sigma).tolist(),
+                "win_attention": attention, "win_att_times": att_times}
+
+    def _forward(self, items: list[dict[str, Any]]):
+        batch: dict[str, torch.Tensor] = {}
+        if self.uses_mert:
+            feats = [it["mert"] for it in items]
+            longest = max(len(f) for f in feats)
+            batch["mert_features"] = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, longest - len(f)))
+                                                  for f in feats])
+            batch["mert_lengths"] = torch.tensor([len(f) for f in feats], dtype=torch.long)
+        if self.uses_cqt:
+            batch["cqt"], batch["cqt_lengths"] = _pad_stack([it["cqt"] for it in items], torch.float32)
+        batch["notes"], batch["note_lengths"] = _pad_stack([it["notes"] for it in items], torch.long)
+        batch["note_attrs"], _ = _pad_stack([it["attrs"] for it in items], torch.float32)
+        batch["note_times"], _ = _pad_stack([it["times"] for it in items], torch.float32)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.no_grad(), self._autocast():
+            return self.model(batch)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: row[k] for k in ("recording_id", "span_index", "n_spans", "status", "error_kind", "message",
+                                   "info_json", "win_index", "win_start_s", "win_end_s", "prepare_s")}
+        out.update(win_scores=[], win_sigma=[], win_attention=[], win_att_times=[], infer_s=0.0)
+        if row["status"] != "ok":
+            return out
+        started = time.perf_counter()
+        try:
+            out.update(self.predict_span(row))
+        except Exception as exc:  # a span the model cannot take becomes an error row for its recording
+            out.update(status="error", error_kind="internal",
+                       message=f"{row['recording_id']}: model inference failed: {type(exc).__name__}: {one_line(exc)}")
+        out["infer_s"] = time.perf_counter() - started
+        return out
+
+
+def load_span_model(checkpoint_uri: str, config, *, use_gpu: bool) -> SpanModel:
+    """The checkpoint (local or s3://), ready for `SpanModel.__call__`."""
+    from pipelines.io.model_files import load_checkpoint
+
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    model, config_dict, schema, _ = load_checkpoint(checkpoint_uri, map_location=device)
+    span_model = SpanModel(model, schema.names, window_s=config.scoring.window_s,
+                           batch_size=config.scoring.batch_size, max_notes=config_dict["model"].get("max_notes"),
+                           device=device)
+    span_model.audio_only = bool(config_dict.get("train", {}).get("audio_only", False))
+    return span_model
+
+
+class InferSpans:
+    """Ray Data callable class: span rows (pyarrow) -> prediction rows (PRED_SCHEMA)."""
+
+    def __init__(self, checkpoint_uri: str, config_dict: dict, use_gpu: bool, torch_threads: int = 1) -> None:
+        from pipelines.config import config_from_dict
+        torch.set_num_threads(max(1, torch_threads))
+        self.span_model = load_span_model(checkpoint_uri, config_from_dict(config_dict), use_gpu=use_gpu)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self.span_model(row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=PRED_SCHEMA)

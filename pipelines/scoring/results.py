@@ -1,0 +1,123 @@
+"""The result rows of `jobs/score.py`: one row per input recording per run (Parquet). Columns:
+
+| column | type | meaning |
+| --- | --- | --- |
+| recording_id | string | path under the input prefix without its extension, or the manifest's `recording_id` |
+| source_uri | string | the audio file (or the performance MIDI when there is no audio) |
+| score_uri | string | the written score given with it ("" when none) |
+| performance_midi_uri | string | performance MIDI given with it (digital pianos; "" when none) |
+| content_hash | string | sha1 over the hashes (ETag / md5) of the audio, performance MIDI and score bytes |
+| model_version | string | checkpoint weights + config + calibration + scoring settings, hashed |
+| run_id | string | the run that wrote this row |
+| scored_in_run | string | the run whose model work produced the numbers (earlier than run_id when skipped) |
+| status | string | `ok` (scored in this run), `skipped` (unchanged: the result of `scored_in_run` carried forward), `error` |
+| error_kind | string | on errors: `input` (the file itself: corrupt, empty, too short/long, not audio), `limit` (size or time limit), `transient` (storage), `crash` (the worker died twice), `internal` |
+| message | string | on errors, one line naming the file and the cause; otherwise notes such as a score fallback |
+| mode | string | `audio+score`, `audio`, `midi+score` or `midi` (the performance notes came from MIDI) |
+| duration_s | float64 | length of the recording, seconds |
+| has_score | bool | a score was aligned and used by the model |
+| match_rate | float64 | alignment F-measure of score and performed notes, 0..1 (NaN without a score) |
+| score_mismatch | bool | a score was given but did not match the playing (another piece, not piano): assessed from audio alone and every dimension flagged low-confidence |
+| dimensions | list<string> | dimension names, in the order of the list columns |
+| scores | list<float32> | per dimension, 0..100 |
+| sigma | list<float32> | per dimension, the calibrated standard deviation on the 0..100 scale |
+| low_confidence | list<bool> | per dimension: sigma above `scoring.low_confidence_sigma`, or a mismatched score |
+| score_<dim>, sigma_<dim>, low_confidence_<dim> | float32 / float32 / bool | the same, one column each per dimension |
+| aggregate, aggregate_sigma | float32 | the schema's weighted aggregate (seed weights unless `aggregate_weights` is set) and its sigma (errors taken as fully correlated across dimensions: sum of weight x sigma) |
+| window_start_s, window_end_s | list<float64> | the inference windows, seconds |
+| window_weight | list<float64> | seconds of the recording each window speaks for (pipelines/scoring/aggregate.py) |
+| window_scores, window_sigma | list<list<float32>> | per window, per dimension |
+| curve_hop_s | float64 | bin width of the attention curve, seconds |
+| attention_curve | list<float32> | where the model listened: bin i covers [i, i+1) x curve_hop_s, sums to 1 |
+| seconds | float64 | processing time of the recording (prepare + inference) in `scored_in_run` |
+| scored_at | string | UTC time the numbers were produced |
+
+Rows of one run live in `<out>/runs/<run_id>/results/part-*.parquet`; the run's `manifest.json` lists them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+STATUSES = ("ok", "skipped", "error")
+ERROR_KINDS = ("input", "limit", "transient", "crash", "internal")
+
+_FIXED = [
+    ("recording_id", pa.string()),
+    ("source_uri", pa.string()),
+    ("score_uri", pa.string()),
+    ("performance_midi_uri", pa.string()),
+    ("content_hash", pa.string()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+    ("scored_in_run", pa.string()),
+    ("status", pa.string()),
+    ("error_kind", pa.string()),
+    ("message", pa.string()),
+    ("mode", pa.string()),
+    ("duration_s", pa.float64()),
+    ("has_score", pa.bool_()),
+    ("match_rate", pa.float64()),
+    ("score_mismatch", pa.bool_()),
+    ("dimensions", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float32())),
+    ("sigma", pa.list_(pa.float32())),
+    ("low_confidence", pa.list_(pa.bool_())),
+]
+_TAIL = [
+    ("aggregate", pa.float32()),
+    ("aggregate_sigma", pa.float32()),
+    ("window_start_s", pa.list_(pa.float64())),
+    ("window_end_s", pa.list_(pa.float64())),
+    ("window_weight", pa.list_(pa.float64())),
+    ("window_scores", pa.list_(pa.list_(pa.float32()))),
+    ("window_sigma", pa.list_(pa.list_(pa.float32()))),
+    ("curve_hop_s", pa.float64()),
+    ("attention_curve", pa.list_(pa.float32())),
+    ("seconds", pa.float64()),
+    ("scored_at", pa.string()),
+]
+
+
+def result_schema(names: Sequence[str]) -> pa.Schema:
+    """The Parquet schema of result rows for a model with these dimension names."""
+    per_dim = []
+    for name in names:
+        per_dim += [(f"score_{name}", pa.float32()), (f"sigma_{name}", pa.float32()),
+                    (f"low_confidence_{name}", pa.bool_())]
+    return pa.schema(_FIXED + per_dim + _TAIL)
+
+
+def base_row(entry: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A row for an input entry with every result column empty (NaN / empty lists)."""
+    nan = float("nan")
+    row: dict[str, Any] = {
+        "recording_id": entry["recording_id"], "source_uri": entry.get("audio_uri") or entry.get("midi_uri") or "",
+        "score_uri": entry.get("score_uri") or "", "performance_midi_uri": entry.get("midi_uri") or "",
+        "content_hash": entry.get("content_hash", ""), "model_version": entry.get("model_version", ""),
+        "run_id": "", "scored_in_run": "", "status": "error", "error_kind": "", "message": "",
+        "mode": entry_mode(entry), "duration_s": nan, "has_score": False, "match_rate": nan,
+        "score_mismatch": False, "dimensions": list(names), "scores": [], "sigma": [], "low_confidence": [],
+        "aggregate": nan, "aggregate_sigma": nan, "window_start_s": [], "window_end_s": [], "window_weight": [],
+        "window_scores": [], "window_sigma": [], "curve_hop_s": nan, "attention_curve": [], "seconds": nan,
+        "scored_at": "",
+    }
+    for name in names:
+        row.update({f"score_{name}": nan, f"sigma_{name}": nan, f"low_confidence_{name}": False})
+    return row
+
+
+def entry_mode(entry: dict[str, Any]) -> str:
+    source = "audio" if entry.get("audio_uri") else "midi"
+    return f"{source}+score" if entry.get("score_uri") else source
+
+
+def error_result(entry: dict[str, Any], names: Sequence[str], kind: str, message: str) -> dict[str, Any]:
+    row = base_row(entry, names)
+    row.update(status="error", error_kind=kind, message=message)
+    return row
+
+
+def to_table(rows: list[dict[str, Any]], names: Sequence[str]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=result_schema(names))
