@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         raise                                      # bad input: one line from run_main
     except Exception as exc:                       # the run could not complete: say so, keep the details in the log
         logging.getLogger("pianoeval.score").exception("scoring run failed")
-        print(f"error: the scoring run could not complete ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''});"
-              f" {args.out}/latest.json still points at the previous complete run", file=sys.stderr)
+        cause = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: the scoring run could not complete ({type(exc).__name__}: {cause}); "
+              f"{args.out}/latest.json still points at the previous complete run", file=sys.stderr)
         return 2
     run = run_uri(args.out, manifest["run_id"])
     from pipelines.io import storage

@@ -122,10 +122,15 @@ def frame_windows(y: np.ndarray) -> np.ndarray:
 
 def stitch_windows(activations: np.ndarray, n_samples: int) -> np.ndarray:
     """Per-window activations [n_windows, frames, bins] -> one track [n_frames, bins] for n_samples
-    of 22,050 Hz audio (half the overlap dropped at each window edge)."""
+    of 22,050 Hz audio (half the overlap dropped at each window edge).
+
+    Window j's kept frame i starts at audio sample j * 36,164 + i * 256 (about 86.6 frames/s, not 86):
+    every frame that starts inside the audio is kept, so the end of a recording is transcribed too."""
     half = BASIC_PITCH_OVERLAP_FRAMES // 2
     trimmed = activations[:, half:activations.shape[1] - half, :]
-    n_frames = int(np.floor(n_samples * BASIC_PITCH_FRAMES_PER_S / BASIC_PITCH_SAMPLE_RATE_HZ))
+    starts = (np.arange(trimmed.shape[0])[:, None] * BASIC_PITCH_WINDOW_HOP_SAMPLES
+              + np.arange(trimmed.shape[1])[None, :] * BASIC_PITCH_HOP_SAMPLES).reshape(-1)   # increasing
+    n_frames = int(np.count_nonzero(starts < n_samples))
     return trimmed.reshape(-1, activations.shape[2])[:n_frames]
 
 

@@ -10,20 +10,23 @@
 | model_version | string | checkpoint weights + config + calibration + scoring settings, hashed |
 | run_id | string | the run that wrote this row |
 | scored_in_run | string | the run whose model work produced the numbers (earlier than run_id when skipped) |
-| status | string | `ok` (scored in this run), `skipped` (unchanged: the result of `scored_in_run` carried forward), `error` |
-| error_kind | string | on errors: `input` (the file itself: corrupt, empty, too short/long, not audio), `limit` (size or time limit), `transient` (storage), `crash` (the worker died twice), `internal` |
+| status | string | `ok` (scored in this run), `skipped` (unchanged: `scored_in_run`'s result carried on), `error` |
+| error_kind | string | on errors: `input` (the file: corrupt, empty, too short, not audio), `limit` (size, length or |
+| | | time limit), `transient` (storage), `crash` (the worker died on it), `internal` |
 | message | string | on errors, one line naming the file and the cause; otherwise notes such as a score fallback |
 | mode | string | `audio+score`, `audio`, `midi+score` or `midi` (the performance notes came from MIDI) |
 | duration_s | float64 | length of the recording, seconds |
 | has_score | bool | a score was aligned and used by the model |
 | match_rate | float64 | alignment F-measure of score and performed notes, 0..1 (NaN without a score) |
-| score_mismatch | bool | a score was given but did not match the playing (another piece, not piano): assessed from audio alone and every dimension flagged low-confidence |
+| score_mismatch | bool | a score was given but did not match the playing (another piece, not piano): assessed |
+| | | from audio alone, every dimension flagged low-confidence |
 | dimensions | list<string> | dimension names, in the order of the list columns |
 | scores | list<float32> | per dimension, 0..100 |
 | sigma | list<float32> | per dimension, the calibrated standard deviation on the 0..100 scale |
 | low_confidence | list<bool> | per dimension: sigma above `scoring.low_confidence_sigma`, or a mismatched score |
-| score_<dim>, sigma_<dim>, low_confidence_<dim> | float32 / float32 / bool | the same, one column each per dimension |
-| aggregate, aggregate_sigma | float32 | the schema's weighted aggregate (seed weights unless `aggregate_weights` is set) and its sigma (errors taken as fully correlated across dimensions: sum of weight x sigma) |
+| score_<dim>, sigma_<dim>, low_confidence_<dim> | float32, float32, bool | the same, one column each |
+| aggregate, aggregate_sigma | float32 | the schema's weighted aggregate (seed weights unless `aggregate_weights` |
+| | | is set) and its sigma (errors taken as fully correlated across dimensions: weighted sum of sigma) |
 | window_start_s, window_end_s | list<float64> | the inference windows, seconds |
 | window_weight | list<float64> | seconds of the recording each window speaks for (pipelines/scoring/aggregate.py) |
 | window_scores, window_sigma | list<list<float32>> | per window, per dimension |

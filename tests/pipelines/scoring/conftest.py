@@ -22,7 +22,8 @@ def save_checkpoint(directory: Path, audio_encoder: str = "cqt", seed: int = 0, 
     from pipelines.config import load_config
 
     torch.manual_seed(seed)
-    config = load_config("tiny", [f"model.audio_encoder={audio_encoder}"] + [f"model.{k}={v}" for k, v in model.items()])
+    overrides = [f"model.audio_encoder={audio_encoder}"] + [f"model.{k}={v}" for k, v in model.items()]
+    config = load_config("tiny", overrides)
     net = build_model(config.model, config.schema(), pretrained=False)
     save_model(str(directory), net, config.to_dict(), config.schema(), {"stage": "expert"})
     return directory

@@ -2,7 +2,6 @@
 a replaced recording, a killed run, and the published snapshot."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from pipelines.io import storage
