@@ -28,6 +28,7 @@ BENCHMARKS = {
     "pseudo_labels": "benchmarks.bench_pseudo_labels",
     "model": "benchmarks.bench_model",
     "train": "benchmarks.bench_train",
+    "scoring": "benchmarks.bench_scoring",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

@@ -46,11 +46,18 @@ def taper(t: np.ndarray, start: float, end: float) -> np.ndarray:
     return np.where((t >= start) & (t < end), w, 0.0)
 
 
-def _shares(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(W, len(t)) share of each instant owned by each window (columns sum to 1 where covered, else 0)."""
-    w = np.stack([taper(t, s, e) for s, e in zip(starts, ends)])          # (W, G)
-    total = w.sum(axis=0, keepdims=True)
-    return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+def _cells(t: np.ndarray, start: float, end: float) -> slice:
+    """The indices of the sorted grid `t` that lie in [start, end)."""
+    return slice(int(np.searchsorted(t, start, side="left")), int(np.searchsorted(t, end, side="left")))
+
+
+def _total_taper(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """sum_k w_k(t) on a sorted grid, adding each window over its own cells only: O(len(t)) memory."""
+    total = np.zeros(len(t))
+    for s, e in zip(starts, ends):
+        cells = _cells(t, s, e)
+        total[cells] += taper(t[cells], s, e)
+    return total
 
 
 def window_weights(starts_s, ends_s, grid_s: float = GRID_S) -> np.ndarray:
@@ -60,7 +67,12 @@ def window_weights(starts_s, ends_s, grid_s: float = GRID_S) -> np.ndarray:
     n = max(1, int(math.ceil((hi - lo) / grid_s)))
     step = (hi - lo) / n
     t = lo + (np.arange(n) + 0.5) * step                                 # midpoints of the grid cells
-    return _shares(starts, ends, t).sum(axis=1) * step
+    total = _total_taper(starts, ends, t)
+    weights = np.zeros(len(starts))
+    for k, (s, e) in enumerate(zip(starts, ends)):
+        cells = _cells(t, s, e)
+        weights[k] = np.sum(taper(t[cells], s, e) / total[cells]) * step
+    return weights
 
 
 def aggregate_windows(starts_s, ends_s, scores, sigma) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +114,7 @@ def attention_curve(starts_s, ends_s, window_times: list[np.ndarray], window_att
     n_bins = max(1, int(math.ceil(max(duration_s, float(ends.max())) / hop_s - 1e-9)))
     edges = np.arange(n_bins + 1) * hop_s
     centres = edges[:-1] + hop_s / 2
-    shares = _shares(starts, ends, centres)                               # (W, B)
+    total = _total_taper(starts, ends, centres)                           # (B,)
     curve = np.zeros(n_bins)
     for k, (start, end) in enumerate(zip(starts, ends)):
         times = np.asarray(window_times[k], dtype=np.float64) + start
@@ -110,10 +122,15 @@ def attention_curve(starts_s, ends_s, window_times: list[np.ndarray], window_att
         if att.size == 0 or not np.isfinite(att).all() or att.sum() <= 0:
             continue
         att = att / att.sum()
-        mass = np.bincount(np.clip((times // hop_s).astype(np.int64), 0, n_bins - 1), weights=att,
-                           minlength=n_bins)                             # (B,) this window's attention per bin
-        covered = np.clip(np.minimum(edges[1:], end) - np.maximum(edges[:-1], start), 0.0, None)
-        density = np.divide(mass * (end - start), covered, out=np.zeros(n_bins), where=covered > 1e-9)
-        curve += shares[k] * density * (covered / hop_s)
+        b0 = int(np.clip(math.floor(start / hop_s), 0, n_bins - 1))      # the bins this window touches
+        b1 = int(np.clip(math.ceil(end / hop_s), b0 + 1, n_bins))
+        idx = np.clip((times // hop_s).astype(np.int64), b0, b1 - 1) - b0
+        mass = np.bincount(idx, weights=att, minlength=b1 - b0)          # this window's attention per bin
+        lo_edge, hi_edge = edges[b0:b1], edges[b0 + 1:b1 + 1]
+        covered = np.clip(np.minimum(hi_edge, end) - np.maximum(lo_edge, start), 0.0, None)
+        density = np.divide(mass * (end - start), covered, out=np.zeros(b1 - b0), where=covered > 1e-9)
+        w = taper(centres[b0:b1], start, end)
+        share = np.divide(w, total[b0:b1], out=np.zeros(b1 - b0), where=total[b0:b1] > 0)
+        curve[b0:b1] += share * density * (covered / hop_s)
     total = curve.sum()
     return edges[:-1], (curve / total if total > 0 else curve)
