@@ -28,6 +28,8 @@ BENCHMARKS = {
     "pseudo_labels": "benchmarks.bench_pseudo_labels",
     "model": "benchmarks.bench_model",
     "train": "benchmarks.bench_train",
+    "audio_stream": "benchmarks.bench_audio_stream",
+    "calibration": "benchmarks.bench_calibration",
     "scoring": "benchmarks.bench_scoring",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"

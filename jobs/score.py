@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.scoring.run import format_summary, run_scoring
     from pipelines.training.run import model_dir_uri
 
+    from pipelines.io import storage
+    if not storage.exists(args.input):              # before starting Ray: a wrong path is one line at once
+        raise InputError(f"{args.input}: no such file or prefix")
     checkpoint = model_dir_uri(args.checkpoint)
     overrides = list(args.overrides)
     if args.num_actors is not None:
@@ -56,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         config = load_config(args.config, overrides)
     else:   # the checkpoint's own config, with scoring settings from the command line
-        base = config_from_dict(read_checkpoint_meta(checkpoint)["config"])
-        config = load_config(None, overrides, extra={k: v for k, v in base.to_dict().items() if k != "scoring"})
+        saved = {k: v for k, v in read_checkpoint_meta(checkpoint)["config"].items()
+                 if k not in ("scoring", "score")}   # scoring settings come from here, not from training
+        config = load_config(None, overrides, extra=config_from_dict(saved).to_dict())
     _common.init_ray(args.address)
     try:
         manifest = run_scoring(args.input, args.out, checkpoint, config, limit=args.limit, soundfont=args.soundfont)
@@ -70,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.out}/latest.json still points at the previous complete run", file=sys.stderr)
         return 2
     run = run_uri(args.out, manifest["run_id"])
-    from pipelines.io import storage
     rows = None
     if manifest["result_files"]:
         import pyarrow as pa
