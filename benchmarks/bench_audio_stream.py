@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine, markdown_table
+from benchmarks.common import ROOT, machine, markdown_table, proc_status_mb
 
 DEFAULT_MINUTES = (20.0, 60.0)
 SR = 44_100
@@ -52,13 +52,6 @@ def write_long_wav(path: str, minutes: float, sr: int = SR, seed: int = 0) -> No
             f.write(np.stack([left, right], axis=1).astype(np.float32))
 
 
-def _rss_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _cpu_s() -> float:
@@ -74,7 +67,7 @@ def child(method: str, path: str, block_s: float) -> dict:
     from pipelines.io.audio import load_and_prepare
     from pipelines.io.audio_stream import AudioStream
 
-    baseline = _rss_mb("VmRSS")
+    baseline = proc_status_mb("VmRSS")
     cpu_started = _cpu_s()
     started = time.perf_counter()
     if method == "load_and_prepare":
@@ -92,7 +85,7 @@ def child(method: str, path: str, block_s: float) -> dict:
         raise ValueError(f"unknown method {method!r}")
     wall = time.perf_counter() - started
     cpu = _cpu_s() - cpu_started
-    peak = _rss_mb("VmHWM")
+    peak = proc_status_mb("VmHWM")
     return {"method": method, "wall_s": wall, "cpu_s": cpu, "baseline_rss_mb": baseline, "peak_rss_mb": peak,
             "growth_mb": peak - baseline, "samples_24k": n24, "samples_44k": n44, "duration_s": duration}
 

@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:                 # also runnable as `python benchmarks/bench_scoring.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, markdown_table  # noqa: E402
+from benchmarks.common import machine, markdown_table, proc_status_mb  # noqa: E402
 
 PRESETS = ("tiny", "mert-v1-95m")
 PATHS = ("audio", "score")                   # audio only / with its score (transcription + alignment)
@@ -509,12 +509,6 @@ def ray_markdown(fig: dict, seconds: float) -> str:
 
 # --- 4: peak memory -------------------------------------------------------------------------------------
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _reset_hwm() -> bool:
@@ -534,20 +528,20 @@ def memory_child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["case"] == "load_and_prepare":
         from pipelines.io.audio import load_and_prepare
-        base = _status_mb("VmRSS")
+        base = proc_status_mb("VmRSS")
         reset = _reset_hwm()
         started = time.perf_counter()
         out = load_and_prepare(spec["entry"]["audio_uri"])
         wall = time.perf_counter() - started
         duration = out.duration_s
         del out
-        peak = _status_mb("VmHWM")
+        peak = proc_status_mb("VmHWM")
         return {"wall_s": wall, "duration_s": duration, "base_mb": base, "peak_mb": peak, "reset": reset,
                 "stream_peak_mb": None, "aggregate_base_mb": None, "aggregate_peak_mb": None}
     from pipelines.scoring.run import Aggregator
     scorer = Scorer(spec["checkpoint"])
     entry = spec["entry"]
-    base = _status_mb("VmRSS")
+    base = proc_status_mb("VmRSS")
     reset = _reset_hwm()
     started = time.perf_counter()
     preds = []
@@ -556,16 +550,16 @@ def memory_child(spec: dict) -> dict:
             raise RuntimeError(row["message"])
         preds.append(scorer.model(row))
     stream_s = time.perf_counter() - started
-    stream_peak = _status_mb("VmHWM")
+    stream_peak = proc_status_mb("VmHWM")
     reset = _reset_hwm() and reset
-    agg_base = _status_mb("VmRSS")
+    agg_base = proc_status_mb("VmRSS")
     started = time.perf_counter()
     agg = Aggregator({entry["recording_id"]: entry}, scorer.schema.names, scorer.schema, scorer.config, "bench")
     results = [r for r in (agg.add(p) for p in preds) if r is not None]
     agg_s = time.perf_counter() - started
     if len(results) != 1 or results[0]["status"] != "ok":
         raise RuntimeError(f"aggregation gave {results[:1]}")
-    agg_peak = _status_mb("VmHWM")
+    agg_peak = proc_status_mb("VmHWM")
     return {"wall_s": stream_s + agg_s, "aggregate_s": agg_s, "duration_s": results[0]["duration_s"],
             "windows": len(results[0]["window_start_s"]), "base_mb": base, "reset": reset,
             "stream_peak_mb": stream_peak, "aggregate_base_mb": agg_base, "aggregate_peak_mb": agg_peak,

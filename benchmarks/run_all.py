@@ -31,6 +31,7 @@ BENCHMARKS = {
     "audio_stream": "benchmarks.bench_audio_stream",
     "calibration": "benchmarks.bench_calibration",
     "scoring": "benchmarks.bench_scoring",
+    "score_match": "benchmarks.bench_score_match",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

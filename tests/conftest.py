@@ -17,6 +17,13 @@ if str(ROOT) not in sys.path:
 
 PERCEPIANO_DIR = ROOT.parent / "shared" / "data" / "percepiano"
 FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+# files with an audio suffix that hold no audio: every reader must refuse them in one line naming the file
+NOT_AUDIO_FILES = [
+    ("text.wav", b"this is not audio\n" * 50),
+    ("text.mp3", b"hello world"),
+    ("noise.flac", np.random.default_rng(0).bytes(4096)),
+    ("empty.wav", b""),
+]
 MUSESCORE_SF = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")
 
 

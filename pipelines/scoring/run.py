@@ -149,7 +149,7 @@ def _carry_forward(files: list[str], wanted: dict[str, list[str]], run_id: str, 
     wanted: content key (hash + model version) -> the recording ids now listing that content."""
     written: set[str] = set()
     seen_keys: set[str] = set()
-    for _, table in reversed(list(P.iter_tables(files))):      # newest first: a killed run's rows win
+    for _, table in P.iter_tables(list(reversed(files))):       # newest first (a killed run's rows win), one at a time
         rows = []
         for row in table.to_pylist():
             key = f"{row['content_hash']}|{row['model_version']}"

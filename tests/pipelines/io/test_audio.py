@@ -26,6 +26,7 @@ from pipelines.io.audio import (
     to_mono,
 )
 from pipelines.io.storage import StorageError
+from tests.conftest import NOT_AUDIO_FILES
 
 SR = 44_100
 
@@ -125,12 +126,7 @@ def test_truncated_files_raise(tmp_path, suffix):
         load_audio(str(cut))
 
 
-@pytest.mark.parametrize("name,content", [
-    ("text.wav", b"this is not audio\n" * 50),
-    ("text.mp3", b"hello world"),
-    ("noise.flac", np.random.default_rng(0).bytes(4096)),
-    ("empty.wav", b""),
-])
+@pytest.mark.parametrize("name,content", NOT_AUDIO_FILES)
 def test_not_audio_raises_with_uri_and_cause(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)

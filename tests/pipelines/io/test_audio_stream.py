@@ -14,6 +14,7 @@ from pipelines import constants as C
 from pipelines.io.audio import AudioError, check_audio, load_and_prepare, prepare_audio
 from pipelines.io.audio_stream import AudioInfo, AudioStream, probe_audio
 from pipelines.io.storage import StorageError
+from tests.conftest import NOT_AUDIO_FILES
 from tests.pipelines.io.test_audio import FORMATS, stereo_tone, write
 
 SR = 44_100
@@ -73,12 +74,7 @@ def test_probe_m4a_goes_through_ffprobe(tmp_path):
     assert info.duration_s == pytest.approx(2.0, abs=0.05)
 
 
-@pytest.mark.parametrize("name,content", [
-    ("text.wav", b"this is not audio\n" * 50),
-    ("text.mp3", b"hello world"),
-    ("noise.flac", np.random.default_rng(0).bytes(4096)),
-    ("empty.wav", b""),
-])
+@pytest.mark.parametrize("name,content", NOT_AUDIO_FILES)
 def test_probe_and_scan_refuse_non_audio_naming_the_uri(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
