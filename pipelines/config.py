@@ -217,7 +217,7 @@ class ScoringConfig(_Section):
     max_retries: Int = 1               # retries of a task or actor call whose worker died
     curve_hop_s: Float = 1.0           # bin width of the attention curve
     low_confidence_sigma: Float = 15.0   # a dimension whose calibrated sigma exceeds this is flagged
-    min_match_rate: Float = 0.5        # below this alignment F-measure a given score is set aside
+    min_match_rate: Float = 0.4        # below this alignment F-measure a given score is set aside (see RESULTS.md)
     rows_per_part: Int = 256           # result rows per Parquet part file
 
     @model_validator(mode="after")

@@ -151,3 +151,28 @@ def test_manifest_input_with_performance_midi(ray_cluster, scoring_checkpoint, t
     assert rows["digital"]["has_score"] and rows["digital"]["match_rate"] > 0.95
     assert rows["broken"]["status"] == "error" and "broken.mid" in rows["broken"]["message"]
     assert rows["nothing"]["status"] == "error" and "missing.mid" in rows["nothing"]["message"]
+
+
+@pytest.mark.slow
+def test_a_recording_that_kills_its_worker_becomes_an_error_row(ray_cluster, scoring_checkpoint, library, tmp_path):
+    """The worker dies on one file (as a decoder crash would): bounded retries, then a `crash` row; the
+    other recordings are scored and the run completes."""
+    import shutil
+
+    import ray
+    address = ray.get_runtime_context().gcs_address
+    root, _ = library
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(root / "plain" / "four channels.wav", lib / "fine.wav")
+    shutil.copy(root / "plain" / "four channels.wav", lib / "crash me.wav")
+    hook = Path(__file__).parent / "crash_hook"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(ROOT / "jobs" / "score.py"), "--input", str(lib), "--out", str(tmp_path / "out"),
+           "--checkpoint", str(scoring_checkpoint), "--address", address, "--max-error-rate", "0.6"]
+    result = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True, timeout=400, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = _latest(str(tmp_path / "out"))
+    assert rows["fine"]["status"] == "ok"
+    assert rows["crash me"]["status"] == "error" and rows["crash me"]["error_kind"] == "crash"
+    assert "crash me.wav" in rows["crash me"]["message"]
