@@ -47,6 +47,7 @@ class AssessmentOutput:
     frame_rate_hz: float | None   # steps per second of that axis; None when it is the note axis
     audio_only: torch.Tensor      # (B,) bool: the item had no score, so only audio was assessed
     pooled: torch.Tensor          # (B, 2 * lstm_hidden_size) the pooled embedding
+    task_log_sigma: torch.Tensor | None = None   # (B, D) per-dimension task weights of the loss (per_item only)
 
 
 @dataclasses.dataclass
@@ -135,7 +136,7 @@ class PianoAssessor(nn.Module):
             x = self.fusion(audio.x, audio.mask, audio.times, score.x, score.mask, score.times, has_score)
             fused = dataclasses.replace(audio, x=x)
         pooled, head_weights = self.aggregator(fused.x, fused.lengths)      # (B, P), (B, heads, T)
-        logits, log_sigma = self.heads(pooled)                               # (B, D), (B, D) fp32
+        logits, log_sigma, task_log_sigma = self.heads(pooled)               # (B, D), (B, D), (B, D) | None
         logits = logits.float()
         return AssessmentOutput(
             scores=torch.sigmoid(logits) * 100.0,
@@ -148,6 +149,7 @@ class PianoAssessor(nn.Module):
             frame_rate_hz=fused.frame_rate_hz,
             audio_only=~has_score,
             pooled=pooled,
+            task_log_sigma=task_log_sigma,
         )
 
     def encode_mert(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,13 @@ aleatoric uncertainty), trained by the Gaussian negative log-likelihood term of 
     per_item (heteroscedastic):       log_sigma_bd = soft_clamp(w_d . shared_b + c_d)
     per_dimension (homoscedastic):    log_sigma_bd = s_d, one learned value per dimension for every input
 
+With per_item the heads also keep one task log sigma t_d per dimension (Kendall & Gal's homoscedastic
+task weighting), which weights each dimension's squared error in the loss; the per-item log sigma is
+trained on the errors with the predictions detached, so it learns how sure to be without being able to
+discount hard items from the score heads' training (heteroscedastic NLL alone lets a model raise sigma
+on the items it fits badly instead of fitting them; the demo's expert stage then stalled at the mean
+baseline's error in one of two runs). With per_dimension, t = s and there is no separate term.
+
 where shared_b is the trunk's output (B, head_shared_size) and
 soft_clamp(x) = m + h * tanh((x - m) / h), m = (lo + hi) / 2, h = (hi - lo) / 2, with lo = log 0.005 and
 hi = log 1.0: smooth, close to the identity near m, and never outside (lo, hi), so sigma stays within
@@ -66,14 +73,17 @@ class AssessmentHeads(nn.Module):
             self.log_sigma_head = nn.Linear(cfg.head_shared_size, n_dims)
             nn.init.zeros_(self.log_sigma_head.weight)
             nn.init.constant_(self.log_sigma_head.bias, soft_clamp_inverse(math.log(INITIAL_SIGMA)))
+            self.task_log_sigma = nn.Parameter(torch.full((n_dims,), math.log(INITIAL_SIGMA)))   # (D,) t_d
         else:
             self.log_sigma = nn.Parameter(torch.full((n_dims,), math.log(INITIAL_SIGMA)))   # (D,)
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> logits (B, D), log sigma (B, D) fp32, task log sigma (B, D) fp32 with per_item (None with
+        per_dimension, where the log sigma itself weights the tasks)."""
         shared = self.shared(pooled)                                         # (B, S)
         logits = torch.stack([head(shared) for head in self.dims], dim=-1)   # (B, D)
         if self.sigma_head == "per_item":
             log_sigma = soft_clamp(self.log_sigma_head(shared).float())      # (B, D)
-        else:
-            log_sigma = self.log_sigma.float()[None].expand(pooled.shape[0], -1)
-        return logits, log_sigma
+            task = self.task_log_sigma.float()[None].expand(pooled.shape[0], -1)
+            return logits, log_sigma, task
+        return logits, self.log_sigma.float()[None].expand(pooled.shape[0], -1), None

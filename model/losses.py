@@ -6,16 +6,20 @@ negative log-likelihood (up to a constant) of target y' under N(p, sigma^2), s =
 
     nll(p, s) = 0.5 * exp(-2 s) * (p - y')^2 + s
 
-    uncertainty (Kendall & Gal, 2018):  L = sum_d  mean_{b in V_d} nll(p_bd, s_bd)
-    equal (ablation):                   L = sum_d  mean_{b in V_d} [ 0.5 * (p_bd - y'_bd)^2 + nll(sg(p_bd), s_bd) ]
+    uncertainty (Kendall & Gal, 2018), per_dimension sigma:
+        L = sum_d  mean_{b in V_d} nll(p_bd, s_d)
+    uncertainty, per_item sigma (the default):
+        L = sum_d  mean_{b in V_d} [ nll(p_bd, t_d) + nll(sg(p_bd), s_bd) ]
+    equal (ablation):
+        L = sum_d  mean_{b in V_d} [ 0.5 * (p_bd - y'_bd)^2 + nll(sg(p_bd), s_bd) ]
 
-where s_bd is the model output's log sigma (B, D): predicted per item (`sigma_head: per_item`,
-heteroscedastic) or one learned value per dimension broadcast over the batch (`per_dimension`); every
-term uses its own item's s_bd. sg() stops the gradient: with `equal` the score heads get the same
-weight in every dimension (their gradient is that of the plain squared error, whatever sigma is), while
-sigma is still trained by the likelihood of the errors the predictions make, so an equal-weighted model
-also says how sure it is. Dimensions without a valid label in the batch contribute nothing. Computed in
-fp32 whatever the autocast context.
+where s is the model output's log sigma (B, D): one learned value per dimension (`sigma_head:
+per_dimension`, homoscedastic) or predicted per item (`per_item`, heteroscedastic), and t_d the per-item
+model's task log sigma (`output.task_log_sigma`). sg() stops the gradient: the score heads are weighted
+per dimension (t_d) or equally, whatever an item's sigma is, and the per-item sigma is trained by the
+likelihood of the errors the predictions make. (The plain heteroscedastic nll(p_bd, s_bd) lets a model
+raise sigma on the items it fits badly instead of fitting them; see model/heads.py.) Dimensions without
+a valid label in the batch contribute nothing. Computed in fp32 whatever the autocast context.
 """
 from __future__ import annotations
 
@@ -69,9 +73,16 @@ class MultiTaskLoss(nn.Module):
         count = valid.sum(dim=0)                                             # (D,)
         denom = count.clamp_min(1).float()
         mse = sq_err.sum(dim=0) / denom                                      # (D,)
-        if self.weighting == "uncertainty":
+        task = getattr(output, "task_log_sigma", None)
+        if self.weighting == "uncertainty" and task is None:                 # per-dimension sigma
             nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err + log_sigma, 0.0)   # (B, D)
             per_dim = nll.sum(dim=0) / denom                                 # (D,)
+        elif self.weighting == "uncertainty":                                # task weights + per-item sigma
+            task = task.float()
+            weighted = torch.where(valid, 0.5 * torch.exp(-2.0 * task) * sq_err + task, 0.0)
+            nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
+            per_dim = (weighted + nll).sum(dim=0) / denom                    # (D,)
+            log_sigma = log_sigma + 0.0 * task                               # keeps t in the graph below
         else:                                                                # predictions detached in the nll
             nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
             per_dim = 0.5 * mse + nll.sum(dim=0) / denom                     # (D,)

@@ -218,6 +218,7 @@ class ScoringConfig(_Section):
     curve_hop_s: Float = 1.0           # bin width of the attention curve
     low_confidence_sigma: Float = 15.0   # a dimension whose calibrated sigma exceeds this is flagged
     min_match_rate: Float = 0.4        # below this alignment F-measure a given score is set aside (see RESULTS.md)
+    max_alignment_cells: Float = 1.5e8   # performed notes x score onsets: the note DTW's matrix (8 bytes a cell)
     rows_per_part: Int = 256           # result rows per Parquet part file
 
     @model_validator(mode="after")
@@ -232,8 +233,11 @@ class ScoringConfig(_Section):
         for name in ("max_file_mb", "timeout_s", "curve_hop_s", "low_confidence_sigma", "actor_cpus", "prepare_cpus"):
             _require(getattr(self, name) > 0, f"scoring.{name} must be > 0, got {getattr(self, name)}")
         _require(0 <= self.max_retries <= 5, f"scoring.max_retries must be 0..5, got {self.max_retries}")
-        _require(0.0 <= self.min_match_rate <= 1.0, f"scoring.min_match_rate must be in [0, 1], got {self.min_match_rate}")
+        _require(0.0 <= self.min_match_rate <= 1.0,
+                 f"scoring.min_match_rate must be in [0, 1], got {self.min_match_rate}")
         _require(self.rows_per_part >= 1, f"scoring.rows_per_part must be >= 1, got {self.rows_per_part}")
+        _require(self.max_alignment_cells >= 1e4,
+                 f"scoring.max_alignment_cells must be >= 1e4, got {self.max_alignment_cells}")
         return self
 
 

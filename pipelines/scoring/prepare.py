@@ -10,8 +10,11 @@ the playing (`scoring.min_match_rate`) is set aside and the recording is assesse
 Without a score no transcription is needed: the model's symbolic branch reads the score.
 
 Limits checked before any decoding: file size (`scoring.max_file_mb`) and duration from the header
-(`scoring.max_duration_s`). `scoring.timeout_s` bounds the time per recording: the stage checks it
-between steps and spans (a single decoder call is bounded by its own time-outs, e.g. ffmpeg's).
+(`scoring.max_duration_s`). The note alignment's DTW holds a (performed notes x score onsets) matrix:
+above `scoring.max_alignment_cells` (about 1.2 GB, roughly 40 minutes of dense piano) the score is not
+aligned and the recording is assessed from audio alone, with a note saying so. `scoring.timeout_s`
+bounds the time per recording: the stage checks it between steps and spans (a single decoder call is
+bounded by its own time-outs, e.g. ffmpeg's).
 Every failure becomes one error row naming the file and the cause.
 """
 from __future__ import annotations
@@ -156,6 +159,12 @@ class SpanPreparer:
             return None, {"match_rate": 0.0, "score_mismatch": True,
                           "note": f"{entry['score_uri']}: no notes were found in the playing; assessed from audio "
                                   "alone"}
+        cells = float(len(perf.notes)) * float(len(np.unique(score.notes["onset_beat"])))
+        if cells > self.scoring.max_alignment_cells:   # the note DTW holds a matrix of this many cells
+            return None, {"match_rate": float("nan"), "score_mismatch": False,
+                          "note": f"{entry['score_uri']}: too long to align ({len(perf.notes)} performed notes x "
+                                  f"{len(score.notes)} score notes exceed scoring.max_alignment_cells "
+                                  f"{self.scoring.max_alignment_cells:.3g}); assessed from audio alone"}
         alignment = A.align(score, perf)
         deadline.check("alignment")
         f_measure = 2.0 * alignment.n_matched / max(1, alignment.n_score_notes + alignment.n_perf_notes)

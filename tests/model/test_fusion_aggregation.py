@@ -87,8 +87,8 @@ def test_aggregator_is_padding_invariant_and_sized_by_the_config():
 def test_heads_one_per_dimension():
     cfg = _cfg()
     heads = AssessmentHeads(cfg, 5)
-    logits, log_sigma = heads(torch.randn(3, cfg.pooled_size))
-    assert logits.shape == log_sigma.shape == (3, 5) and log_sigma.dtype == torch.float32
+    logits, log_sigma, task = heads(torch.randn(3, cfg.pooled_size))
+    assert logits.shape == log_sigma.shape == task.shape == (3, 5) and log_sigma.dtype == torch.float32
     assert len(heads.dims) == 5 and heads.log_sigma_head.out_features == 5
     first = heads.dims[0].net
     assert (first[0].in_features, first[0].out_features, first[3].out_features) == (

@@ -114,3 +114,26 @@ def test_half_precision_inputs_are_computed_in_fp32():
                           log_sigma=torch.tensor([[0.1, 0.2]], dtype=torch.float16))
     loss, _ = MultiTaskLoss(2)(out, torch.tensor([[50.0, 25.0]]))
     assert loss.dtype == torch.float32
+
+
+def test_with_task_weights_the_per_item_sigma_cannot_discount_an_item():
+    """per_item sigma (the default): the score heads are weighted by the per-dimension task sigma; an
+    item's own sigma changes neither their gradient nor lets the loss fall by raising it on a bad fit."""
+    labels = torch.tensor([[80.0], [20.0]])
+    task = torch.full((2, 1), math.log(0.2))
+    grads = []
+    for item_sigma in (0.05, 0.9):
+        scores = torch.tensor([[50.0], [50.0]], requires_grad=True)
+        log_sigma = torch.full((2, 1), math.log(item_sigma), requires_grad=True)
+        out = SimpleNamespace(scores=scores, log_sigma=log_sigma, task_log_sigma=task)
+        loss, _ = MultiTaskLoss(1, label_smoothing=0.0)(out, labels)
+        loss.backward()
+        grads.append(scores.grad.clone())
+        assert log_sigma.grad is not None and torch.all(log_sigma.grad != 0)   # sigma is still trained
+    torch.testing.assert_close(grads[0], grads[1])
+    # the value: task-weighted squared error + the per-item likelihood of the (detached) errors
+    err = ((torch.tensor([[50.0], [50.0]]) - labels) / 100) ** 2
+    s = math.log(0.9)
+    expected = (0.5 * err / 0.2 ** 2 + math.log(0.2) + 0.5 * math.exp(-2 * s) * err + s).mean()
+    out = SimpleNamespace(scores=torch.tensor([[50.0], [50.0]]), log_sigma=torch.full((2, 1), s), task_log_sigma=task)
+    torch.testing.assert_close(MultiTaskLoss(1, label_smoothing=0.0)(out, labels)[0], expected.float())

@@ -52,7 +52,7 @@ def test_per_item_log_sigma_is_bounded_smoothly():
     heads = AssessmentHeads(dataclasses.replace(TINY), 3)
     with torch.no_grad():
         heads.log_sigma_head.weight.fill_(100.0)                            # a head gone wild
-        _, log_sigma = heads(torch.randn(4, TINY.pooled_size) * 100)
+        _, log_sigma, _ = heads(torch.randn(4, TINY.pooled_size) * 100)
     assert bool(((log_sigma >= LOG_SIGMA_MIN) & (log_sigma <= LOG_SIGMA_MAX)).all())
 
 

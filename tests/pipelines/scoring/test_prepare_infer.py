@@ -126,3 +126,13 @@ def test_aggregator_makes_one_row_per_recording(library, scoring_checkpoint):
     assert np.isfinite(row["aggregate"]) and np.isfinite(row["aggregate_sigma"])
     assert row["score_note_accuracy"] == pytest.approx(row["scores"][0])
     assert len(row["window_scores"]) == len(row["window_start_s"]) and len(row["attention_curve"]) >= 30
+
+
+def test_a_score_too_long_to_align_is_set_aside_with_a_note(library):
+    config = _config("scoring.max_alignment_cells=1e4")          # the scale's 168 notes x 84 onsets exceed it
+    prep = SpanPreparer(config, use_audio=False, use_cqt=True, use_notes=True)
+    rows = list(prep(_entry(library, "with score/scale one")))
+    assert rows[0]["status"] == "ok"
+    info = __import__("json").loads(rows[0]["info_json"])
+    assert not info["has_score"] and not info["score_mismatch"] and "too long to align" in info["note"]
+    assert "scale one.mid" in info["note"]
