@@ -117,13 +117,21 @@ def test_streamed_wav_with_placeholder_sizes_loads(tmp_path):
     assert sr == SR and len(y) == int(1.2 * SR)
 
 
-@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3", ".ogg", ".aiff"])
-def test_truncated_files_raise(tmp_path, suffix):
+TRUNCATABLE = [".wav", ".flac", ".mp3", ".ogg", ".aiff"]
+
+
+def truncated_copy(tmp_path: Path, suffix: str) -> Path:
+    """The first half of a 3 s stereo file of this format, as `cut<suffix>`."""
     path = Path(write(tmp_path / f"full{suffix}", stereo_tone(3.0), **FORMATS[suffix]))
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return cut
+
+
+@pytest.mark.parametrize("suffix", TRUNCATABLE)
+def test_truncated_files_raise(tmp_path, suffix):
     with pytest.raises(AudioError, match=r"cut\.\w+: .*(truncated|corrupt)"):
-        load_audio(str(cut))
+        load_audio(str(truncated_copy(tmp_path, suffix)))
 
 
 @pytest.mark.parametrize("name,content", NOT_AUDIO_FILES)

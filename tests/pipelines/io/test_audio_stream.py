@@ -5,7 +5,6 @@ import math
 import shutil
 import subprocess
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from pipelines.io.audio import AudioError, check_audio, load_and_prepare, prepar
 from pipelines.io.audio_stream import AudioInfo, AudioStream, probe_audio
 from pipelines.io.storage import StorageError
 from tests.conftest import NOT_AUDIO_FILES
-from tests.pipelines.io.test_audio import FORMATS, stereo_tone, write
+from tests.pipelines.io.test_audio import FORMATS, TRUNCATABLE, stereo_tone, truncated_copy, write
 
 SR = 44_100
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
@@ -182,13 +181,10 @@ def test_too_long_stops_the_ffmpeg_decoder(tmp_path):
 
 # --- damage ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3", ".ogg", ".aiff"])
+@pytest.mark.parametrize("suffix", TRUNCATABLE)
 def test_truncated_files_raise_like_load_audio(tmp_path, suffix):
-    path = Path(write(tmp_path / f"full{suffix}", stereo_tone(3.0), **FORMATS[suffix]))
-    cut = tmp_path / f"cut{suffix}"
-    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(AudioError, match=r"cut\.\w+: .*(truncated|corrupt)"):
-        stream_of(str(cut), block_s=0.25).scan()
+        stream_of(str(truncated_copy(tmp_path, suffix)), block_s=0.25).scan()
 
 
 @needs_ffmpeg
