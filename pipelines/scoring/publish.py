@@ -8,7 +8,7 @@
 A reader that follows `latest.json` to a manifest and reads exactly the files it lists never sees half a
 run: part files are written whole (a local file is written beside its name and renamed; an S3 object is
 one PUT), and a run without its manifest is not published. A killed run leaves the previous run visible;
-the next run reuses the rows the killed one had written (`previous_results`).
+the next run reuses the rows the killed one had written, and those of `--limit` runs (`previous_results`).
 """
 from __future__ import annotations
 
@@ -115,8 +115,9 @@ def read_latest(out_uri: str, columns: list[str] | None = None) -> pa.Table | No
     return pa.concat_tables(tables) if tables else None
 
 
-def _unpublished_runs(out_uri: str, after: str) -> list[str]:
-    """Run ids newer than `after` that have result parts but no manifest (killed runs)."""
+def _runs_since(out_uri: str, after: str) -> list[str]:
+    """Run ids newer than `after` with result parts: runs killed before their manifest, and `--limit` runs
+    (complete, but never published as latest)."""
     runs = storage.join(out_uri, RUNS_DIR)
     if not storage.exists(runs):
         return []
@@ -124,16 +125,12 @@ def _unpublished_runs(out_uri: str, after: str) -> list[str]:
     for entry in storage.list_files(runs, suffixes=(".parquet", ".json"), with_hash=False):
         rel = entry.uri.split(f"/{RUNS_DIR}/", 1)[-1]
         found.add(rel.split("/", 1)[0])
-    out = []
-    for run_id in sorted(found):
-        if run_id > after and not storage.exists(storage.join(runs, run_id, MANIFEST)):
-            out.append(run_id)
-    return out
+    return [run_id for run_id in sorted(found) if run_id > after]
 
 
 def previous_results(out_uri: str) -> list[str]:
-    """Result files whose rows may be carried forward: the published run's, then those of any run killed
-    since (newest last, so its rows win)."""
+    """Result files whose rows may be carried forward: the published run's, then those of every run since
+    (killed or `--limit` runs; newest last, so its rows win)."""
     files: list[str] = []
     after = ""
     found = latest_run(out_uri)
@@ -141,7 +138,7 @@ def previous_results(out_uri: str) -> list[str]:
         run_id, manifest = found
         files += [storage.join(run_uri(out_uri, run_id), f) for f in manifest["result_files"]]
         after = run_id
-    for run_id in _unpublished_runs(out_uri, after):
+    for run_id in _runs_since(out_uri, after):
         parts = storage.join(run_uri(out_uri, run_id), RESULTS_DIR)
         if storage.exists(parts):
             files += [e.uri for e in storage.list_files(parts, suffixes=(".parquet",), with_hash=False)]

@@ -37,8 +37,15 @@ def test_previous_results_include_killed_runs_after_the_published_one(tmp_path):
     out = str(tmp_path / "scores")
     first, _ = _run(out, [{"recording_id": "a", "status": "ok"}], publish=True)
     killed, _ = _run(out, [{"recording_id": "b", "status": "ok"}], publish=False)
+    limited = P.new_run_id()                                        # complete, but not published as latest
+    writer = P.PartWriter(P.run_uri(out, limited), SCHEMA, 2)
+    writer.add({"recording_id": "c", "status": "ok"})
+    writer.flush()
+    P.publish(out, limited, {"run_id": limited, "result_files": writer.files, "finished": "now"},
+              update_latest=False)
     files = P.previous_results(out)
-    assert [f.split("/runs/")[1].split("/")[0] for f in files] == [first, killed]
+    assert [f.split("/runs/")[1].split("/")[0] for f in files] == [first, killed, limited]
+    assert P.latest_run(out)[0] == first
 
 
 def test_local_writes_leave_no_partial_files(tmp_path):
