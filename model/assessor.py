@@ -168,13 +168,14 @@ class PianoAssessor(nn.Module):
         feats, frames = self.mert(audio, lengths.to(device=audio.device, dtype=torch.long))
         return feats.float(), frames                                         # (B, T, H), (B,)
 
-    def mert_chunk_spans(self, n_samples: int, chunk_s: float) -> list[tuple[int, int]]:
+    def mert_chunk_spans(self, n_samples: int, chunk_s: float,
+                         min_tail_samples: int | None = None) -> list[tuple[int, int]]:
         """[start, end) samples of consecutive chunks of about `chunk_s` seconds covering `n_samples`.
 
         Chunks start at multiples of the hop and run field - hop samples (80 for MERT-v1) past the next
         chunk's start, so chunk i yields exactly the frames i * c, ..., (i + 1) * c - 1 of the whole audio
-        (c frames per chunk) and the concatenation has `config.mert_frames(n_samples)` frames. A tail too
-        short for one frame joins the chunk before it.
+        (c frames per chunk) and the concatenation has `config.mert_frames(n_samples)` frames. A tail
+        shorter than `min_tail_samples` (default: one frame's receptive field) joins the chunk before it.
         """
         cfg = self.config
         hop, field = cfg.mert_hop_samples, cfg.mert_receptive_field_samples
@@ -182,7 +183,7 @@ class PianoAssessor(nn.Module):
             raise ValueError(f"{n_samples} samples: MERT needs at least {field}")
         step = max(1, round(chunk_s * cfg.mert_frames_per_s)) * hop                # samples per chunk, hop multiple
         starts = list(range(0, n_samples, step))
-        if len(starts) > 1 and n_samples - starts[-1] < field:
+        if len(starts) > 1 and n_samples - starts[-1] < max(field, min_tail_samples or 0):
             starts.pop()
         return [(s, min(s + step + field - hop, n_samples) if i + 1 < len(starts) else n_samples)
                 for i, s in enumerate(starts)]

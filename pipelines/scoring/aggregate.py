@@ -75,16 +75,18 @@ def window_weights(starts_s, ends_s, grid_s: float = GRID_S) -> np.ndarray:
     return weights
 
 
-def aggregate_windows(starts_s, ends_s, scores, sigma) -> tuple[np.ndarray, np.ndarray]:
+def aggregate_windows(starts_s, ends_s, scores, sigma, weights: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Window predictions (W, D) on 0..100 with their sigma (W, D) -> recording score (D,) and sigma (D,).
 
-    NaN predictions (a dimension a window could not assess) are left out of that dimension; a dimension
-    with no finite window prediction stays NaN."""
+    `weights`: `window_weights(starts_s, ends_s)` when the caller has them already. NaN predictions (a
+    dimension a window could not assess) are left out of that dimension; a dimension with no finite
+    window prediction stays NaN."""
     scores = np.asarray(scores, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
     if scores.ndim != 2 or sigma.shape != scores.shape:
         raise ValueError(f"scores and sigma must both be (windows, dimensions), got {scores.shape} and {sigma.shape}")
-    weights = window_weights(starts_s, ends_s)                           # (W,)
+    weights = window_weights(starts_s, ends_s) if weights is None else np.asarray(weights, np.float64)   # (W,)
     if len(weights) != scores.shape[0]:
         raise ValueError(f"{len(weights)} windows but {scores.shape[0]} rows of scores")
     valid = np.isfinite(scores) & np.isfinite(sigma)

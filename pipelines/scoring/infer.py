@@ -41,7 +41,6 @@ PRED_SCHEMA = pa.schema([
     ("prepare_s", pa.float64()),
     ("infer_s", pa.float64()),
 ])
-MERT_EXTRA_SAMPLES = 80     # a chunk of 320 N + 80 samples gives exactly N MERT frames (400-sample receptive field)
 
 
 class SpanModel:
@@ -70,14 +69,11 @@ class SpanModel:
     # --- MERT once per span -----------------------------------------------------------------------
     def span_mert(self, audio: np.ndarray) -> torch.Tensor:
         """(T, H) MERT features of a span's 24 kHz audio, encoded in contiguous chunks of window_s."""
-        hop = self.model.mert.hop_samples
-        chunk = int(round(self.window_s * C.MERT_SAMPLE_RATE_HZ / hop)) * hop
-        bounds = list(range(0, len(audio), chunk))
-        if len(bounds) > 1 and len(audio) - bounds[-1] < C.MERT_SAMPLE_RATE_HZ:   # a short tail joins its neighbour
-            bounds.pop()
-        pieces = [audio[b: (bounds[i + 1] + MERT_EXTRA_SAMPLES if i + 1 < len(bounds) else len(audio))]
-                  for i, b in enumerate(bounds)]
-        frames_per = [chunk // hop] * (len(pieces) - 1)
+        spans = self.model.mert_chunk_spans(len(audio), self.window_s,
+                                            min_tail_samples=C.MERT_SAMPLE_RATE_HZ)   # a tail < 1 s joins its neighbour
+        pieces = [audio[a:b] for a, b in spans]
+        frames_per = [(b - a - self.model.config.mert_receptive_field_samples) // self.model.mert.hop_samples + 1
+                      for a, b in spans[:-1]]                     # exact for every chunk but the last
         feats = []
         started = time.perf_counter()
         for i in range(0, len(pieces), self.batch_size):

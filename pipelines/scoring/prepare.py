@@ -273,18 +273,3 @@ def _named(uri: str, what: str, exc: BaseException) -> BaseException:
         return exc
     return RuntimeError(f"{uri}: {what} failed: {type(exc).__name__}: {text}")
 
-
-class PrepareSpans:
-    """Ray Data callable: a batch of JSON entries -> Arrow tables of span rows (one table per span)."""
-
-    def __init__(self, config_dict: dict, flags: dict, soundfont: str | None = None) -> None:
-        import torch
-
-        from pipelines.config import config_from_dict
-        torch.set_num_threads(1)
-        self.preparer = SpanPreparer(config_from_dict(config_dict), soundfont=soundfont, **flags)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
-        for text in batch["entry"]:
-            for row in self.preparer(json.loads(text)):
-                yield pa.Table.from_pylist([row], schema=SPAN_SCHEMA)

@@ -107,7 +107,8 @@ class Aggregator:
         att = [np.frombuffer(b, "<f4") for p in spans for b in p["win_attention"]]
         att_t = [np.frombuffer(b, "<f4") for p in spans for b in p["win_att_times"]]
         duration = float(info.get("duration_s", ends.max()))
-        mean, sd = aggregate_windows(starts, ends, scores, sigma)
+        weights = window_weights(starts, ends)
+        mean, sd = aggregate_windows(starts, ends, scores, sigma, weights)
         if self.calibration is not None:     # fitted on aggregated recording sigma: applied there (and to windows)
             from pipelines.evaluation.calibration import apply_temperature
             sd = apply_temperature(sd, self.calibration, self.names)
@@ -127,7 +128,7 @@ class Aggregator:
             aggregate=float("nan") if aggregate is None else aggregate,
             aggregate_sigma=float("nan") if aggregate is None else self.schema.aggregate_score(sd_by_name),
             window_start_s=starts.tolist(), window_end_s=ends.tolist(),
-            window_weight=window_weights(starts, ends).tolist(), window_scores=scores.tolist(),
+            window_weight=weights.tolist(), window_scores=scores.tolist(),
             window_sigma=sigma.tolist(), curve_hop_s=s.curve_hop_s, attention_curve=curve.tolist(),
             seconds=seconds, scored_at=_now())
         for name, value, sdv, flag in zip(self.names, mean, sd, low):
