@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     import torch
     if not torch.cuda.is_available():
         header += ("\nNo GPU on this machine: the fp16 (autocast + GradScaler) training and GPU forward figures are not"
-                   " measured here; run `make bench` on a GPU node to add them.\n")
+                   " measured here; the `gpu` section comes from `benchmarks/gpu_check.py`, run on a GPU machine.\n")
     if names != list(BENCHMARKS) and RESULTS.exists():
         # a subset: replace its sections, keep the others
         old = RESULTS.read_text()

@@ -230,9 +230,11 @@ def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float) -> None:
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    if scale is None or scaler.get_scale() >= scale:   # fp16: a step skipped for inf/NaN gradients (the scale
+        scheduler.step()                                # went down) leaves the schedule where it was
     optimizer.zero_grad(set_to_none=True)
 
 

@@ -59,3 +59,16 @@ def test_tiny_preset_takes_optimizer_steps_that_lower_the_loss():
         assert moved > 0, f"no parameter of the {group['name']} group changed"
     assert all(p.grad is None for g in optimizer.param_groups for p in g["params"])     # zeroed after a step
     assert losses[-1] < losses[0]
+
+
+def test_an_fp16_step_skipped_for_inf_gradients_leaves_the_schedule_where_it_was():
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = cosine_with_warmup(opt, total_steps=10, warmup_fraction=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)      # GradScaler's CPU path, as fp16 on CUDA
+    scaler.scale((param * float("inf")).sum()).backward()
+    _optimizer_step(opt, sched, scaler, grad_clip=1.0)
+    assert torch.equal(param.detach(), torch.ones(2)) and sched.last_epoch == 0    # skipped: nothing moved
+    scaler.scale(param.sum()).backward()
+    _optimizer_step(opt, sched, scaler, grad_clip=1.0)
+    assert not torch.equal(param.detach(), torch.ones(2)) and sched.last_epoch == 1
