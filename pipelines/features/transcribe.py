@@ -32,6 +32,7 @@ test_transcribe_blocks.py). Unlike the whole-array call, it keeps the last 0.7 %
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 import logging
 from typing import Iterable, Iterator
@@ -285,7 +286,8 @@ class Transcriber:
 # --- block-wise transcription -----------------------------------------------------------------
 
 def transcribe_blocks(transcriber: Transcriber, blocks_44k: Iterable[np.ndarray], sr: int = 44_100, *,
-                      segment_s: float = DECODE_SEGMENT_S, context_s: float = DECODE_CONTEXT_S) -> Performance:
+                      segment_s: float = DECODE_SEGMENT_S, context_s: float = DECODE_CONTEXT_S,
+                      keep_evidence: bool = False) -> Performance:
     """Transcribe a recording given block by block (mono [n] or [n, channels] float blocks at `sr` Hz,
     in order, of any sizes) into the notes `transcriber(whole_array, sr)` gives, holding about
     segment_s + 2 context_s seconds of activations and one batch of model windows, never the recording.
@@ -296,6 +298,9 @@ def transcribe_blocks(transcriber: Transcriber, blocks_44k: Iterable[np.ndarray]
     segment, not by the note) is decoded again by the next segment, from its onset, so it is neither
     doubled nor cut (up to MAX_NOTE_LOOKBACK_S long). Raises TranscriptionError for NaN/inf audio, a
     non-positive rate, or a backend other than basic-pitch.
+
+    keep_evidence: also keep the onset activations (uint8, 88 pitches x 86 frames/s: 27 MB an hour) as
+    `Performance.onset_evidence`, so per-bar feedback can tell a note the decoder dropped from one not played.
     """
     backend = transcriber._backend
     if not isinstance(backend, _BasicPitchBackend):
@@ -305,6 +310,13 @@ def transcribe_blocks(transcriber: Transcriber, blocks_44k: Iterable[np.ndarray]
     if not (segment_s > 0 and context_s >= 0.1):
         raise ValueError(f"segment_s must be > 0 and context_s >= 0.1, got {segment_s}, {context_s}")
     import soxr
+
+    evidence: list[np.ndarray] = []
+
+    def _kept(chunks: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if keep_evidence:
+            evidence.extend(np.round(onset * 255.0).astype(np.uint8) for _, onset in chunks)
+        return chunks
 
     resampler = None if sr == backend.sample_rate else soxr.ResampleStream(sr, backend.sample_rate, 1, dtype="float32")
     frames_per_s = BASIC_PITCH_FRAMES_PER_S
@@ -319,10 +331,10 @@ def transcribe_blocks(transcriber: Transcriber, blocks_44k: Iterable[np.ndarray]
             raise TranscriptionError(f"audio blocks must be [samples] or [samples, channels], got shape {y.shape}")
         if not np.all(np.isfinite(y)):
             raise TranscriptionError("audio holds NaN or infinite samples")
-        decoder.push(windows.push(y if resampler is None else resampler.resample_chunk(y)))
+        decoder.push(_kept(windows.push(y if resampler is None else resampler.resample_chunk(y))))
     if resampler is not None:
-        decoder.push(windows.push(resampler.resample_chunk(np.zeros(0, np.float32), last=True)))
-    decoder.push(windows.finish())
+        decoder.push(_kept(windows.push(resampler.resample_chunk(np.zeros(0, np.float32), last=True))))
+    decoder.push(_kept(windows.finish()))
     if windows.n_samples < BASIC_PITCH_HOP_SAMPLES * 2:           # as the whole-array call: too short for notes
         return Performance(notes=_piano_notes([], [], [], []), pedal=empty_pedal(), source="transcription")
     events = decoder.finish()
@@ -330,7 +342,34 @@ def transcribe_blocks(transcriber: Transcriber, blocks_44k: Iterable[np.ndarray]
     end_f = np.array([e[1] for e in events], np.int64)
     velocity = np.rint(127.0 * np.array([e[3] for e in events], np.float64))
     notes = _piano_notes(model_frame_times(start_f), model_frame_times(end_f), [e[2] for e in events], velocity)
-    return Performance(notes=notes, pedal=empty_pedal(), source="transcription")
+    perf = Performance(notes=notes, pedal=empty_pedal(), source="transcription")
+    if keep_evidence:
+        onset = np.concatenate(evidence) if evidence else np.zeros((0, 88), np.uint8)
+        perf.onset_evidence = OnsetEvidence(onset, 1.0 / EVIDENCE_SECONDS_PER_FRAME)
+    return perf
+
+
+class OnsetEvidence:
+    """The transcriber's onset activation (uint8 [frames, 88], pitch 21 + column) at `fps` frames per
+    second: how strongly each pitch started at each time, kept so that a written note the decoder
+    missed can be told from one that was not played."""
+
+    def __init__(self, onset: np.ndarray, fps: float, first_time_s: float = 0.0) -> None:
+        self.onset, self.fps, self.first_time_s = onset, float(fps), float(first_time_s)
+
+    def at(self, pitch: int, time_s: float, reach_s: float = 0.08) -> float:
+        """Largest onset activation (0..1) of `pitch` within +-reach_s of `time_s`."""
+        col = int(pitch) - 21
+        if not 0 <= col < self.onset.shape[1] or len(self.onset) == 0:
+            return 0.0
+        a = max(0, int(math.floor((time_s - reach_s - self.first_time_s) * self.fps)))
+        b = min(len(self.onset), int(math.ceil((time_s + reach_s - self.first_time_s) * self.fps)) + 1)
+        return float(self.onset[a:b, col].max()) / 255.0 if b > a else 0.0
+
+
+# seconds per stitched activation frame on average (model_frame_times' slope, its per-window correction spread)
+EVIDENCE_SECONDS_PER_FRAME = (BASIC_PITCH_HOP_SAMPLES / BASIC_PITCH_SAMPLE_RATE_HZ
+                              - _WINDOW_OFFSET_S / BASIC_PITCH_FRAMES_PER_WINDOW)
 
 
 def model_frame_times(frames: np.ndarray) -> np.ndarray:

@@ -188,7 +188,9 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     end = np.concatenate([t[1] for t in tables])
     na = np.concatenate([t[2][["pitch", "voice", "ts_beats", "ts_beat_type"]] for t in tables])
     part = parts[0]
-    bar_starts = np.array(sorted(float(part.quarter_map(m.start.t)) for m in part.measures), dtype=np.float64)
+    measures = sorted(part.measures, key=lambda m: m.start.t)
+    bar_starts = np.array([float(part.quarter_map(m.start.t)) for m in measures], dtype=np.float64)
+    numbers = np.array([_measure_number(m, k) for k, m in enumerate(measures)], dtype=np.int64)
     # partitura may put a pickup before 0: measure everything from the first bar line (or note)
     origin = min(float(bar_starts[0]) if len(bar_starts) else 0.0, float(onset.min()))
     bar_starts = _clean_beats(bar_starts - origin) if len(bar_starts) else np.zeros(1)
@@ -204,7 +206,20 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     notes["pitch"], notes["velocity"], notes["voice"] = na["pitch"], DEFAULT_VELOCITY, na["voice"]
     notes["bar"], notes["position_beat"] = bar, _clean_beats(onset - bar_starts[bar])
     notes["ts_num"], notes["ts_den"] = na["ts_beats"], na["ts_beat_type"]
-    return _finish_score(notes, bar_starts, float(qpm[0]), "musicxml")
+    score = _finish_score(notes, bar_starts, float(qpm[0]), "musicxml")
+    if len(numbers) == score.n_bars:
+        score.bar_numbers = numbers
+    return score
+
+
+def _measure_number(measure, k: int) -> int:
+    """The number a MusicXML measure prints (its `number` attribute), else its position + 1."""
+    for value in (getattr(measure, "name", None), getattr(measure, "number", None)):
+        try:
+            return int(str(value).strip())
+        except (TypeError, ValueError):
+            continue
+    return k + 1
 
 
 def score_from_musicxml_file(path: str, name: str | None = None) -> Score:
@@ -258,8 +273,9 @@ def slice_bars(score: Score, first_bar: int, last_bar: int) -> Score:
     notes["bar"] -= first_bar
     notes["onset_beat"] -= start_beat
     notes["onset_s"] -= start_s
+    numbers = score.bar_numbers[first_bar:last_bar + 1] if score.bar_numbers is not None else None
     return Score(notes=notes, bar_starts_beat=score.bar_starts_beat[first_bar:last_bar + 1] - start_beat,
-                 tempo_qpm=score.tempo_qpm, source_format=score.source_format)
+                 tempo_qpm=score.tempo_qpm, source_format=score.source_format, bar_numbers=numbers)
 
 
 def _time_at_beat(score: Score, beat: float) -> float:

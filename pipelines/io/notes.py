@@ -38,6 +38,8 @@ class Performance:
     notes: np.ndarray                      # PERF_NOTE_DTYPE [n]
     pedal: np.ndarray                      # PEDAL_DTYPE [m]
     source: str = "midi"                   # midi | transcription
+    onset_evidence: object | None = None   # transcription: the transcriber's onset activation at every
+                                           # time and pitch (pipelines.scoring.feedback.OnsetEvidence)
 
     @property
     def duration_s(self) -> float:
@@ -51,6 +53,7 @@ class Score:
     bar_starts_beat: np.ndarray            # f8 [n_bars]: onset of each bar in quarter notes
     tempo_qpm: float = 120.0               # first written tempo, quarter notes per minute
     source_format: str = "midi"            # midi | musicxml
+    bar_numbers: np.ndarray | None = None  # i8 [n_bars]: printed bar numbers (MusicXML); None = index + 1
 
     @property
     def n_bars(self) -> int:

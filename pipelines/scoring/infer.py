@@ -38,6 +38,9 @@ PRED_SCHEMA = pa.schema([
     ("win_sigma", pa.list_(pa.list_(pa.float32()))),
     ("win_attention", pa.list_(pa.binary())),       # float32 pooling weights of each window's steps
     ("win_att_times", pa.list_(pa.binary())),       # float32 seconds from the window start of those steps
+    ("thumb", pa.binary()),                         # the span's CQT thumbnail, passed through for the report
+    ("thumb_first", pa.int32()),
+    ("thumb_fps", pa.float64()),
     ("prepare_s", pa.float64()),
     ("infer_s", pa.float64()),
 ])
@@ -153,6 +156,7 @@ class SpanModel:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: row[k] for k in ("recording_id", "span_index", "n_spans", "status", "error_kind", "message",
                                    "info_json", "win_index", "win_start_s", "win_end_s", "prepare_s")}
+        out.update({k: row.get(k) for k in ("thumb", "thumb_first", "thumb_fps")})
         out.update(win_scores=[], win_sigma=[], win_attention=[], win_att_times=[], infer_s=0.0)
         if row["status"] != "ok":
             return out

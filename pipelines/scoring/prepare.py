@@ -52,8 +52,38 @@ SPAN_SCHEMA = pa.schema([
     ("win_notes", pa.list_(pa.binary())),    # int16 OctupleMIDI tokens (n, 8)
     ("win_attrs", pa.list_(pa.binary())),    # float32 (n, N_PERF_ATTRS)
     ("win_times", pa.list_(pa.binary())),    # float32 onsets, seconds from the window start
+    ("thumb", pa.binary()),                  # uint8 (frames, 88) CQT thumbnail for the report (thumbnail())
+    ("thumb_first", pa.int32()),             # index of its first frame in the recording's thumbnail
+    ("thumb_fps", pa.float64()),
     ("prepare_s", pa.float64()),
 ])
+THUMB_MAX_FRAMES = 2400                      # a recording's CQT thumbnail: at most this many frames ...
+THUMB_MAX_FPS = 10.0                         # ... and at most this many per second
+THUMB_LOG_RANGE = (-9.0, 1.5)                # log-CQT values mapped onto 0..255
+
+
+def thumb_pool(duration_s: float) -> int:
+    """CQT frames averaged into one thumbnail frame for a recording of this length."""
+    fps = min(THUMB_MAX_FPS, THUMB_MAX_FRAMES / max(duration_s, 1e-3))
+    return max(1, int(math.ceil(C.CQT_FRAMES_PER_S / fps)))
+
+
+def thumbnail(frames: np.ndarray, first: int, pool: int) -> tuple[bytes, int]:
+    """Log-CQT frames [F, 168] starting at whole-file frame `first` -> (uint8 [T, 88] bytes, first thumbnail
+    frame): frame t averages CQT frames [t pool, (t + 1) pool); column j is MIDI pitch 21 + j (the CQT's
+    C1..B7 semitones, two bins each; A0-B0 and C8 stay 0)."""
+    if not len(frames):
+        return b"", first // pool
+    index = (first + np.arange(len(frames))) // pool
+    t0 = int(index[0])
+    sums = np.zeros((int(index[-1]) - t0 + 1, C.CQT_N_BINS))
+    np.add.at(sums, index - t0, frames)
+    mean = sums / np.bincount(index - t0)[:, None]
+    semis = mean.reshape(len(mean), -1, C.CQT_BINS_PER_OCTAVE // 12).mean(axis=2)        # [T, 84] C1..B7
+    lo, hi = THUMB_LOG_RANGE
+    out = np.zeros((len(mean), 88), np.uint8)
+    out[:, 3:87] = np.clip((semis - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    return out.tobytes(), t0
 
 
 class LimitError(RuntimeError):
@@ -104,7 +134,7 @@ class SpanPreparer:
         self.config = config
         self.scoring = config.scoring
         self.use_audio, self.use_cqt, self.use_notes = use_audio, use_cqt, use_notes
-        self.cqt = CQTExtractor(device="cpu") if use_cqt else None
+        self.cqt = CQTExtractor(device="cpu")          # the model's input (use_cqt) and the report's thumbnail
         self.soundfont = soundfont
         self._transcriber = None
 
@@ -153,7 +183,8 @@ class SpanPreparer:
             perf = load_performance(entry["midi_uri"])
         else:
             from pipelines.features.transcribe import transcribe_blocks
-            perf = transcribe_blocks(self.transcriber, (y44 for _, y44 in stream.blocks()), C.CQT_SAMPLE_RATE_HZ)
+            perf = transcribe_blocks(self.transcriber, (y44 for _, y44 in stream.blocks()), C.CQT_SAMPLE_RATE_HZ,
+                                     keep_evidence=True)
         deadline.check("performance notes")
         if len(perf.notes) == 0:
             return None, {"match_rate": 0.0, "score_mismatch": True,
@@ -174,7 +205,11 @@ class SpanPreparer:
                                   f"(scoring.min_match_rate {self.scoring.min_match_rate:.0%}): another piece or not "
                                   "piano? assessed from audio alone"}
         attrs = note_attributes(score, perf, alignment)
-        return (score, perf, alignment, attrs), {"match_rate": f_measure, "score_mismatch": False}
+        from pipelines.scoring.feedback import measure_bars
+        bars = measure_bars(score, perf, alignment, evidence=perf.onset_evidence)
+        deadline.check("per-bar feedback")
+        return (score, perf, alignment, attrs), {"match_rate": f_measure, "score_mismatch": False,
+                                                 "perf_source": perf.source, "bars": bars}
 
     # --- entry point -----------------------------------------------------------------------------
     def __call__(self, entry: dict) -> Iterator[dict[str, Any]]:
@@ -191,17 +226,18 @@ class SpanPreparer:
                 stream.scan()
                 deadline.check("decoding")
                 info["duration_s"] = float(stream.duration_s)
-                bundle = None
-                if entry.get("score_uri") and self.use_notes:
+                bundle, first = None, {}
+                if entry.get("score_uri"):          # aligned for per-bar feedback, whatever the model reads
                     try:
                         bundle, extra = self._alignment(entry, stream, deadline)
                     except LimitError:
                         raise
                     except Exception as exc:
                         raise _named(entry["score_uri"], "score", exc) from None
+                    first = {k: extra.pop(k) for k in ("bars", "perf_source") if k in extra}
                     info.update(extra)
                 info["has_score"] = bundle is not None
-                yield from self._spans(entry, stream, bundle, info, deadline, started)
+                yield from self._spans(entry, stream, bundle, info, deadline, started, first)
         except Exception as exc:  # every failure is one error row, never raised out of the stage
             kind = error_kind(exc)
             message = one_line(exc)
@@ -210,7 +246,7 @@ class SpanPreparer:
             yield span_error(rid, kind, message, info)
 
     def _spans(self, entry: dict, stream, bundle, info: dict, deadline: _Deadline,
-               started: float) -> Iterator[dict[str, Any]]:
+               started: float, extra_first: dict | None = None) -> Iterator[dict[str, Any]]:
         from pipelines.features import segment as S
 
         s = self.scoring
@@ -218,34 +254,43 @@ class SpanPreparer:
         windows = S.windows(duration, s.window_s, s.overlap)
         groups = group_spans(windows, s.span_windows)
         segments = None
-        if bundle is not None:
+        if bundle is not None and self.use_notes:
             score, perf, alignment, attrs = bundle
             segments = S.segment_alignment(alignment, score, duration, s.window_s, s.overlap)
         bounds = [(windows[g[0]][0], windows[g[-1]][1]) for g in groups]
         fps = C.CQT_FRAMES_PER_S
         n_cqt_total = 1 + int(round(duration * C.CQT_SAMPLE_RATE_HZ)) // C.CQT_HOP_SAMPLES
         cqt_bounds = [(int(math.floor(a * fps)), min(n_cqt_total, int(math.ceil(b * fps)) + 1)) for a, b in bounds]
-        margin = 1.0 if self.use_cqt else 0.0
+        margin = 1.0
         # the CQT of a span needs its frames' full support: ask for the span widened to its frame range
         request = [(min(a, f0 / fps), max(b, f1 / fps)) for (a, b), (f0, f1) in zip(bounds, cqt_bounds)]
         tokens_cache: dict[int, np.ndarray] = {}
         info_json = json.dumps(info)
+        head_json = json.dumps({**info, **extra_first}) if extra_first else info_json   # bars: first span only
+        pool = thumb_pool(duration)
         for k, ((y24, y44, pad_s), group) in enumerate(zip(stream.spans(request, margin_s=margin), groups)):
             deadline.check(f"span {k + 1} of {len(groups)}")
             req_start = request[k][0]
             a, b = bounds[k]
             row = {"recording_id": entry["recording_id"], "span_index": k, "n_spans": len(groups), "status": "ok",
-                   "error_kind": "", "message": "", "info_json": info_json, "span_start_s": a, "span_end_s": b,
-                   "audio": b"", "cqt": b"", "cqt_first_frame": 0}
+                   "error_kind": "", "message": "", "info_json": head_json if k == 0 else info_json,
+                   "span_start_s": a, "span_end_s": b, "audio": b"", "cqt": b"", "cqt_first_frame": 0}
             if self.use_audio:
                 lo = int(round((a - (req_start - pad_s)) * C.MERT_SAMPLE_RATE_HZ))
                 n = int(round((b - a) * C.MERT_SAMPLE_RATE_HZ))
                 row["audio"] = pack_array(y24[lo: lo + n], "f2")
+            from pipelines.features.cqt import cqt_frames_of_span
             if self.use_cqt:
-                from pipelines.features.cqt import cqt_frames_of_span
                 f0, f1 = cqt_bounds[k]
                 frames, first = cqt_frames_of_span(self.cqt, y44, pad_s, f0 / fps, f1 / fps, duration)
                 row["cqt"], row["cqt_first_frame"] = pack_array(frames, "f2"), int(first)
+                own = (first + np.arange(len(frames)) >= math.ceil(a * fps - 1e-6)) & \
+                      ((first + np.arange(len(frames)) < math.ceil(b * fps - 1e-6)) | (k == len(groups) - 1))
+                frames, first = frames[own], first + int(np.argmax(own)) if own.any() else first
+            else:                            # the thumbnail's frames alone, each frame once across the spans
+                frames, first = cqt_frames_of_span(self.cqt, y44, pad_s, a, b, duration)
+            row["thumb"], row["thumb_first"] = thumbnail(frames, int(first), pool)
+            row["thumb_fps"] = C.CQT_FRAMES_PER_S / pool
             notes, attrs_, times = [], [], []
             for w in group:
                 if segments is not None:

@@ -16,7 +16,7 @@
 | message | string | on errors, one line naming the file and the cause; otherwise notes such as a score fallback |
 | mode | string | `audio+score`, `audio`, `midi+score` or `midi` (the performance notes came from MIDI) |
 | duration_s | float64 | length of the recording, seconds |
-| has_score | bool | a score was aligned and used by the model |
+| has_score | bool | a score was aligned (per-bar feedback; read by models with a symbolic branch) |
 | match_rate | float64 | alignment F-measure of score and performed notes, 0..1 (NaN without a score) |
 | score_mismatch | bool | a score was given but did not match the playing (another piece, not piano): assessed |
 | | | from audio alone, every dimension flagged low-confidence |
@@ -32,6 +32,16 @@
 | window_scores, window_sigma | list<list<float32>> | per window, per dimension |
 | curve_hop_s | float64 | bin width of the attention curve, seconds |
 | attention_curve | list<float32> | where the model listened: bin i covers [i, i+1) x curve_hop_s, sums to 1 |
+| bars | list<struct> | with a score: one entry per bar, in score order: its number, where it lies, notes missed, |
+| | | wrong and extra, timing, dynamics, articulation and pedal measurements, the model's attention and |
+| | | per-window scores over it (every field: pipelines/scoring/feedback.py); empty without a score |
+| bar_flags | list<struct> | flagged bars: `{bar, last_bar, dimension, kind, reason, start_s, end_s, severity}`, |
+| | | `bar` the score's own bar number (MIDI: from 1; MusicXML: its measure numbers), `dimension` a |
+| | | schema name (or the kind of finding where the schema has no dimension for it), `reason` in words |
+| time_flags | list<struct> | without a score: `{start_s, end_s, dimension, reason, severity}`, stretches the |
+| | | model scores well below the recording's own score |
+| observation | string | the single thing most worth practising ("" when nothing stands out) |
+| cqt_thumb, cqt_thumb_fps | binary, float64 | uint8 [frames, 88] log-CQT thumbnail (column j = MIDI pitch 21 + j) |
 | seconds | float64 | processing time of the recording (prepare + inference) in `scored_in_run` |
 | scored_at | string | UTC time the numbers were produced |
 
@@ -68,6 +78,23 @@ _FIXED = [
     ("sigma", pa.list_(pa.float32())),
     ("low_confidence", pa.list_(pa.bool_())),
 ]
+BAR_STRUCT = pa.struct([
+    ("bar", pa.int32()), ("index", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+    ("score_notes", pa.int32()), ("matched", pa.int32()), ("missed", pa.int32()), ("wrong", pa.int32()),
+    ("extra", pa.int32()), ("unclear", pa.int32()), ("onset_dev_ms", pa.float64()), ("tempo_pct", pa.float64()),
+    ("unsteady_ms", pa.float64()), ("velocity", pa.float64()), ("velocity_contrast", pa.float64()),
+    ("duration_ratio", pa.float64()), ("pedal_down_pct", pa.float64()), ("pedal_held_changes", pa.int32()),
+    ("attention", pa.float64()), ("window_scores", pa.list_(pa.float32())),
+])
+FLAG_STRUCT = pa.struct([
+    ("bar", pa.int32()), ("last_bar", pa.int32()), ("dimension", pa.string()), ("kind", pa.string()),
+    ("reason", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()), ("severity", pa.float32()),
+])
+TIME_FLAG_STRUCT = pa.struct([
+    ("start_s", pa.float64()), ("end_s", pa.float64()), ("dimension", pa.string()), ("reason", pa.string()),
+    ("severity", pa.float32()),
+])
+
 _TAIL = [
     ("aggregate", pa.float32()),
     ("aggregate_sigma", pa.float32()),
@@ -78,6 +105,12 @@ _TAIL = [
     ("window_sigma", pa.list_(pa.list_(pa.float32()))),
     ("curve_hop_s", pa.float64()),
     ("attention_curve", pa.list_(pa.float32())),
+    ("bars", pa.list_(BAR_STRUCT)),
+    ("bar_flags", pa.list_(FLAG_STRUCT)),
+    ("time_flags", pa.list_(TIME_FLAG_STRUCT)),
+    ("observation", pa.string()),
+    ("cqt_thumb", pa.binary()),
+    ("cqt_thumb_fps", pa.float64()),
     ("seconds", pa.float64()),
     ("scored_at", pa.string()),
 ]
@@ -103,7 +136,8 @@ def base_row(entry: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
         "mode": entry_mode(entry), "duration_s": nan, "has_score": False, "match_rate": nan,
         "score_mismatch": False, "dimensions": list(names), "scores": [], "sigma": [], "low_confidence": [],
         "aggregate": nan, "aggregate_sigma": nan, "window_start_s": [], "window_end_s": [], "window_weight": [],
-        "window_scores": [], "window_sigma": [], "curve_hop_s": nan, "attention_curve": [], "seconds": nan,
+        "window_scores": [], "window_sigma": [], "curve_hop_s": nan, "attention_curve": [], "bars": [],
+        "bar_flags": [], "time_flags": [], "observation": "", "cqt_thumb": b"", "cqt_thumb_fps": nan, "seconds": nan,
         "scored_at": "",
     }
     for name in names:

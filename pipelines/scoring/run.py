@@ -116,6 +116,7 @@ class Aggregator:
         _, curve = attention_curve(starts, ends, att_t, att, duration, s.curve_hop_s)
         mismatch = bool(info.get("score_mismatch", False))
         low = [bool(mismatch or not np.isfinite(v) or v > s.low_confidence_sigma) for v in sd]
+        feedback = self._feedback(info, curve, starts, ends, scores, sigma, mean, low, duration)
         row = base_row(entry, self.names)
         by_name = dict(zip(self.names, mean.tolist()))
         sd_by_name = dict(zip(self.names, sd.tolist()))
@@ -130,12 +131,41 @@ class Aggregator:
             window_start_s=starts.tolist(), window_end_s=ends.tolist(),
             window_weight=weights.tolist(), window_scores=scores.tolist(),
             window_sigma=sigma.tolist(), curve_hop_s=s.curve_hop_s, attention_curve=curve.tolist(),
-            seconds=seconds, scored_at=_now())
+            seconds=seconds, scored_at=_now(), **feedback, **_thumbnail(spans))
         for name, value, sdv, flag in zip(self.names, mean, sd, low):
             row.update({f"score_{name}": float(value), f"sigma_{name}": float(sdv), f"low_confidence_{name}": flag})
         self.windows += len(starts)
         self.audio_s += duration
         return row
+
+
+    def _feedback(self, info: dict, curve, starts, ends, scores, sigma, mean, low, duration: float) -> dict:
+        """bars (with the model's attention and window scores over each), bar or time flags, observation."""
+        from pipelines.scoring import feedback as F
+
+        s = self.config.scoring
+        bars = info.get("bars") or []
+        if bars:
+            F.add_model_to_bars(bars, curve=curve, curve_hop_s=s.curve_hop_s, starts=starts, ends=ends,
+                                scores=scores, duration_s=duration)
+            flags = F.flag_bars(bars, self.names, perf_source=info.get("perf_source", "midi"))
+            return {"bars": [{k: b.get(k) for k in F.BAR_FIELDS} for b in bars], "bar_flags": flags,
+                    "time_flags": [], "observation": F.observation(flags, bars)}
+        flags = F.time_flags(starts, ends, scores, sigma, mean, self.names, low)
+        return {"bars": [], "bar_flags": [], "time_flags": flags, "observation": F.time_observation(flags)}
+
+
+def _thumbnail(spans: list[dict]) -> dict:
+    """The recording's CQT thumbnail from its spans' pieces (a later span's frame wins where two meet)."""
+    pieces = [(int(p["thumb_first"]), np.frombuffer(p["thumb"], np.uint8).reshape(-1, 88))
+              for p in spans if p.get("thumb")]
+    if not pieces:
+        return {"cqt_thumb": b"", "cqt_thumb_fps": float("nan")}
+    end = max(first + len(t) for first, t in pieces)
+    out = np.zeros((end, 88), np.uint8)
+    for first, t in pieces:
+        out[first:first + len(t)] = t
+    return {"cqt_thumb": out.tobytes(), "cqt_thumb_fps": float(spans[0]["thumb_fps"])}
 
 
 def _now() -> str:

@@ -136,3 +136,29 @@ def test_a_score_too_long_to_align_is_set_aside_with_a_note(library):
     info = __import__("json").loads(rows[0]["info_json"])
     assert not info["has_score"] and not info["score_mismatch"] and "too long to align" in info["note"]
     assert "scale one.mid" in info["note"]
+
+
+def test_result_rows_carry_bars_flags_and_a_cqt_thumbnail(library, scoring_checkpoint):
+    from model.schema import SEED10
+    from pipelines.scoring.results import to_table
+    config = _config()
+    span_model = load_span_model(str(scoring_checkpoint), config, use_gpu=False)
+    out = {}
+    for rid in ("with score/scale one", "plain/four channels"):
+        entry = _entry(library, rid)
+        rows = list(SpanPreparer(config, use_audio=False, use_cqt=True, use_notes=True)(entry))
+        agg = Aggregator({rid: entry}, SEED10.names, SEED10, config, "run-1")
+        out[rid] = next(r for r in (agg.add(span_model(r)) for r in rows) if r is not None)
+    scored = out["with score/scale one"]
+    assert scored["status"] == "ok" and scored["has_score"]
+    bars = scored["bars"]
+    assert [b["bar"] for b in bars] == list(range(1, len(bars) + 1)) and len(bars) >= 4
+    assert sum(b["matched"] for b in bars) > 0.8 * sum(b["score_notes"] for b in bars)
+    assert all(len(b["window_scores"]) == len(SEED10.names) and b["attention"] > 0 for b in bars)
+    assert isinstance(scored["bar_flags"], list) and scored["time_flags"] == []
+    thumb = np.frombuffer(scored["cqt_thumb"], np.uint8).reshape(-1, 88)
+    assert abs(len(thumb) - scored["duration_s"] * scored["cqt_thumb_fps"]) <= 2 and thumb.max() > 100
+    plain = out["plain/four channels"]
+    assert plain["bars"] == [] and plain["bar_flags"] == [] and isinstance(plain["time_flags"], list)
+    table = to_table([scored, plain], SEED10.names)                 # the Parquet contract holds
+    assert table.column("bars")[0].as_py()[0]["bar"] == 1

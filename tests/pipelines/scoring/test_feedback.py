@@ -1,0 +1,166 @@
+"""Per-bar feedback: inserted errors are found in their bars, a clean take gets no flag, the row contract."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.demo_corpus.deviations import DeviationSpec, apply_deviations
+from pipelines.demo_corpus.generate import plan_piece
+from pipelines.demo_corpus.pieces import DEMO_PIECES
+from pipelines.demo_corpus.renditions import natural_rendition
+from pipelines.io.notes import Performance
+from pipelines.scoring import feedback as F
+
+NAMES = ["note_accuracy", "rhythmic_precision", "dynamics_control", "articulation", "pedaling", "tone"]
+
+
+@pytest.fixture(scope="module")
+def piece():
+    spec = DEMO_PIECES[3]                                          # a music21 score, 12 bars
+    score = plan_piece(spec, 3, 1, 0, 30.0).score
+    clean = apply_deviations(score, DeviationSpec(seed=4), base=natural_rendition(score, 4, spec.pedal_beats))
+    return score, clean
+
+
+def _edit(perf: Performance, score, *, drop=(), wrong=(), stretch_bar=None, factor=1.0) -> Performance:
+    """The clean take with written notes `drop` removed, `wrong` a semitone up, and `stretch_bar` played
+    `factor` times as long (everything after it shifted)."""
+    notes, pedal = perf.notes.copy(), perf.pedal.copy()
+    sn = score.notes
+    # clean takes are notes in score order after sorting by (onset, pitch): find each written note's played one
+    def played(i):
+        t = np.argmin(np.abs(notes["onset_s"] - _time(perf, score, i)) + 100 * (notes["pitch"] != sn["pitch"][i]))
+        return int(t)
+    keep = np.ones(len(notes), bool)
+    for i in drop:
+        keep[played(i)] = False
+    for i in wrong:
+        notes["pitch"][played(i)] += 1
+    if stretch_bar is not None:
+        a = _time_of_bar(perf, score, stretch_bar)
+        b = _time_of_bar(perf, score, stretch_bar + 1)
+        for t in (notes["onset_s"], notes["offset_s"], pedal["time_s"]):
+            inside = (t > a) & (t <= b)
+            after = t > b
+            t[inside] = a + (t[inside] - a) * factor
+            t[after] += (b - a) * (factor - 1.0)
+    return Performance(notes=notes[keep], pedal=pedal, source=perf.source)
+
+
+def _time(perf, score, i):
+    from pipelines.features.align import align
+    tok = align(score, perf).tokens
+    m = tok[(tok["score_index"] == i)]
+    return float(m["perf_onset_s"][0])
+
+
+def _time_of_bar(perf, score, b):
+    first = int(np.flatnonzero(score.notes["bar"] == b)[0])
+    return _time(perf, score, first) - 0.01
+
+
+def test_a_clean_take_gets_no_flag_and_every_bar_is_measured(piece):
+    score, clean = piece
+    result = F.analyse(score, clean.performance(), NAMES)
+    assert result["flags"] == [] and result["observation"] == ""
+    bars = result["bars"]
+    assert [b["bar"] for b in bars] == list(range(1, score.n_bars + 1))          # MIDI scores: bars from 1
+    assert all(b["missed"] == b["wrong"] == b["extra"] == 0 for b in bars)
+    assert sum(b["matched"] for b in bars) == len(score.notes)
+    assert all(b["end_s"] > b["start_s"] for b in bars)
+    assert all(abs(b["tempo_pct"]) < F.TEMPO_FLAG_PCT for b in bars if np.isfinite(b["tempo_pct"]))
+
+
+def test_missed_wrong_and_dragged_bars_are_flagged_where_they_were_played(piece):
+    score, clean = piece
+    sn = score.notes
+    in_bar = {b: np.flatnonzero(sn["bar"] == b) for b in range(score.n_bars)}
+    perf = _edit(clean.performance(), score, drop=[in_bar[2][1], in_bar[2][3]], wrong=[in_bar[6][2]],
+                 stretch_bar=8, factor=1.35)
+    result = F.analyse(score, perf, NAMES)
+    by_kind = {}
+    for f in result["flags"]:
+        by_kind.setdefault(f["kind"], []).append(f)
+    assert [(f["bar"], f["last_bar"]) for f in by_kind["missed"]] == [(3, 3)]
+    assert by_kind["missed"][0]["reason"] == "bar 3: 2 missed notes"
+    assert by_kind["missed"][0]["dimension"] == "note_accuracy"
+    assert [f["bar"] for f in by_kind["wrong"]] == [7] and "1 wrong note" in by_kind["wrong"][0]["reason"]
+    assert [f["bar"] for f in by_kind["dragging"]] == [9]
+    assert by_kind["dragging"][0]["dimension"] == "rhythmic_precision"
+    assert "dragging" in by_kind["dragging"][0]["reason"] and "%" in by_kind["dragging"][0]["reason"]
+    assert set(by_kind) == {"missed", "wrong", "dragging"}, result["flags"]
+    assert result["observation"].startswith("Practise ")
+
+
+def test_flags_use_the_scores_own_bar_numbers_and_the_schemas_names(piece):
+    score, clean = piece
+    score.bar_numbers = np.arange(score.n_bars) + 10                                 # as MusicXML numbers them
+    try:
+        perf = _edit(clean.performance(), score, drop=[int(np.flatnonzero(score.notes["bar"] == 4)[0])])
+        flags = F.analyse(score, perf, ["timing", "pedal_clarity"])["flags"]
+    finally:
+        score.bar_numbers = None
+    assert [(f["bar"], f["kind"], f["dimension"]) for f in flags] == [(14, "missed", "missed")]
+    assert flags[0]["reason"].startswith("bar 14:")
+
+
+def test_musicxml_scores_keep_their_measure_numbers():
+    import music21
+
+    from pipelines.io.notation import load_score
+    path = str(music21.corpus.getWork("bwv269"))                  # a chorale that opens with a pickup bar 0
+    score = load_score(path)
+    assert score.bar_numbers is not None and list(score.bar_numbers[:3]) == [0, 1, 2]
+    assert len(score.bar_numbers) == score.n_bars
+
+
+def test_runs_of_bars_are_merged_into_one_flag():
+    bars = [dict(bar=i + 1, index=i, start_s=2.0 * i, end_s=2.0 * i + 2, score_notes=8, matched=8, missed=0,
+                 wrong=0, extra=0, unclear=0, onset_dev_ms=0.0, tempo_pct=0.0, unsteady_ms=5.0, velocity=64.0,
+                 velocity_contrast=0.0, duration_ratio=0.9, pedal_down_pct=80.0, pedal_held_changes=0)
+            for i in range(8)]
+    for i in (3, 4, 5):
+        bars[i]["missed"] = 1
+    bars[5]["tempo_pct"] = 25.0
+    flags = F.flag_bars(bars, NAMES)
+    assert [(f["bar"], f["last_bar"], f["kind"]) for f in flags] == [(4, 6, "missed"), (6, 6, "rushing")]
+    assert flags[0]["reason"] == "bars 4-6: 3 missed notes"
+    assert flags[1]["reason"] == "bar 6: rushing 25 %"
+    assert F.observation(flags, bars) == "Practise note accuracy first: bars 4-6: 3 missed notes."
+
+
+def test_transcribed_extra_notes_and_pedal_are_not_flagged_from_audio():
+    bar = dict(bar=1, index=0, start_s=0.0, end_s=2.0, score_notes=8, matched=8, missed=0, wrong=0, extra=4,
+               unclear=0, onset_dev_ms=0.0, tempo_pct=float("nan"), unsteady_ms=float("nan"), velocity=64.0,
+               velocity_contrast=float("nan"), duration_ratio=0.1, pedal_down_pct=float("nan"),
+               pedal_held_changes=0)
+    assert F.bar_findings(bar, [bar], perf_source="transcription") == {}
+    assert set(F.bar_findings(bar, [bar], perf_source="midi")) == {"extra", "articulation"}
+
+
+def test_without_a_score_low_stretches_become_time_ranges():
+    starts = np.arange(10) * 5.0
+    ends = starts + 10.0
+    scores = np.full((10, 2), 70.0)
+    scores[4:6, 0] = 45.0                                         # 0:20-0:35 far below on the first dimension
+    sigma = np.full((10, 2), 5.0)
+    overall = np.array([66.0, 70.0])
+    flags = F.time_flags(starts, ends, scores, sigma, overall, ["note_accuracy", "tone"], [False, False])
+    assert [(f["start_s"], f["end_s"], f["dimension"]) for f in flags] == [(20.0, 35.0, "note_accuracy")]
+    assert flags[0]["reason"] == "0:20-0:35: note accuracy 21 points below this recording's 66"
+    assert F.time_observation(flags) == "Listen back to 0:20-0:35: note accuracy 21 points below this recording's 66."
+    assert F.time_flags(starts, ends, scores, sigma, overall, ["note_accuracy", "tone"], [True, False]) == []
+    wide = np.full((10, 2), 30.0)                                 # the model unsure about the windows: no flag
+    assert F.time_flags(starts, ends, scores, wide, overall, ["note_accuracy", "tone"], [False, False]) == []
+
+
+def test_model_attention_and_window_scores_are_pooled_onto_bars():
+    bars = [dict(start_s=0.0, end_s=5.0, attention=np.nan, window_scores=[]),
+            dict(start_s=5.0, end_s=10.0, attention=np.nan, window_scores=[])]
+    curve = np.array([0.1] * 5 + [0.1] * 5)
+    curve[:5] = 0.15
+    curve[5:] = 0.05                                              # three times the attention in the first half
+    F.add_model_to_bars(bars, curve=curve / curve.sum(), curve_hop_s=1.0, starts=np.array([0.0, 5.0]),
+                        ends=np.array([5.0, 10.0]), scores=np.array([[80.0], [40.0]]), duration_s=10.0)
+    assert bars[0]["attention"] == pytest.approx(1.5) and bars[1]["attention"] == pytest.approx(0.5)
+    assert bars[0]["window_scores"] == [80.0] and bars[1]["window_scores"] == [40.0]
