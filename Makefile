@@ -10,7 +10,7 @@ SYS_STAMP  := $(VENV)/.pianoeval-system
 DEMO_OUT   ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test test-fast bench clean help
+.PHONY: install system browser demo test test-fast bench clean help
 
 help:
 	@echo "make demo   - generate a demo corpus and run the whole pipeline on local Ray (outputs in $(DEMO_OUT)/)"
@@ -34,15 +34,29 @@ $(STAMP): pyproject.toml $(SYS_STAMP) | $(PY)
 	$(PY) .ci/fix_environment.py --fix
 	@touch $@
 
+# Headless Chromium (Debian package `chromium`): tests/jobs/test_report_browser.py opens the HTML report of a
+# scoring run in a real browser. Installed when running as root; otherwise a warning says what to install
+# (the test is then skipped, except in CI, where it fails).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system package: chromium"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "warning: the report's browser test needs chromium: sudo apt-get install -y chromium" >&2; \
+	  fi; \
+	fi
+
 install: $(STAMP)
 
 demo: install
 	$(PY) jobs/demo.py --out $(DEMO_OUT)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 bench: install

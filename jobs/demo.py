@@ -5,8 +5,9 @@
 Steps: generate a demo corpus from real scores (music21 corpus + parangonar's human K265 take) ->
 preprocess on Ray Data -> train the pseudo-label stage on Ray Train (2 CPU workers, DDP over gloo) ->
 train the expert stage from it on the corpus's ground-truth labels -> evaluate the expert model against
-baselines on held-out pieces -> score a small library with it (held-out recordings, one with its score and
-one without, and a corrupt file) as the nightly job does. Prints where every output is.
+baselines on held-out pieces -> score a small library with it (a clean take and a take with errors known bar
+by bar, each with its score; a held-out recording without one; a corrupt file) as the nightly job does, and
+write its HTML report. Prints where every output is.
 """
 from __future__ import annotations
 
@@ -77,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     step("6/6 scoring a library with the expert model (jobs/score.py's pipeline)")
     library, scores = storage.join(out, "library"), storage.join(out, "scores")
-    make_demo_library(load_records(corpus, config), library)
+    truth_uri = storage.join(out, "library_truth.json")
+    make_demo_library(load_records(corpus, config), library, truth_uri)
     scoring = run_scoring(library, scores, expert["best_checkpoint"], config)
     print(scoring_summary(scoring, scores, read_latest(scores).sort_by("recording_id")))
+    from pipelines.scoring.report import write_run_report
+    report = write_run_report(scores, scoring["run_id"])
 
     print(f"\ndemo finished in {time.time() - started:.0f} s. Outputs:")
     print(f"  corpus        {corpus}  (audio, performance MIDI, scores, labels.csv, manifest.json)")
@@ -87,29 +91,53 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  checkpoints   {pseudo['best_checkpoint']}\n                {expert['best_checkpoint']}")
     print(f"  tensorboard   tensorboard --logdir {runs}")
     print(f"  evaluation    {evaluation_uri}  (evaluation.md, evaluation.json, reliability.png, scatter.png)")
-    print(f"  scores        {scores}/latest.json -> runs/<run_id>/results/*.parquet  (library: {library})")
+    print(f"  scores        {scores}/latest.json -> runs/<run_id>/results/*.parquet  (library: {library};"
+          f" the inserted errors: {truth_uri})")
+    print(f"  report        {report}")
     return 0
 
 
-def make_demo_library(records: list[dict], library: str) -> None:
-    """A small library as users keep one: two held-out recordings (the first with its score beside it,
-    the second without) and a corrupt file, which the scoring run must report and step over."""
+def make_demo_library(records: list[dict], library: str, truth_uri: str | None = None) -> dict:
+    """A small library as users keep one: a clean take and a take with errors known bar by bar (each with
+    its score beside it, a piece of the demo rendered afresh), a held-out recording without a score, and a
+    corrupt file, which the scoring run must report and step over. Writes the errors' bars to truth_uri
+    (JSON: recording id -> {bar number: kinds}) and returns them."""
+    import json as _json
+
+    from pipelines.demo_corpus.generate import _flac_bytes, performance_midi_bytes, plan_piece, score_midi_bytes
+    from pipelines.demo_corpus.library import demo_error_bars, inserted_errors
+    from pipelines.demo_corpus.pieces import DEMO_PIECES
+    from pipelines.demo_corpus.renditions import natural_rendition
+    from pipelines.features.render import render_midi
     from pipelines.io import storage
 
     held_out = [r for r in records if r.get("split") == "test" and r.get("audio_uri")]
-    with_score = next((r for r in held_out if r.get("score_uri")), None)
-    if with_score is None or len(held_out) < 2:
-        raise ValueError("the demo corpus has too few held-out recordings to score; use more --pieces")
-    without = next(r for r in held_out if r is not with_score)
+    if not held_out:
+        raise ValueError("the demo corpus has no held-out recordings to score; use more --pieces")
     if storage.exists(library):
         storage.delete(library)
-    for record, name, score in ((with_score, "with score", True), (without, "audio only", False)):
-        suffix = "." + record["audio_uri"].rsplit(".", 1)[-1]
-        storage.write_bytes(storage.join(library, name + suffix), storage.read_bytes(record["audio_uri"]))
-        if score:
-            score_suffix = "." + record["score_uri"].rsplit(".", 1)[-1]
-            storage.write_bytes(storage.join(library, name + score_suffix), storage.read_bytes(record["score_uri"]))
+    spec = DEMO_PIECES[LIBRARY_PIECE]
+    score = plan_piece(spec, LIBRARY_PIECE, 1, 0, 30.0).score
+    base = natural_rendition(score, LIBRARY_EXPRESSION_SEED, spec.pedal_beats)
+    with_errors, bars = inserted_errors(score, base, **demo_error_bars(score.n_bars))
+    truth = {"clean take": {}, "take with errors": {str(b): kinds for b, kinds in sorted(bars.items())}}
+    sr = 44_100
+    for name, notes, pedal in (("clean take", base.notes, base.pedal),
+                               ("take with errors", with_errors.notes, with_errors.pedal)):
+        audio = render_midi(performance_midi_bytes(notes, pedal), sample_rate=sr)
+        storage.write_bytes(storage.join(library, name + ".flac"), _flac_bytes(audio, sr))
+        storage.write_bytes(storage.join(library, name + ".mid"), score_midi_bytes(score))
+    record = held_out[0]
+    suffix = "." + record["audio_uri"].rsplit(".", 1)[-1]
+    storage.write_bytes(storage.join(library, "audio only" + suffix), storage.read_bytes(record["audio_uri"]))
     storage.write_bytes(storage.join(library, "corrupt.wav"), b"RIFF\x24\x00\x00\x00WAVEfmt not really audio")
+    if truth_uri:
+        storage.write_text(truth_uri, _json.dumps(truth, indent=2))
+    return truth
+
+
+LIBRARY_PIECE = 3                  # the demo piece the library's two takes play (12 bars, about 25 s)
+LIBRARY_EXPRESSION_SEED = 11
 
 
 if __name__ == "__main__":

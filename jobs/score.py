@@ -5,7 +5,8 @@
 
 --input is a prefix (listed recursively: audio files, each with an optional same-stem score) or a manifest
 (CSV / Parquet: recording_id, audio_uri and/or performance_midi_uri, optional score_uri). Results:
-<out>/runs/<run_id>/results/*.parquet and manifest.json, then <out>/latest.json (see README, "Scoring").
+<out>/runs/<run_id>/results/*.parquet and manifest.json, then <out>/latest.json (see README, "Scoring"), and
+the HTML report <out>/runs/<run_id>/report/index.html (--no-report to skip it).
 Exit status: 0 when every input has a row and the error share is at most --max-error-rate; 1 when the
 error share is higher (the run is still published); 2 when the run could not complete.
 """
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-error-rate", type=float, default=0.1,
                         help="exit 1 when more than this share of the inputs end in errors (default 0.1)")
     parser.add_argument("--soundfont", default=None, help="soundfont for rendering performance-MIDI-only entries")
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the HTML report beside the results (<out>/runs/<run_id>/report/index.html)")
     _common.add_config_args(parser, default=None)
     args = parser.parse_args(argv)
     if not 0.0 <= args.max_error_rate <= 1.0:
@@ -80,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = pa.concat_tables([read_table(storage.join(run, f)) for f in manifest["result_files"]])
         rows = rows.sort_by("recording_id")
     print(format_summary(manifest, args.out, rows))
+    if args.report:
+        from pipelines.scoring.report import write_run_report
+        try:
+            print(f"report: {write_run_report(args.out, manifest['run_id'])}")
+        except Exception as exc:   # the results stand without their report; `jobs/report.py --run` can retry
+            logging.getLogger("pianoeval.score").exception("report failed")
+            print(f"warning: the HTML report could not be written ({type(exc).__name__}: {exc}); "
+                  f"retry with python jobs/report.py --run {run}", file=sys.stderr)
     if not manifest["complete"]:
         print(f"error: run {manifest['run_id']} is incomplete: {len(manifest['missing'])} inputs without a row, "
               f"{len(manifest['duplicated'])} with two; not published as latest")

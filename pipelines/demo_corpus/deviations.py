@@ -9,6 +9,7 @@ Every take after the clean one draws a severity s from a stratified grid over (0
 | --- | --- | --- |
 | notes | wrong_rate, missed_rate, extra_rate | pitch +-1/2 semitones; note removed; slip note added near a played one |
 | timing | onset_jitter_ms, tempo_drift | N(0, sigma) onset shifts; tempo ratio 1 -> 1 + drift across the take |
+| local timing | local_tempo_bars, local_tempo_pct | that many bars rushed or dragged by +-pct % inside the bar only |
 | dynamics | dynamics_flatten, velocity_noise | velocities pulled to their mean; N(0, sigma) velocity noise |
 | tone | voicing_loss, harshness | top note of each chord pulled below the others; velocities pushed up |
 | articulation | duration_scale, duration_jitter | sounding durations x scale x exp(N(0, sigma)) |
@@ -16,8 +17,17 @@ Every take after the clean one draws a severity s from a stratified grid over (0
 | expression | deadpan | rubato and dynamic shaping removed (interpretive only) |
 
 The result is a `Take`: the performed notes and pedal, the measures of what was applied and their
-labels (`pipelines.demo_corpus.labels`). Each family draws from its own random stream, so switching
-one family on leaves the others' draws alone.
+labels (`pipelines.demo_corpus.labels`), and `events`, one per inserted error with its 0-based score
+bar (`bar_truth` gathers them per bar): the truth that per-bar feedback is tested against. Each family
+draws from its own random stream, so switching one family on leaves the others' draws alone.
+
+Local timing is not a sampled family (`sample_deviation_spec` never sets it, and a spec without it
+writes no local-tempo fields in `to_dict`, so existing corpora are unchanged) and it is not in the
+labels: it exists for the per-bar truth (`pipelines.demo_corpus.bar_errors`). Its bars are drawn from
+their own stream among the bars with played notes, never the first or last bar, never two adjacent;
+each is played +-local_tempo_pct % faster (rushing) or slower (dragging) than written: its onsets are
+compressed or stretched about the bar's start and everything after is shifted, so the other bars keep
+their tempo.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import numpy as np
 
 from pipelines import constants as C
 from pipelines.demo_corpus.labels import labels_from_measures
-from pipelines.demo_corpus.pieces import CorpusGenerationError
+from pipelines.demo_corpus.pieces import CorpusGenerationError, score_end_beat
 from pipelines.demo_corpus.renditions import MIN_NOTE_S, Rendition, natural_rendition, onset_groups, top_of_chord
 from pipelines.io.notes import PERF_NOTE_DTYPE, Performance, Score
 
@@ -53,6 +63,8 @@ class DeviationSpec:
     pedal_missing: float = 0.0         # fraction of pedal presses dropped
     pedal_blur: float = 0.0            # fraction of pedal changes not made (held through)
     deadpan: float = 0.0               # 0..1: rubato and dynamic shaping removed
+    local_tempo_bars: int = 0          # bars played at a changed tempo inside the bar only
+    local_tempo_pct: float = 0.0       # ... by this much, % (sign drawn per bar: + rushing, - dragging)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,13 +81,22 @@ class DeviationSpec:
             raise CorpusGenerationError(f"deviation tempo_drift={self.tempo_drift} must be in (-0.9, 0.9)")
         if not 0.05 <= self.duration_scale <= 20.0:
             raise CorpusGenerationError(f"deviation duration_scale={self.duration_scale} must be in [0.05, 20]")
+        if int(self.local_tempo_bars) != self.local_tempo_bars or self.local_tempo_bars < 0:
+            raise CorpusGenerationError(f"deviation local_tempo_bars={self.local_tempo_bars} must be a whole number >= 0")
+        if not 0.0 <= self.local_tempo_pct < 90.0:
+            raise CorpusGenerationError(f"deviation local_tempo_pct={self.local_tempo_pct} must be in [0, 90)")
 
     @property
     def is_clean(self) -> bool:
         return self == DeviationSpec(seed=self.seed)
 
     def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+        """Every field; the local-tempo ones only when set (manifests of older corpora stay byte-identical)."""
+        values = dataclasses.asdict(self)
+        if self.local_tempo_bars == 0 and self.local_tempo_pct == 0.0:
+            for name in LOCAL_TEMPO_FIELDS:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DeviationSpec":
@@ -89,7 +110,7 @@ class DeviationSpec:
         """The same deviations (same seed) at `factor` times the magnitude."""
         values = self.to_dict()
         for name, value in values.items():
-            if name == "seed":
+            if name in ("seed", "local_tempo_bars"):   # a count of bars, not a magnitude
                 continue
             values[name] = math.exp(math.log(value) * factor) if name == "duration_scale" else value * factor
         return DeviationSpec(**values)
@@ -97,16 +118,40 @@ class DeviationSpec:
 
 @dataclasses.dataclass
 class Take:
-    """One generated performance: notes + pedal, the applied deviations, their measures and labels."""
+    """One generated performance: notes + pedal, the applied deviations, their measures and labels.
+
+    events: one dict per inserted error, in time order. Note errors: {"kind": "missed" | "wrong" | "extra",
+    "bar": 0-based score bar, "score_index": the written note (-1 for an extra note), "time_s": its
+    performed onset (missed: where it would have been played), "pitch": the pitch played (missed: the
+    written one)}; an extra note also has "anchor_index", the written note it slipped from, whose bar
+    is its bar. Local timing: {"kind": "rushing" | "dragging", "bar", "tempo_pct": +-x (the bar's
+    tempo against the written one, %), "time_s": where the bar starts}.
+    """
     notes: np.ndarray                  # PERF_NOTE_DTYPE [n]
     pedal: np.ndarray                  # PEDAL_DTYPE [m]
     spec: DeviationSpec
     measures: dict[str, float]
     labels: dict[str, float]
     counts: dict[str, int]
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def performance(self) -> Performance:
         return Performance(notes=self.notes, pedal=self.pedal, source="midi")
+
+
+LOCAL_TEMPO_FIELDS = ("local_tempo_bars", "local_tempo_pct")
+NOTE_ERROR_KINDS = ("missed", "wrong", "extra")
+TIMING_KINDS = ("rushing", "dragging")
+LOCAL_TEMPO_STREAM = 8                  # random stream of the local-tempo bars and signs
+BAR_START_GUARD_S = 1e-3                # a bar's warp starts this much before its earliest note
+
+
+def bar_truth(take: Take) -> dict[int, set[str]]:
+    """0-based score bar -> the kinds of error inserted in it (missed, wrong, extra, rushing, dragging)."""
+    truth: dict[int, set[str]] = {}
+    for event in take.events:
+        truth.setdefault(int(event["bar"]), set()).add(event["kind"])
+    return dict(sorted(truth.items()))
 
 
 def _rng(spec: DeviationSpec, stream: int) -> np.random.Generator:
@@ -189,13 +234,14 @@ def _apply_pedal(pedal: np.ndarray, spec: DeviationSpec) -> tuple[np.ndarray, in
 
 
 def _note_errors(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, velocity: np.ndarray,
-                 score_index: np.ndarray, spec: DeviationSpec
-                 ) -> tuple[tuple[np.ndarray, ...], tuple[int, int, int]]:
+                 score_index: np.ndarray, spec: DeviationSpec, note_bar: np.ndarray
+                 ) -> tuple[tuple[np.ndarray, ...], tuple[int, int, int], list[dict[str, Any]]]:
     """Missed, wrong (+-1/2 semitones) and extra (slip) notes among the played score notes.
 
-    Returns (onset, offset, pitch, velocity, score_index) with extra notes appended (score_index -1),
-    and (n_wrong, n_missed, n_extra). Each kind draws from its own stream; the chosen notes are a
-    prefix of a fixed permutation, so a larger rate keeps the smaller rate's choices.
+    note_bar: i8 [n], the score bar of each performed note. Returns (onset, offset, pitch, velocity,
+    score_index) with extra notes appended (score_index -1), (n_wrong, n_missed, n_extra) and one event
+    per error (`Take.events`). Each kind draws from its own stream; the chosen notes are a prefix of a
+    fixed permutation, so a larger rate keeps the smaller rate's choices.
     """
     scored = np.flatnonzero(score_index >= 0)
     n_ref = len(scored)
@@ -220,13 +266,21 @@ def _note_errors(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray, veloc
     keep = np.ones(len(pitch), dtype=bool)
     keep[missed] = False
     new_onset = np.maximum(onset[a] + extra_shift[:n_extra], 0.0)
+    new_pitch = np.clip(pitch[a] + extra_steps[:n_extra], C.PIANO_MIN_PITCH, C.PIANO_MAX_PITCH)
     out = (np.concatenate([onset[keep], new_onset]),
            np.concatenate([offset[keep], new_onset + extra_len[:n_extra]]),
-           np.concatenate([pitch[keep], np.clip(pitch[a] + extra_steps[:n_extra], C.PIANO_MIN_PITCH,
-                                                C.PIANO_MAX_PITCH)]),
+           np.concatenate([pitch[keep], new_pitch]),
            np.concatenate([velocity[keep], np.maximum(velocity[a] * extra_gain[:n_extra], VELOCITY_MIN)]),
            np.concatenate([score_index[keep], np.full(n_extra, -1)]))
-    return out, (len(wrong), len(missed), n_extra)
+    events = [_note_event(kind, int(note_bar[i]), int(score_index[i]), float(onset[i]), int(pitch[i]))
+              for kind, chosen in (("missed", missed), ("wrong", wrong)) for i in chosen]
+    events += [{**_note_event("extra", int(note_bar[i]), -1, float(t), int(p)), "anchor_index": int(score_index[i])}
+               for i, t, p in zip(a, new_onset, new_pitch)]
+    return out, (len(wrong), len(missed), n_extra), events
+
+
+def _note_event(kind: str, bar: int, score_index: int, time_s: float, pitch: int) -> dict[str, Any]:
+    return {"kind": kind, "bar": bar, "score_index": score_index, "time_s": time_s, "pitch": pitch}
 
 
 def _limit_same_pitch_overlap(onset: np.ndarray, offset: np.ndarray, pitch: np.ndarray) -> np.ndarray:
@@ -271,6 +325,68 @@ def _apply_timing(w: _Notes, spec: DeviationSpec) -> np.ndarray:
     return jitter
 
 
+def _bar_times(score: Score, w: _Notes, note_bar: np.ndarray) -> np.ndarray:
+    """f8 [n_bars + 1]: performed time of each bar's start (and of the score's end), from the played score
+    notes: the tempo line through the onset groups at the bar line, or the bar's earliest note if that is
+    sooner, less BAR_START_GUARD_S (so every note of the bar lies after it). NaN where nothing is played."""
+    scored = w.score_index >= 0
+    bounds = np.append(score.bar_starts_beat, score_end_beat(score))
+    out = np.full(len(bounds), np.nan)
+    if not scored.any():
+        return out
+    beats = score.notes["onset_beat"][w.score_index[scored]]
+    uniq, inverse = np.unique(np.round(beats, 6), return_inverse=True)
+    group_t = np.bincount(inverse, w.onset[scored]) / np.bincount(inverse)
+    line = np.interp(bounds, uniq, group_t, left=np.nan, right=np.nan)
+    for b in range(len(bounds)):
+        in_bar = scored & (note_bar == b)
+        earliest = float(w.onset[in_bar].min()) if in_bar.any() else np.nan
+        out[b] = np.fmin(line[b], earliest) - BAR_START_GUARD_S
+    return out
+
+
+def _local_tempo_bars(spec: DeviationSpec, note_bar: np.ndarray, bar_t: np.ndarray) -> list[tuple[int, float]]:
+    """(bar, signed tempo %) of the bars played off tempo: drawn from their own stream among the inner bars
+    with played notes and a measurable length, never two adjacent."""
+    n_bars = len(bar_t) - 1
+    played = set(note_bar[note_bar >= 0].tolist())
+    eligible = np.array([b for b in range(1, n_bars - 1)
+                         if b in played and np.isfinite(bar_t[b]) and np.isfinite(bar_t[b + 1])
+                         and bar_t[b + 1] > bar_t[b]], dtype=np.int64)
+    rng = _rng(spec, LOCAL_TEMPO_STREAM)
+    order, signs = rng.permutation(len(eligible)), rng.random(len(eligible)) < 0.5
+    chosen: list[tuple[int, float]] = []
+    for k in order:
+        if len(chosen) >= spec.local_tempo_bars:
+            break
+        b = int(eligible[k])
+        if all(abs(b - c) > 1 for c, _ in chosen):
+            chosen.append((b, spec.local_tempo_pct if signs[k] else -spec.local_tempo_pct))
+    return sorted(chosen)
+
+
+def _apply_local_tempo(w: _Notes, spec: DeviationSpec, score: Score, note_bar: np.ndarray) -> list[dict[str, Any]]:
+    """Rush or drag `spec.local_tempo_bars` bars inside the bar only. Returns their events."""
+    if spec.local_tempo_bars == 0 or spec.local_tempo_pct == 0.0 or not len(score.notes):
+        return []
+    bar_t = _bar_times(score, w, note_bar)
+    chosen = _local_tempo_bars(spec, note_bar, bar_t)
+    # a bar at tempo ratio r lasts 1/r as long: t in (start, end] -> start + (t - start) / r, later times
+    # shifted by the change of its length; the bars are apart, so their changes add up
+    spans = [(bar_t[b], bar_t[b + 1], 1.0 / (1.0 + pct / 100.0) - 1.0) for b, pct in chosen]
+
+    def mapping(t: np.ndarray) -> np.ndarray:
+        shift = np.zeros_like(t)
+        for start, end, stretch in spans:
+            shift += np.clip(t - start, 0.0, end - start) * stretch
+        return t + shift
+
+    events = [{"kind": "rushing" if pct > 0 else "dragging", "bar": b, "tempo_pct": float(pct),
+               "time_s": float(mapping(np.array([bar_t[b]]))[0])} for b, pct in chosen]
+    w.warp(mapping)
+    return events
+
+
 def _apply_articulation(w: _Notes, spec: DeviationSpec) -> np.ndarray:
     """Sounding durations x scale x exp(N(0, jitter)). Returns the drawn log factors."""
     log_factor = _rng(spec, 5).normal(0.0, 1.0, len(w.onset)) * spec.duration_jitter
@@ -304,6 +420,13 @@ def _score_beats(score: Score, score_index: np.ndarray) -> np.ndarray:
     return np.where(score_index >= 0, score.notes["onset_beat"][np.clip(score_index, 0, None)], np.nan)
 
 
+def _score_bars(score: Score, score_index: np.ndarray) -> np.ndarray:
+    """i8 [n]: score bar of each performed note; -1 where the note is not in the score."""
+    if not len(score.notes):
+        return np.full(len(score_index), -1, dtype=np.int64)
+    return np.where(score_index >= 0, score.notes["bar"][np.clip(score_index, 0, None)], -1).astype(np.int64)
+
+
 def apply_deviations(score: Score, spec: DeviationSpec, base: Rendition | None = None,
                      expression_seed: int = 0, pedal_beats: float | None = None) -> Take:
     """Apply `spec` to a correct rendition of `score` (pure; deterministic for the inputs).
@@ -311,7 +434,8 @@ def apply_deviations(score: Score, spec: DeviationSpec, base: Rendition | None =
     score: the written notes; base: the correct performance to deviate from (default: the natural
     rendition for `expression_seed` and `pedal_beats`). Returns the performed notes (PERF_NOTE_DTYPE,
     seconds), the pedal (PEDAL_DTYPE), the measures of what was applied and the labels (0..100).
-    Order: expression loss, tempo drift and jitter, articulation, dynamics and tone, note errors, pedal.
+    Order: expression loss, tempo drift and jitter, local tempo, articulation, dynamics and tone, note
+    errors, pedal. `Take.events` holds every inserted note error and off-tempo bar with its score bar.
     """
     base = base if base is not None else natural_rendition(score, expression_seed, pedal_beats)
     n = base.notes
@@ -319,12 +443,14 @@ def apply_deviations(score: Score, spec: DeviationSpec, base: Rendition | None =
                n["velocity"].astype(float), base.score_index, base.pedal["time_s"].astype(float))
     beats = _score_beats(score, base.score_index)
     groups = onset_groups(beats)
+    note_bar = _score_bars(score, base.score_index)
     _apply_expression_loss(w, beats, groups, spec.deadpan)
     jitter = _apply_timing(w, spec)
+    timing_events = _apply_local_tempo(w, spec, score, note_bar)
     log_factor = _apply_articulation(w, spec)
     noise = _apply_dynamics(w, spec, groups)
-    (onset, offset, pitch, velocity, _), (n_wrong, n_missed, n_extra) = _note_errors(
-        w.onset, w.offset, w.pitch, w.velocity, w.score_index, spec)
+    (onset, offset, pitch, velocity, _), (n_wrong, n_missed, n_extra), note_events = _note_errors(
+        w.onset, w.offset, w.pitch, w.velocity, w.score_index, spec, note_bar)
     pedal = base.pedal.copy()
     pedal["time_s"] = w.pedal_times
     pedal, n_presses, n_dropped, n_changes, n_blurred = _apply_pedal(pedal, spec)
@@ -350,8 +476,9 @@ def apply_deviations(score: Score, spec: DeviationSpec, base: Rendition | None =
     counts = {"n_score_notes_played": n_ref, "n_wrong": n_wrong, "n_missed": n_missed, "n_extra": n_extra,
               "n_pedal_presses": n_presses, "n_pedal_dropped": n_dropped, "n_pedal_changes": n_changes,
               "n_pedal_blurred": n_blurred}
+    events = sorted(note_events + timing_events, key=lambda e: (e["time_s"], e["kind"]))
     return Take(notes=notes[np.lexsort((notes["pitch"], notes["onset_s"]))], pedal=pedal, spec=spec,
-                measures=measures, labels=labels_from_measures(measures), counts=counts)
+                measures=measures, labels=labels_from_measures(measures), counts=counts, events=events)
 
 
 # --- sampling takes --------------------------------------------------------------------------

@@ -222,11 +222,11 @@ def _timing(score: Score, perf: Performance, tok: np.ndarray, n_bars: int, start
         span = (beats >= starts_beat[b] - 1e-6) & (beats <= ends_beat[b] + 1e-6)
         if span.sum() >= MIN_TIMING_ONSETS and np.ptp(beats[span]) >= 0.99:
             slope, icept = _theil_sen(beats[span], times[span])
-            if slope > 0:
+            if slope > 0 and b < n_bars - 1:             # the last bar has no closing downbeat: not measured
                 spb[b] = slope
                 resid = times[span] - (slope * beats[span] + icept)
                 out["unsteady_ms"][b] = float(1.4826 * np.median(np.abs(resid - np.median(resid))) * 1000.0)
-    for b in range(n_bars - 1):                          # the last bar has no closing downbeat: no tempo
+    for b in range(n_bars):
         if not np.isfinite(spb[b]):
             continue
         lo, hi = max(0, b - TEMPO_CONTEXT_BARS), min(n_bars, b + TEMPO_CONTEXT_BARS + 1)
@@ -352,8 +352,8 @@ def bar_findings(bar: dict[str, Any], bars: list[dict[str, Any]], *, perf_source
         out[kind] = (abs(tempo) / 10.0, f"{kind} {abs(tempo):.0f} %")
     if _finite(bar["unsteady_ms"]) and bar["unsteady_ms"] >= UNSTEADY_FLAG_MS:
         out["unsteady"] = (bar["unsteady_ms"] / UNSTEADY_FLAG_MS, f"unsteady (onsets +-{bar['unsteady_ms']:.0f} ms)")
-    c = bar["velocity_contrast"]
-    if _finite(c) and abs(c) >= DYNAMICS_FLAG_VELOCITY:
+    c = bar["velocity_contrast"]          # transcribed "velocity" is the transcriber's amplitude: measured, not flagged
+    if perf_source != "transcription" and _finite(c) and abs(c) >= DYNAMICS_FLAG_VELOCITY:
         out["dynamics"] = (abs(c) / DYNAMICS_FLAG_VELOCITY,
                            f"{'louder' if c > 0 else 'softer'} than the bars around by {abs(c):.0f} velocity")
     r = bar["duration_ratio"]
@@ -421,8 +421,8 @@ def observation(flags: list[dict[str, Any]], bars: list[dict[str, Any]] | None =
                   key=lambda f: -PRIORITY.get(f["kind"], 0.5) * f["severity"])
     worst = mine[0]
     more = len(mine) - 1
-    tail = f" ({more} more place{'s' if more != 1 else ''} with the same kind of trouble)" if more else ""
-    return f"Practise {dim.replace('_', ' ')} first: {worst['reason']}{tail}."
+    tail = f" ({more} more place{'s' if more != 1 else ''} for it)" if more else ""
+    return f"{dim.replace('_', ' ').capitalize()}: {worst['reason']}{tail}."
 
 
 # --- the model's share, and recordings without a score ----------------------------------------------
@@ -483,4 +483,4 @@ def time_observation(flags: list[dict[str, Any]]) -> str:
     if not flags:
         return ""
     worst = max(flags, key=lambda f: f["severity"])
-    return f"Listen back to {worst['reason']}."
+    return f"Listen back to {worst['reason']}."   # the model's view: no score to name bars

@@ -189,14 +189,18 @@ def hash_entries(entries: list[dict[str, Any]], threads: int = HASH_THREADS) -> 
         return list(pool.map(hash_entry, entries))
 
 
+ROW_FORMAT = 2          # bumped when result rows gain content (2: per-bar feedback): older rows are rescored
+
+
 def model_version(checkpoint_uri: str, config_dict: dict, extra: dict[str, Any]) -> str:
-    """Hash of the checkpoint's weights (ETag / md5), its config, its calibration and the scoring
-    settings that change numbers: a new checkpoint or setting rescores everything."""
+    """Hash of the checkpoint's weights (ETag / md5), its config, its calibration, the scoring settings
+    that change numbers and the row format: a new checkpoint, setting or row format rescores everything."""
     from model.checkpoint import WEIGHTS_FILE
     weights = storage.join(checkpoint_uri, WEIGHTS_FILE)
     calibration = storage.join(checkpoint_uri, "calibration.json")
     digest = storage.content_hash(weights)
     calib = storage.read_text(calibration) if storage.exists(calibration) else ""
-    payload = json.dumps({"weights": digest, "config": config_dict, "calibration": calib, "extra": extra},
+    payload = json.dumps({"weights": digest, "config": config_dict, "calibration": calib, "extra": extra,
+                          "row_format": ROW_FORMAT},
                          sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -43,10 +43,23 @@ def test_demo_job_trains_both_stages_and_beats_the_baselines(tmp_path):
     assert uncertainty["sigma_wrong_half"] > uncertainty["sigma_right_half"], uncertainty
     calibration = evaluation["calibration"]
     assert calibration["applied"] and 0.0 <= calibration["ece_calibrated_mean"] <= 1.0
-    # the demo ends by scoring a library: held-out recordings with and without a score, and a corrupt file
+    # the demo ends by scoring a library: a clean take and a take with known errors (with their score), a
+    # held-out recording without a score, and a corrupt file; the flagged bars are the bars with the errors
     from pipelines.scoring.publish import read_latest
     rows = {r["recording_id"]: r for r in read_latest(str(out / "scores")).to_pylist()}
-    assert rows["with score"]["status"] == "ok" and rows["with score"]["has_score"]
+    truth = json.loads((out / "library_truth.json").read_text())
+    for rid in ("clean take", "take with errors"):
+        assert rows[rid]["status"] == "ok" and rows[rid]["has_score"], rows[rid]["message"]
+    assert rows["clean take"]["bar_flags"] == [] and rows["clean take"]["observation"] == ""
+    found = {}
+    for flag in rows["take with errors"]["bar_flags"]:
+        for bar in range(flag["bar"], flag["last_bar"] + 1):
+            found.setdefault(str(bar), []).append(flag["kind"])
+    assert truth["take with errors"] and found == truth["take with errors"], (found, truth)
+    assert rows["take with errors"]["observation"].startswith(("Note accuracy: ", "Rhythmic precision: "))
     assert rows["audio only"]["status"] == "ok" and not rows["audio only"]["has_score"]
+    assert rows["audio only"]["bars"] == []
     assert rows["corrupt"]["status"] == "error" and "corrupt.wav" in rows["corrupt"]["message"]
-    assert "scored 3 recordings" in result.stdout and "latest.json" in result.stdout
+    assert "scored 4 recordings" in result.stdout and "latest.json" in result.stdout
+    report = next(line.split()[-1] for line in result.stdout.splitlines() if line.strip().startswith("report"))
+    assert Path(report).exists() and "take with errors" in Path(report).read_text()
