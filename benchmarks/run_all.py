@@ -32,6 +32,8 @@ BENCHMARKS = {
     "calibration": "benchmarks.bench_calibration",
     "scoring": "benchmarks.bench_scoring",
     "score_match": "benchmarks.bench_score_match",
+    "bar_feedback": "benchmarks.bench_bar_feedback",
+    "feedback": "benchmarks.bench_feedback",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

@@ -136,7 +136,7 @@ def make_demo_library(records: list[dict], library: str, truth_uri: str | None =
     return truth
 
 
-LIBRARY_PIECE = 3                  # the demo piece the library's two takes play (12 bars, about 25 s)
+LIBRARY_PIECE = 7                  # the demo piece the library's two takes play (7 bars)
 LIBRARY_EXPRESSION_SEED = 11
 
 

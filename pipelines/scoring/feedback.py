@@ -162,6 +162,9 @@ def _note_errors(score: Score, perf: Performance, tok: np.ndarray, tempo, eviden
     spb = tempo.spb_at_beat(sn["onset_beat"][missed["score_index"]]) if len(missed) else np.zeros(0)
     for i, m in enumerate(missed):
         s = sn[m["score_index"]]
+        if evidence is not None and evidence.at(int(s["pitch"]), float(m["perf_onset_s"])) >= EVIDENCE_PLAYED:
+            out["unclear"][s["bar"]] += 1        # the written pitch did start there: the decoder dropped it
+            continue
         reach = max(WRONG_WINDOW_MIN_S, WRONG_WINDOW_BEATS * float(spb[i]))
         near = np.flatnonzero(~used & (np.abs(extra["perf_onset_s"] - m["perf_onset_s"]) <= reach)
                               & (np.abs(extra["pitch"].astype(int) - int(s["pitch"])) <= WRONG_MAX_SEMITONES))
@@ -170,8 +173,6 @@ def _note_errors(score: Score, perf: Performance, tok: np.ndarray, tempo, eviden
                                + 0.01 * np.abs(extra["pitch"][near].astype(int) - int(s["pitch"])))]
             used[j] = True
             out["wrong"][s["bar"]] += 1
-        elif evidence is not None and evidence.at(int(s["pitch"]), float(m["perf_onset_s"])) >= EVIDENCE_PLAYED:
-            out["unclear"][s["bar"]] += 1
         else:
             out["missed"][s["bar"]] += 1
     for j in np.flatnonzero(~used):
