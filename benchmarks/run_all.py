@@ -33,7 +33,6 @@ BENCHMARKS = {
     "scoring": "benchmarks.bench_scoring",
     "score_match": "benchmarks.bench_score_match",
     "bar_feedback": "benchmarks.bench_bar_feedback",
-    "feedback": "benchmarks.bench_feedback",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

@@ -24,8 +24,8 @@ draws from its own random stream, so switching one family on leaves the others' 
 Local timing is not a sampled family (`sample_deviation_spec` never sets it, and a spec without it
 writes no local-tempo fields in `to_dict`, so existing corpora are unchanged) and it is not in the
 labels: it exists for the per-bar truth (`pipelines.demo_corpus.bar_errors`). Its bars are drawn from
-their own stream among the bars with played notes, never the first or last bar, never two adjacent;
-each is played +-local_tempo_pct % faster (rushing) or slower (dragging) than written: its onsets are
+their own stream among the bars whose played notes start at two or more written onsets, never the
+first or last bar, never two adjacent; each is played +-local_tempo_pct % faster (rushing) or slower (dragging) than written: its onsets are
 compressed or stretched about the bar's start and everything after is shifted, so the other bars keep
 their tempo.
 """
@@ -82,7 +82,7 @@ class DeviationSpec:
         if not 0.05 <= self.duration_scale <= 20.0:
             raise CorpusGenerationError(f"deviation duration_scale={self.duration_scale} must be in [0.05, 20]")
         if int(self.local_tempo_bars) != self.local_tempo_bars or self.local_tempo_bars < 0:
-            raise CorpusGenerationError(f"deviation local_tempo_bars={self.local_tempo_bars} must be a whole number >= 0")
+            raise CorpusGenerationError(f"deviation local_tempo_bars={self.local_tempo_bars} must be a count >= 0")
         if not 0.0 <= self.local_tempo_pct < 90.0:
             raise CorpusGenerationError(f"deviation local_tempo_pct={self.local_tempo_pct} must be in [0, 90)")
 
@@ -327,8 +327,8 @@ def _apply_timing(w: _Notes, spec: DeviationSpec) -> np.ndarray:
 
 def _bar_times(score: Score, w: _Notes, note_bar: np.ndarray) -> np.ndarray:
     """f8 [n_bars + 1]: performed time of each bar's start (and of the score's end), from the played score
-    notes: the tempo line through the onset groups at the bar line, or the bar's earliest note if that is
-    sooner, less BAR_START_GUARD_S (so every note of the bar lies after it). NaN where nothing is played."""
+    notes: the mean onsets of the written onsets interpolated at the bar line, or the bar's earliest note if
+    that is sooner, less BAR_START_GUARD_S (so every note of the bar lies after it); NaN where unknown."""
     scored = w.score_index >= 0
     bounds = np.append(score.bar_starts_beat, score_end_beat(score))
     out = np.full(len(bounds), np.nan)
@@ -345,13 +345,15 @@ def _bar_times(score: Score, w: _Notes, note_bar: np.ndarray) -> np.ndarray:
     return out
 
 
-def _local_tempo_bars(spec: DeviationSpec, note_bar: np.ndarray, bar_t: np.ndarray) -> list[tuple[int, float]]:
+def _local_tempo_bars(spec: DeviationSpec, note_bar: np.ndarray, beats: np.ndarray,
+                      bar_t: np.ndarray) -> list[tuple[int, float]]:
     """(bar, signed tempo %) of the bars played off tempo: drawn from their own stream among the inner bars
-    with played notes and a measurable length, never two adjacent."""
+    with played notes at two or more written onsets (a tempo inside the bar) and a measurable length,
+    never two adjacent."""
     n_bars = len(bar_t) - 1
-    played = set(note_bar[note_bar >= 0].tolist())
+    onsets_in_bar = np.array([len(np.unique(np.round(beats[note_bar == b], 6))) for b in range(n_bars)])
     eligible = np.array([b for b in range(1, n_bars - 1)
-                         if b in played and np.isfinite(bar_t[b]) and np.isfinite(bar_t[b + 1])
+                         if onsets_in_bar[b] >= 2 and np.isfinite(bar_t[b]) and np.isfinite(bar_t[b + 1])
                          and bar_t[b + 1] > bar_t[b]], dtype=np.int64)
     rng = _rng(spec, LOCAL_TEMPO_STREAM)
     order, signs = rng.permutation(len(eligible)), rng.random(len(eligible)) < 0.5
@@ -365,12 +367,13 @@ def _local_tempo_bars(spec: DeviationSpec, note_bar: np.ndarray, bar_t: np.ndarr
     return sorted(chosen)
 
 
-def _apply_local_tempo(w: _Notes, spec: DeviationSpec, score: Score, note_bar: np.ndarray) -> list[dict[str, Any]]:
+def _apply_local_tempo(w: _Notes, spec: DeviationSpec, score: Score, beats: np.ndarray,
+                       note_bar: np.ndarray) -> list[dict[str, Any]]:
     """Rush or drag `spec.local_tempo_bars` bars inside the bar only. Returns their events."""
     if spec.local_tempo_bars == 0 or spec.local_tempo_pct == 0.0 or not len(score.notes):
         return []
     bar_t = _bar_times(score, w, note_bar)
-    chosen = _local_tempo_bars(spec, note_bar, bar_t)
+    chosen = _local_tempo_bars(spec, note_bar, beats, bar_t)
     # a bar at tempo ratio r lasts 1/r as long: t in (start, end] -> start + (t - start) / r, later times
     # shifted by the change of its length; the bars are apart, so their changes add up
     spans = [(bar_t[b], bar_t[b + 1], 1.0 / (1.0 + pct / 100.0) - 1.0) for b, pct in chosen]
@@ -446,7 +449,7 @@ def apply_deviations(score: Score, spec: DeviationSpec, base: Rendition | None =
     note_bar = _score_bars(score, base.score_index)
     _apply_expression_loss(w, beats, groups, spec.deadpan)
     jitter = _apply_timing(w, spec)
-    timing_events = _apply_local_tempo(w, spec, score, note_bar)
+    timing_events = _apply_local_tempo(w, spec, score, beats, note_bar)
     log_factor = _apply_articulation(w, spec)
     noise = _apply_dynamics(w, spec, groups)
     (onset, offset, pitch, velocity, _), (n_wrong, n_missed, n_extra), note_events = _note_errors(

@@ -49,12 +49,13 @@ if TYPE_CHECKING:
 WRONG_MAX_SEMITONES = 2            # a played note this close in pitch to a missed written one is a wrong note
 WRONG_WINDOW_BEATS = 0.5           # ... when its onset is within this many beats of the written note's place
 WRONG_WINDOW_MIN_S = 0.12          # ... or this many seconds, whichever is wider
+WRONG_DOMINANCE = 0.5             # (audio) ... and the written pitch's onset activation is under this share of it
 EVIDENCE_PLAYED = 0.25             # transcriber onset activation (0..1) at an unmatched written note that
                                    # says it may have sounded: "unclear", not missed
 HARMONIC_INTERVALS = (12, 19, 24, 28, 31)   # an extra transcribed note this far above a sounding note is
                                              # taken for its overtone, not a played note
 # --- timing ---------------------------------------------------------------------------------------
-TEMPO_FLAG_PCT = 18.0              # a bar this much faster (slower) than the bars around it is rushed (dragged)
+TEMPO_FLAG_PCT = 12.0              # a bar this much faster (slower) than the bars around it is rushed (dragged)
 TEMPO_CONTEXT_BARS = 3             # bars each side that set the reference tempo
 UNSTEADY_FLAG_MS = 60.0            # onsets spread this much around the bar's own tempo line
 MIN_TIMING_ONSETS = 3              # distinct onsets a bar needs for its tempo (the next downbeat counts)
@@ -160,19 +161,31 @@ def _note_errors(score: Score, perf: Performance, tok: np.ndarray, tempo, eviden
     if transcribed and len(extra):               # overtones of sounding notes the transcriber took for notes
         used |= _overtones(pn, extra["perf_index"])
     spb = tempo.spb_at_beat(sn["onset_beat"][missed["score_index"]]) if len(missed) else np.zeros(0)
+    # where each missed note was due: through the played onsets either side (chord mates: exactly theirs),
+    # closer than the smooth tempo map in a bar played out of tempo
+    beats_u, times_u = _onset_groups(score, perf, tok)
+    due = np.interp(sn["onset_beat"][missed["score_index"]], beats_u, times_u) if len(beats_u) >= 2 \
+        else missed["perf_onset_s"].astype(float)
+    outside = (sn["onset_beat"][missed["score_index"]] < beats_u[0]) | \
+        (sn["onset_beat"][missed["score_index"]] > beats_u[-1]) if len(beats_u) >= 2 else np.ones(len(missed), bool)
+    due = np.where(outside, missed["perf_onset_s"], due)
     for i, m in enumerate(missed):
         s = sn[m["score_index"]]
-        if evidence is not None and evidence.at(int(s["pitch"]), float(m["perf_onset_s"])) >= EVIDENCE_PLAYED:
-            out["unclear"][s["bar"]] += 1        # the written pitch did start there: the decoder dropped it
-            continue
+        t = float(due[i])
+        heard = evidence.at(int(s["pitch"]), t) if evidence is not None else 0.0
         reach = max(WRONG_WINDOW_MIN_S, WRONG_WINDOW_BEATS * float(spb[i]))
-        near = np.flatnonzero(~used & (np.abs(extra["perf_onset_s"] - m["perf_onset_s"]) <= reach)
+        near = np.flatnonzero(~used & (np.abs(extra["perf_onset_s"] - t) <= reach)
                               & (np.abs(extra["pitch"].astype(int) - int(s["pitch"])) <= WRONG_MAX_SEMITONES))
-        if len(near):
-            j = near[np.argmin(np.abs(extra["perf_onset_s"][near] - m["perf_onset_s"])
-                               + 0.01 * np.abs(extra["pitch"][near].astype(int) - int(s["pitch"])))]
+        j = near[np.argmin(np.abs(extra["perf_onset_s"][near] - t)
+                           + 0.01 * np.abs(extra["pitch"][near].astype(int) - int(s["pitch"])))] if len(near) else -1
+        # a played neighbour pitch stands in for it: a wrong note, unless (audio) the written pitch itself
+        # started there about as strongly, when the neighbour is more likely the transcriber's bleed
+        if j >= 0 and (evidence is None or heard < WRONG_DOMINANCE * evidence.at(int(extra["pitch"][j]),
+                                                                               float(extra["perf_onset_s"][j]))):
             used[j] = True
             out["wrong"][s["bar"]] += 1
+        elif heard >= EVIDENCE_PLAYED:
+            out["unclear"][s["bar"]] += 1        # the written pitch did start there: the decoder dropped it
         else:
             out["missed"][s["bar"]] += 1
     for j in np.flatnonzero(~used):

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from model.schema import SEED10
-from pipelines.demo_corpus.deviations import DeviationSpec, apply_deviations, sample_deviation_spec, take_severities
+from pipelines.demo_corpus.deviations import (
+    DeviationSpec,
+    Take,
+    apply_deviations,
+    bar_truth,
+    sample_deviation_spec,
+    take_severities,
+)
 from pipelines.demo_corpus.pieces import CorpusGenerationError, build_score
+from pipelines.demo_corpus.renditions import natural_rendition
 from tests.pipelines.demo_corpus.conftest import TECHNICAL, one_line, tiny_arrays
 
 
@@ -119,3 +127,129 @@ def test_sampled_specs_span_severities():
     specs = [sample_deviation_spec(np.random.default_rng(i), 0.8, seed=i) for i in range(20)]
     assert not any(s.is_clean for s in specs)
     assert sample_deviation_spec(np.random.default_rng(3), 0.8, 3) == specs[3]
+
+
+# --- the truth bar by bar: inserted errors as events, local tempo ------------------------------------
+
+
+def _at(notes: np.ndarray, time_s: float, pitch: int) -> bool:
+    return bool(np.any((np.abs(notes["onset_s"] - time_s) < 1e-9) & (notes["pitch"] == pitch)))
+
+
+def test_note_error_events_match_the_counts_and_the_notes():
+    score = build_score(tiny_arrays(12), 0, 12, 100.0)
+    timing = {"onset_jitter_ms": 20.0, "tempo_drift": 0.2, "seed": 3}
+    take = apply_deviations(score, DeviationSpec(wrong_rate=0.06, missed_rate=0.06, extra_rate=0.04, **timing))
+    reference = apply_deviations(score, DeviationSpec(**timing))          # the same timing, no note errors
+    by_kind = {k: [e for e in take.events if e["kind"] == k] for k in ("missed", "wrong", "extra")}
+    assert {k: len(v) for k, v in by_kind.items()} == {
+        "missed": take.counts["n_missed"], "wrong": take.counts["n_wrong"], "extra": take.counts["n_extra"]}
+    assert all(len(v) >= 3 for v in by_kind.values()) and len(take.events) == sum(map(len, by_kind.values()))
+    sn = score.notes
+    for e in by_kind["missed"]:                       # the written note, where it would have been played
+        i = e["score_index"]
+        assert e["bar"] == sn["bar"][i] and e["pitch"] == sn["pitch"][i]
+        assert _at(reference.notes, e["time_s"], e["pitch"]) and not _at(take.notes, e["time_s"], e["pitch"])
+    for e in by_kind["wrong"]:                        # struck 1-2 semitones off at the written note's time
+        i = e["score_index"]
+        assert e["bar"] == sn["bar"][i] and 1 <= abs(e["pitch"] - int(sn["pitch"][i])) <= 2
+        assert _at(reference.notes, e["time_s"], int(sn["pitch"][i])) and _at(take.notes, e["time_s"], e["pitch"])
+    for e in by_kind["extra"]:                        # a slip near its anchor, in the anchor's bar
+        assert e["score_index"] == -1 and e["bar"] == sn["bar"][e["anchor_index"]]
+        assert _at(take.notes, e["time_s"], e["pitch"])
+    assert [e["time_s"] for e in take.events] == sorted(e["time_s"] for e in take.events)
+    assert apply_deviations(score, DeviationSpec(seed=3)).events == []
+
+
+def _local_tempo_takes(pct: float = 20.0, seed: int = 5):
+    score = build_score(tiny_arrays(12), 0, 12, 100.0)
+    base = natural_rendition(score, 3)
+    clean = apply_deviations(score, DeviationSpec(seed=seed), base=base)
+    local = apply_deviations(score, DeviationSpec(local_tempo_bars=2, local_tempo_pct=pct, seed=seed), base=base)
+    assert np.array_equal(clean.notes["onset_s"], base.notes["onset_s"])
+    return score, score.notes["bar"][base.score_index], clean, local
+
+
+def test_local_tempo_changes_only_inside_its_bars():
+    score, bars, clean, local = _local_tempo_takes()
+    events = local.events
+    chosen = [e["bar"] for e in events]
+    assert len(events) == 2 and {e["kind"] for e in events} <= {"rushing", "dragging"}
+    assert all(0 < b < score.n_bars - 1 for b in chosen) and abs(chosen[0] - chosen[1]) > 1
+    assert all(e["tempo_pct"] == (20.0 if e["kind"] == "rushing" else -20.0) for e in events)
+    # the warp keeps the order of the notes, so clean and local notes correspond one to one
+    a, b = clean.notes["onset_s"], local.notes["onset_s"]
+    assert np.array_equal(clean.notes["pitch"], local.notes["pitch"])
+    assert np.array_equal(clean.notes["velocity"], local.notes["velocity"])
+    assert np.array_equal(clean.pedal["value"], local.pedal["value"])
+    shift = b - a
+    for k in range(score.n_bars):
+        inside = bars == k
+        if k in chosen:
+            event = events[chosen.index(k)]
+            factor = 1.0 / (1.0 + event["tempo_pct"] / 100.0)
+            assert np.allclose(np.diff(b[inside]), factor * np.diff(a[inside]), atol=1e-9)
+            length = [t[bars == k + 1].min() - t[inside].min() for t in (a, b)]   # downbeat to downbeat
+            assert length[1] / length[0] == pytest.approx(factor, abs=0.005)
+            assert event["time_s"] == pytest.approx(b[inside].min(), abs=0.002)
+        else:                                         # the same tempo: one shift for the whole bar
+            assert np.ptp(shift[inside]) < 1e-9, k
+    # before the first changed bar nothing moves; between and after them every onset moves alike
+    first, second = sorted(chosen)
+    assert np.all(shift[bars < first] == 0.0)
+    assert np.ptp(shift[(bars > first) & (bars < second)]) < 1e-9
+    assert np.ptp(shift[bars > second]) < 1e-9
+    assert bar_truth(local) == {e["bar"]: {e["kind"]} for e in events}
+
+
+def test_local_tempo_has_its_own_draws():
+    score = build_score(tiny_arrays(12), 0, 12, 100.0)
+    notes = {"wrong_rate": 0.05, "missed_rate": 0.05, "extra_rate": 0.03, "seed": 2}
+    plain = apply_deviations(score, DeviationSpec(**notes))
+    both = apply_deviations(score, DeviationSpec(**notes, local_tempo_bars=3, local_tempo_pct=25.0))
+    key = lambda take: sorted((e["kind"], e["bar"], e["score_index"], e["pitch"])          # noqa: E731
+                              for e in take.events if e["kind"] in ("missed", "wrong", "extra"))
+    assert key(plain) == key(both) and plain.counts == both.counts and plain.labels == both.labels
+    timing = [e for e in both.events if e["kind"] in ("rushing", "dragging")]
+    assert len(timing) == 3
+    assert np.diff(sorted(e["bar"] for e in timing)).min() > 1                  # never adjacent
+    other = apply_deviations(score, DeviationSpec(local_tempo_bars=3, local_tempo_pct=25.0, seed=2))
+    assert [e["bar"] for e in other.events] == [e["bar"] for e in timing]      # the same bars for the seed
+
+
+def test_local_tempo_spec_fields():
+    with pytest.raises(CorpusGenerationError, match="local_tempo_pct"):
+        DeviationSpec(local_tempo_pct=95.0)
+    with pytest.raises(CorpusGenerationError, match="local_tempo_bars"):
+        DeviationSpec(local_tempo_bars=-1)
+    with pytest.raises(CorpusGenerationError, match="local_tempo_bars"):
+        DeviationSpec(local_tempo_bars=1.5)
+    assert "local_tempo_bars" not in DeviationSpec(wrong_rate=0.1).to_dict()   # older manifests unchanged
+    spec = DeviationSpec(local_tempo_bars=2, local_tempo_pct=20.0, seed=1)
+    assert DeviationSpec.from_dict(spec.to_dict()) == spec and not spec.is_clean
+    half = spec.scaled(0.5)
+    assert half.local_tempo_bars == 2 and half.local_tempo_pct == pytest.approx(10.0)
+
+
+def test_default_spec_keeps_the_corpus():
+    """Golden: deviations, labels and counts of planned takes as before events and local tempo existed."""
+    import hashlib
+    import json
+
+    from pipelines.demo_corpus.generate import plan_piece
+    from pipelines.demo_corpus.pieces import DEMO_PIECES
+
+    rows = []
+    for i in (0, 1):
+        rows += [(t.spec.to_dict(), t.labels, t.counts) for t in plan_piece(DEMO_PIECES[i], i, 4, 0, 20.0).takes]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert digest == "ea7b78ce43bcfe54b7b1da9da42d6b961880c1e5ce3889acea51212acef25030"
+
+
+def test_bar_truth_gathers_kinds_per_bar():
+    events = [{"kind": "missed", "bar": 3}, {"kind": "wrong", "bar": 3}, {"kind": "missed", "bar": 3},
+              {"kind": "dragging", "bar": 1, "tempo_pct": -20.0}]
+    take = Take(notes=np.zeros(0), pedal=np.zeros(0), spec=DeviationSpec(), measures={}, labels={}, counts={},
+                events=events)
+    assert bar_truth(take) == {1: {"dragging"}, 3: {"missed", "wrong"}}
+    assert list(bar_truth(take)) == [1, 3]
