@@ -25,9 +25,9 @@ Local timing is not a sampled family (`sample_deviation_spec` never sets it, and
 writes no local-tempo fields in `to_dict`, so existing corpora are unchanged) and it is not in the
 labels: it exists for the per-bar truth (`pipelines.demo_corpus.bar_errors`). Its bars are drawn from
 their own stream among the bars whose played notes start at two or more written onsets, never the
-first or last bar, never two adjacent; each is played +-local_tempo_pct % faster (rushing) or slower (dragging) than written: its onsets are
-compressed or stretched about the bar's start and everything after is shifted, so the other bars keep
-their tempo.
+first or last bar, never two adjacent; each is played +-local_tempo_pct % faster (rushing) or slower
+(dragging) than written: its onsets are compressed or stretched about the bar's start and everything
+after is shifted, so the other bars keep their tempo.
 """
 from __future__ import annotations
 
