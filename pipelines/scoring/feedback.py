@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 WRONG_MAX_SEMITONES = 2            # a played note this close in pitch to a missed written one is a wrong note
 WRONG_WINDOW_BEATS = 0.5           # ... when its onset is within this many beats of the written note's place
 WRONG_WINDOW_MIN_S = 0.12          # ... or this many seconds, whichever is wider
+UNCLEAR_BAR_SHARE = 0.15           # (audio) a bar with more of its written notes unclear than this: no missed flag
 WRONG_DOMINANCE = 0.5             # (audio) ... and the written pitch's onset activation is under this share of it
 EVIDENCE_PLAYED = 0.25             # transcriber onset activation (0..1) at an unmatched written note that
                                    # says it may have sounded: "unclear", not missed
@@ -58,6 +59,7 @@ HARMONIC_INTERVALS = (12, 19, 24, 28, 31)   # an extra transcribed note this far
 TEMPO_FLAG_PCT = 12.0              # a bar this much faster (slower) than the bars around it is rushed (dragged)
 TEMPO_CONTEXT_BARS = 3             # bars each side that set the reference tempo
 UNSTEADY_FLAG_MS = 60.0            # onsets spread this much around the bar's own tempo line
+ONSET_OUTLIER_BEATS = 0.75        # a matched onset this far from the alignment's tempo fit is not used for timing
 MIN_TIMING_ONSETS = 3              # distinct onsets a bar needs for its tempo (the next downbeat counts)
 # --- dynamics, articulation, pedal ----------------------------------------------------------------
 DYNAMICS_FLAG_VELOCITY = 22.0      # a bar this much louder/softer than its neighbours, beyond what is written
@@ -128,7 +130,7 @@ def measure_bars(score: Score, perf: Performance, alignment, *,
     numbers = bar_numbers(score)
 
     notes = _note_errors(score, perf, tok, tempo, evidence)
-    timing = _timing(score, perf, tok, n_bars, starts_beat, ends_beat)
+    timing = _timing(score, perf, tok, tempo, n_bars, starts_beat, ends_beat)
     dyn = _dynamics(score, perf, tok, n_bars)
     art = _articulation(score, perf, tok, tempo, n_bars)
     ped = _pedal(score, perf, n_bars, start_s, end_s, tempo)
@@ -204,21 +206,30 @@ def _overtones(pn: np.ndarray, extra_index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _onset_groups(score: Score, perf: Performance, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(score beats [G], median performed onset [G]) of the distinct written onsets with matched notes."""
+def _onset_groups(score: Score, perf: Performance, tok: np.ndarray, tempo=None) -> tuple[np.ndarray, np.ndarray]:
+    """(score beats [G], median performed onset [G]) of the distinct written onsets with matched notes.
+
+    With `tempo` (the alignment's robust local fit), matches further than ONSET_OUTLIER_BEATS from it are
+    left out: a note matched to another occurrence of its pitch (a transcriber's dropped note can cause it)
+    would otherwise bend the bar's tempo."""
     from pipelines.features.align import median_per_onset
 
     m = tok[tok["kind"] == MATCHED]
     if not len(m):
         return np.zeros(0), np.zeros(0)
-    return median_per_onset(score.notes["onset_beat"][m["score_index"]], perf.notes["onset_s"][m["perf_index"]])
+    beats, onsets = score.notes["onset_beat"][m["score_index"]], perf.notes["onset_s"][m["perf_index"]]
+    if tempo is not None:
+        keep = np.abs(onsets - tempo.time_at(beats)) <= ONSET_OUTLIER_BEATS * tempo.spb_at_beat(beats)
+        if keep.sum() >= 2:
+            beats, onsets = beats[keep], onsets[keep]
+    return median_per_onset(beats, onsets)
 
 
-def _timing(score: Score, perf: Performance, tok: np.ndarray, n_bars: int, starts_beat: np.ndarray,
+def _timing(score: Score, perf: Performance, tok: np.ndarray, tempo, n_bars: int, starts_beat: np.ndarray,
             ends_beat: np.ndarray) -> dict[str, list[float]]:
     from pipelines.features.align import fit_local_tempo
 
-    beats, times = _onset_groups(score, perf, tok)
+    beats, times = _onset_groups(score, perf, tok, tempo)
     nan = [math.nan] * n_bars
     out = {"onset_dev_ms": list(nan), "tempo_pct": list(nan), "unsteady_ms": list(nan)}
     if len(beats) < 2:
@@ -358,6 +369,9 @@ def bar_findings(bar: dict[str, Any], bars: list[dict[str, Any]], *, perf_source
         n = bar[kind]
         if kind == "extra" and perf_source == "transcription":
             n = 0           # the transcriber's own false notes (precision ~0.87) drown real extra notes: counted only
+        if kind == "missed" and perf_source == "transcription" and \
+                bar.get("unclear", 0) > UNCLEAR_BAR_SHARE * max(bar["score_notes"], 1):
+            n = 0           # the transcriber lost many of this bar's notes: its missing ones say little
         if n:
             out[kind] = (float(n), f"{n} {KIND_WORDS[kind][:-1] if n == 1 else KIND_WORDS[kind]}")
     tempo = bar["tempo_pct"]

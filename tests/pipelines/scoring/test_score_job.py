@@ -71,6 +71,12 @@ def test_nightly_scoring_on_s3(ray_cluster, s3_bucket, scoring_checkpoint, libra
     assert [Path(u).name for u in manifest["other_files"]] == ["notes.txt"]
     assert [Path(u).name for u in manifest["unmatched_scores"]] == ["orphan score.mid"]
     assert "4 ok" in first.stdout and "results:" in first.stdout
+    # the HTML report lands beside the results, one page per recording, the bar map of the scored one
+    report = next(line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("report: "))
+    assert report == f"{P.run_uri(out, manifest['run_id'])}/report/index.html"
+    index = storage.read_text(report)
+    assert "with score/scale one" in index and "other piece" in index
+    assert [b["bar"] for b in scored["bars"]][:3] == [1, 2, 3]
 
     # 2. nothing changed: no model work, every row carried forward
     second = _score(lib, out, ckpt, address=address)
