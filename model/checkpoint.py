@@ -24,7 +24,7 @@ from torch import nn
 
 from model.assessor import PianoAssessor
 from model.builder import build_model
-from model.config import ModelConfig
+from model.config import MODEL_PARTS, ModelConfig
 from model.errors import CheckpointError, ConfigError
 from model.schema import DimensionSchema
 
@@ -146,3 +146,80 @@ def load_model(directory: str, map_location: str | torch.device = "cpu"
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval(), config, schema, meta.get("extra", {})
+
+
+# --- initialising a run from another checkpoint (possibly of another dimension schema) ------------------
+_PER_DIM_ROWS = ("heads.log_sigma_head.weight", "heads.log_sigma_head.bias", "heads.task_log_sigma",
+                 "heads.log_sigma")            # one row per dimension, in schema order
+PARTS = MODEL_PARTS                            # part name -> state-dict prefixes (also `train.freeze` names)
+
+
+def part_of(key: str) -> str:
+    """The part (`PARTS`) a state-dict key belongs to."""
+    return next((name for name, prefixes in PARTS.items() if key.startswith(prefixes)), "other")
+
+
+def transfer_state(target: dict[str, Any], source: dict[str, torch.Tensor], target_names: list[str],
+                   source_names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of `source` (a state dict of a model for `source_names`) that fit `target` (name -> shape
+    or tensor of the model being built, for `target_names`), and a report of what was transferred.
+
+    Every tensor whose key and shape match is taken; per-dimension heads (`heads.dims.<i>.*`) and the
+    per-dimension rows of the sigma parameters follow their dimension's name, so a dimension present in
+    both schemas keeps its head and the others start fresh. Returns (state dict to load with strict=False,
+    report: loaded / fresh keys, kept / fresh dimensions, loaded keys per part)."""
+    shape = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in target.items()}
+    same_schema = list(target_names) == list(source_names)
+    src_index = {n: i for i, n in enumerate(source_names)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        if key.startswith("heads.dims.") and not same_schema:
+            continue
+        if key in _PER_DIM_ROWS and not same_schema:
+            continue
+        if key in shape and tuple(value.shape) == shape[key]:
+            out[key] = value
+    kept = [n for n in target_names if n in src_index]
+    if not same_schema:
+        for j, name in enumerate(target_names):
+            if name not in src_index:
+                continue
+            i = src_index[name]
+            for key, value in source.items():
+                prefix = f"heads.dims.{i}."
+                if key.startswith(prefix):
+                    new = f"heads.dims.{j}." + key[len(prefix):]
+                    if new in shape and tuple(value.shape) == shape[new]:
+                        out[new] = value
+        for key in _PER_DIM_ROWS:                # copy the kept dimensions' rows into a fresh tensor
+            if key in source and key in target and hasattr(target[key], "clone") and kept:
+                fresh = target[key].detach().clone()
+                if fresh.shape[1:] != source[key].shape[1:]:
+                    continue
+                for name in kept:
+                    fresh[target_names.index(name)] = source[key][src_index[name]]
+                out[key] = fresh
+    loaded_parts: dict[str, int] = {}
+    for key in out:
+        loaded_parts[part_of(key)] = loaded_parts.get(part_of(key), 0) + 1
+    kept = [n for j, n in enumerate(target_names)            # a dimension keeps its head only if it fit
+            if n in kept and any(k.startswith(f"heads.dims.{j}.") for k in out)]
+    trunk = [k for k in shape if part_of(k) != "heads"]
+    report = {"loaded": sorted(out), "fresh": sorted(k for k in shape if k not in out), "kept_dimensions": kept,
+              "fresh_dimensions": [n for n in target_names if n not in kept], "loaded_parts": loaded_parts,
+              "parts": sorted({part_of(k) for k in shape}), "trunk_tensors": len(trunk),
+              "trunk_loaded": sum(1 for k in trunk if k in out)}
+    return out, report
+
+
+def transfer_summary(report: dict[str, Any], source: str) -> str:
+    """One line: what a run initialised from `source` took from it and what starts fresh."""
+    parts = report["loaded_parts"]
+    whole = [p for p in PARTS if p != "heads" and parts.get(p)]
+    fresh_parts = [p for p in report["parts"] if p not in parts and p != "heads" and p != "other"]
+    kept, new = report["kept_dimensions"], report["fresh_dimensions"]
+    heads = (f"heads kept for {len(kept)} of {len(kept) + len(new)} dimensions"
+             + (f", fresh for {len(new)} ({', '.join(new[:4])}{', ...' if len(new) > 4 else ''})" if new else ""))
+    return (f"initialised from {source}: {len(report['loaded'])} tensors loaded ({', '.join(whole) or 'none'}); "
+            f"{heads}; fresh: {len(report['fresh'])} tensors" + (f" ({', '.join(fresh_parts)})" if fresh_parts
+                                                                    else ""))

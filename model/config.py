@@ -20,6 +20,17 @@ from typing import Any, Literal
 
 from model.errors import ConfigError
 
+# The model's parts and the state-dict prefixes of each: what `train.freeze` names and what initialising
+# from another checkpoint reports (model/checkpoint.py: transfer_state)
+MODEL_PARTS: dict[str, tuple[str, ...]] = {
+    "audio_encoder": ("mert.", "mert_proj.", "cqt.", "cqt_proj."),
+    "symbolic": ("symbolic.", "score_proj."),
+    "fusion": ("fusion.",),
+    "aggregation": ("aggregator.",),
+    "shared_head": ("heads.shared.",),
+    "heads": ("heads.dims.", "heads.log_sigma_head.", "heads.task_log_sigma", "heads.log_sigma"),
+}
+
 # Must equal pipelines.constants.OCTUPLE_VOCAB_SIZES / N_PERF_ATTRS (checked by tests).
 DEFAULT_OCTUPLE_VOCAB_SIZES = (7, 258, 386, 90, 387, 130, 131, 98)
 DEFAULT_N_NOTE_ATTRS = 10

@@ -177,6 +177,8 @@ class TrainConfig(_Section):
     dropout: Float | None = None       # overrides every dropout of the model when set (Tune)
     audio_only: Bool = False           # ablation: ignore the score branch
     pretrained: Bool = True            # ablation: false ignores model.mert_source/symbolic_source
+    freeze: list[str] = []             # parts kept fixed (model.checkpoint.PARTS: audio_encoder, symbolic, ...)
+    unfreeze_after_epochs: Int = 0     # ... for this many epochs (0: the whole run)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> TrainConfig:
@@ -196,6 +198,12 @@ class TrainConfig(_Section):
         _require(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
         _require(self.dropout is None or 0.0 <= self.dropout < 1.0,
                  f"train.dropout must be in [0, 1), got {self.dropout}")
+        from model.config import MODEL_PARTS
+        unknown = [p for p in self.freeze if p not in MODEL_PARTS]
+        _require(not unknown, f"train.freeze names unknown part {unknown[0] if unknown else ''!r}; "
+                              f"choose from {', '.join(MODEL_PARTS)}")
+        _require(self.unfreeze_after_epochs >= 0,
+                 f"train.unfreeze_after_epochs must be >= 0, got {self.unfreeze_after_epochs}")
         return self
 
 

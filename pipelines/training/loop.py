@@ -101,11 +101,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = build_model_from_sources(config.model, schema, dropout=t.dropout, pretrained=t.pretrained)
     if loop_config.get("init_dir"):
-        init_model, *_ = load_checkpoint(loop_config["init_dir"])
-        missing, unexpected = model.load_state_dict(init_model.state_dict(), strict=False)
+        from model.checkpoint import transfer_state, transfer_summary
+        init_model, _, init_schema, _ = load_checkpoint(loop_config["init_dir"])
+        state, report = transfer_state(model.state_dict(), init_model.state_dict(), schema.names,
+                                       init_schema.names)
+        model.load_state_dict(state, strict=False)
+        del init_model
         if rank == 0:
-            log.info("initialised from %s (%d missing, %d unexpected keys)", loop_config["init_dir"],
-                     len(missing), len(unexpected))
+            log.info(transfer_summary(report, loop_config["init_dir"]))
     model.to(device)
     loss_fn = MultiTaskLoss(schema, weighting=t.loss_weighting, label_smoothing=t.label_smoothing).to(device)
     loss_fn.set_target_mean(torch.tensor(loop_config["label_mean"], dtype=torch.float32, device=device))
@@ -137,8 +140,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"]
         started = time.time()
+        frozen = frozen_parameters(model, t.freeze) if t.freeze and (
+            t.unfreeze_after_epochs == 0 or epoch < t.unfreeze_after_epochs) else []
         train_metrics = _run_epoch(model, loss_fn, optimizer, scheduler, scaler, ray.train.get_dataset_shard("train"),
-                                   names, config, device, precision, train=True)
+                                   names, config, device, precision, train=True, frozen=frozen)
         val_metrics = _run_epoch(model, loss_fn, None, None, None, ray.train.get_dataset_shard("val"),
                                  names, config, device, precision, train=False)
         state["epoch"] = epoch + 1
@@ -179,8 +184,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         writer.close()
 
 
+def frozen_parameters(model: torch.nn.Module, parts: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters of the named parts (`model.config.MODEL_PARTS`) of a (possibly DDP-wrapped) model."""
+    from model.checkpoint import part_of
+
+    return [p for key, p in unwrap(model).named_parameters() if part_of(key) in parts]
+
+
 def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, config: Config, device, precision,
-               *, train: bool) -> dict[str, Any]:
+               *, train: bool, frozen: list[torch.nn.Parameter] | None = None) -> dict[str, Any]:
     t = config.train
     model.train(train)
     total_loss, total_items, started = 0.0, 0, time.time()
@@ -206,7 +218,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
                 scaler.scale(loss / t.grad_accum_steps).backward()
         micro += 1
         if train and sync:
-            _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
+            _optimizer_step(optimizer, scheduler, scaler, t.grad_clip, frozen)
         n = labels.shape[0]
         total_loss += float(loss.detach()) * n
         total_items += n
@@ -215,7 +227,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
         abs_err += err.sum(0).detach().cpu().numpy()
         counts += valid.sum(0).cpu().numpy()
     if train and micro % t.grad_accum_steps != 0:
-        _optimizer_step(optimizer, scheduler, scaler, t.grad_clip)
+        _optimizer_step(optimizer, scheduler, scaler, t.grad_clip, frozen)
     sums = _all_reduce_sum([total_loss, total_items, *abs_err.tolist(), *counts.tolist()], device)
     loss_sum, items = sums[0], sums[1]
     abs_err = np.asarray(sums[2:2 + len(names)])
@@ -226,7 +238,9 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
             "mae_per_dim": mae_per_dim, "samples_per_s": total_items / elapsed}
 
 
-def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float) -> None:
+def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float, frozen=None) -> None:
+    for p in frozen or ():           # a frozen part: no gradient, so AdamW leaves it (weight decay included)
+        p.grad = None
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(params, grad_clip)

@@ -82,6 +82,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         raise ValueError(f"{data_uri}: the {t.stage} stage needs labelled train and val segments "
                          f"(found {train_meta.num_rows} train, {val_rows} val)")
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
+    init_line = check_init(model_dir_uri(init), config) if init else None
 
     segments = read_segments(data_uri, columns=columns_for(config.model.audio_encoder), filter_ok=False)
     datasets = {
@@ -126,12 +127,40 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "best_metrics": best[1],
         "final_metrics": result.metrics,
         "tensorboard": tensorboard_uri,
+        "init": init_line,
         "train_segments": train_meta.num_rows,
         "val_segments": val_rows,
     }
     summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup)
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+MIN_INIT_SHARE = 0.5     # --init needs at least this share of the trunk's tensors to fit
+
+
+def check_init(init_uri: str, config: Config) -> str:
+    """Before any worker starts: what the run will take from `init_uri` (a checkpoint of any dimension
+    schema), printed as one line and returned; a ConfigError naming it when nothing fits."""
+    import torch
+
+    from model.builder import build_model
+    from model.checkpoint import transfer_state, transfer_summary
+    from model.errors import ConfigError
+    from pipelines.io.model_files import load_checkpoint
+
+    source, _, source_schema, _ = load_checkpoint(init_uri)
+    schema = config.schema()
+    with torch.device("meta"):          # shapes only: no weights, no download
+        target = build_model(config.model, schema, dropout=config.train.dropout, pretrained=False)
+    _, report = transfer_state(target.state_dict(), source.state_dict(), schema.names, source_schema.names)
+    if report["trunk_loaded"] < MIN_INIT_SHARE * report["trunk_tensors"]:
+        raise ConfigError(f"{init_uri}: only {report['trunk_loaded']} of the model's {report['trunk_tensors']} "
+                          f"encoder, fusion and pooling tensors fit this checkpoint (another preset or architecture?); "
+                          f"train without --init or pick a checkpoint of the same preset")
+    line = transfer_summary(report, init_uri)
+    print(line, flush=True)
+    return line
 
 
 def calibrate_best(checkpoint_uri: str | None, data_uri: str, *,

@@ -16,7 +16,8 @@ from pipelines.features.rows import SEGMENT_SCHEMA, empty_row, pack_array
 
 
 def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segments: int = 2, seed: int = 0,
-                            seconds: float = 2.0, n_notes: int = 24) -> Path:
+                            seconds: float = 2.0, n_notes: int = 24, names: list[str] | None = None) -> Path:
+    """names: the dimensions of the expert labels (default seed10's); pseudo labels are seed10's."""
     rng = np.random.default_rng(seed)
     rows = []
     splits = ["train"] * (n_pieces - 2) + ["val", "test"]
@@ -24,7 +25,8 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
     for p in range(n_pieces):
         for take in range(takes):
             quality = take / max(takes - 1, 1)                      # 0 = worst take, 1 = clean
-            labels = {d: float(np.clip(35 + 60 * quality + rng.normal(0, 3), 0, 100)) for d in SEED10.names}
+            labels = {d: float(np.clip(35 + 60 * quality + rng.normal(0, 3), 0, 100))
+                      for d in dict.fromkeys([*SEED10.names, *(names or [])])}
             for s in range(segments):
                 row = empty_row()
                 tokens = np.ones((n_notes, 8), dtype=np.int64) * 2
@@ -44,7 +46,8 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
                            cqt=pack_array(cqt, "f2"), cqt_frames=frames,
                            notes=pack_array(tokens, "i2"), note_attrs=pack_array(attrs, "f4"),
                            note_times=pack_array(np.linspace(0, seconds, n_notes), "f4"), n_notes=n_notes,
-                           has_score=True, perf_source="midi", labels_json=json.dumps(labels),
+                           has_score=True, perf_source="midi",
+                           labels_json=json.dumps({d: labels[d] for d in (names or SEED10.names)}),
                            pseudo_json=json.dumps({d: labels[d] for d in SEED10.pseudo_names}))
                 rows.append(row)
     (out / "segments").mkdir(parents=True, exist_ok=True)
@@ -54,4 +57,6 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
 
 @pytest.fixture()
 def synthetic_features(tmp_path) -> Path:
-    return make_synthetic_features(tmp_path / "features")
+    """Expert labels for seed10 and percepiano19 (initialising one schema's run from the other)."""
+    from model.schema import PERCEPIANO19
+    return make_synthetic_features(tmp_path / "features", names=[*SEED10.names, *PERCEPIANO19.names])

@@ -52,10 +52,35 @@ def test_two_worker_ddp_training_writes_checkpoints_and_resumes_by_name(ray_clus
     history = _history(second)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["attempt"] for h in history] == [1, 1, 2]
-    # the pseudo checkpoint initialises an expert run
-    expert = run_training(config, str(synthetic_features), str(storage_dir), name="from-init",
-                          init=second["best_checkpoint"])
-    assert expert["final_metrics"]["epoch"] == 2
+    # the seed10 checkpoint initialises a percepiano19 run: the trunk comes over, the heads start fresh, the
+    # encoders stay frozen for the first epoch
+    _check_init_across_schemas(second["best_checkpoint"], synthetic_features, storage_dir)
+
+
+def _check_init_across_schemas(init: str, features, runs) -> None:
+    from model.checkpoint import part_of
+    from model.schema import PERCEPIANO19
+
+    config = load_config("tiny", FAST + ["train.stage=expert", "dimensions=percepiano19",
+                                         "train.freeze=[audio_encoder,symbolic]", "train.unfreeze_after_epochs=1"])
+    expert = run_training(config, str(features), str(runs), name="expert", init=init)
+    assert expert["init"].startswith("initialised from ") and "heads kept for 0 of 19 dimensions" in expert["init"]
+    assert expert["final_metrics"]["epoch"] == 2 and math.isfinite(expert["final_metrics"]["val_loss"])
+    source = load_checkpoint(init)[0].state_dict()
+    by_epoch = {}
+    for ckpt in sorted(p for p in (runs / "expert").glob("checkpoint_*") if p.is_dir()):
+        model, _, schema, extra = load_checkpoint(str(ckpt / "model"))
+        by_epoch[extra["epoch"]] = model.state_dict()
+        assert schema.names == PERCEPIANO19.names
+    first, last = by_epoch[1], by_epoch[2]
+    # epoch 1: the frozen encoders are the initialising checkpoint's own tensors; the rest came over and trained
+    for key, value in first.items():
+        if part_of(key) in ("audio_encoder", "symbolic") and value.is_floating_point():
+            assert torch.equal(value, source[key]), key
+    assert any(not torch.equal(first[k], source[k]) for k in first if part_of(k) == "aggregation")
+    # epoch 2: unfrozen, the encoders move on
+    assert any(not torch.equal(last[k], first[k]) for k in last if part_of(k) == "audio_encoder"
+               and last[k].is_floating_point())
 
 
 def _descendants(pid: int) -> list[int]:
@@ -131,3 +156,4 @@ def test_missing_split_is_a_clear_error(ray_cluster, synthetic_features, tmp_pat
     pq.write_table(table.filter(pc.equal(table["split"], "train")), path)
     with pytest.raises(ValueError, match="needs labelled train and val segments"):
         run_training(config, str(synthetic_features), str(tmp_path / "runs"), name="x")
+
