@@ -1,4 +1,5 @@
-"""Shared bootstrap for the job entrypoints: import path, Ray start-up, one-line errors."""
+"""Shared bootstrap for the job entrypoints: import path, the console and its log file, Ray start-up,
+one-line errors."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # `python jobs/X.py` and `ray job submit --working-dir .`
     sys.path.insert(0, str(ROOT))
+# workers' progress lines (pipelines/console.py) look alike: keep Ray's log de-duplication off them; Ray reads
+# this when it is imported, which the jobs do after this module
+os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "PIANOEVAL-PROGRESS")
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str = "tiny") -> None:
@@ -21,6 +25,27 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "tiny") -> N
     parser.add_argument("--address", default=None,
                         help="Ray address (default: RAY_ADDRESS when set, e.g. under `ray job submit`; "
                              "else a local Ray started for this job)")
+    add_verbose_arg(parser)
+
+
+def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's progress bars, worker output and library warnings on the console "
+                             "(by default they go to the job's log file, <out>/logs/)")
+
+
+def start_console(job: str, out_uri: str | None, verbose: bool = False) -> None:
+    """Stage lines and progress on the console; Ray's and the libraries' output in <out_uri>/logs/
+    (pipelines/console.py). Named in the job's last line."""
+    from pipelines.console import CONSOLE
+
+    CONSOLE.start(job, out_uri, verbose=verbose)
+
+
+def log_line() -> str:
+    from pipelines.console import CONSOLE
+
+    return f"log: {CONSOLE.where}" if CONSOLE.active else ""
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
@@ -28,8 +53,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     (with the dashboard on 127.0.0.1, which Ray Train's state checks and the user both want)."""
     import ray
 
+    from pipelines.console import CONSOLE
+
     if ray.is_initialized():
         return
+    if CONSOLE.active and not CONSOLE.verbose:   # our own progress lines replace Ray Data's bars
+        import ray.data
+        ray.data.DataContext.get_current().enable_progress_bars = False
     target = address or os.environ.get("RAY_ADDRESS")
     env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}   # S3 endpoint for workers
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -46,8 +76,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
 
 def run_main(main: Callable[[list[str] | None], int]) -> None:
-    """Run a job's main; known user errors print one line and exit 2 instead of a traceback."""
+    """Run a job's main; known user errors print one line and exit 2, anything else one line and exit 1,
+    with the traceback in the job's log file."""
     from model.errors import ConfigError
+    from pipelines.console import CONSOLE
     from pipelines.io.storage import StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -55,6 +87,16 @@ def run_main(main: Callable[[list[str] | None], int]) -> None:
         code = main(None)
     except (ConfigError, StorageError, FileNotFoundError, ValueError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {text}", file=sys.stderr)
+        CONSOLE.error(f"error: {text}")
         code = 2
+    except KeyboardInterrupt:
+        CONSOLE.error("interrupted")
+        code = 130
+    except Exception as exc:   # not foreseen: one line here, the traceback in the log
+        CONSOLE.exception(exc)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        where = f" (traceback in {CONSOLE.where})" if CONSOLE.active else ""
+        CONSOLE.error(f"error: {type(exc).__name__}: {text}{where}")
+        code = 1
+    CONSOLE.close()
     sys.exit(code)

@@ -12,7 +12,6 @@ write its HTML report. Prints where every output is.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import _common
@@ -37,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.scoring.run import format_summary as scoring_summary
     from pipelines.scoring.run import run_scoring
     from pipelines.training.run import run_training
+    from train import training_summary
 
     started = time.time()
     out = args.out
+    _common.start_console("demo", out, args.verbose)
     corpus, features, runs = (storage.join(out, p) for p in ("corpus", "features", "runs"))
     if args.fresh:
         for uri in (corpus, features, runs):
@@ -64,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     step("3/6 training, pseudo-label stage (Ray Train, DDP over gloo)")
     pseudo = run_training(load_config(args.config, args.overrides + ["train.stage=pseudo"]), features, runs,
                           name="pseudo")
-    print(json.dumps({k: pseudo[k] for k in ("best_checkpoint", "best_metrics")}, indent=2, default=str))
+    print(training_summary(pseudo))
 
     step("4/6 training, expert stage (ground-truth labels, initialised from the pseudo stage)")
     expert = run_training(load_config(args.config, args.overrides + ["train.stage=expert"]), features, runs,
                           name="expert", init=pseudo["best_checkpoint"])
-    print(json.dumps({k: expert[k] for k in ("best_checkpoint", "best_metrics")}, indent=2, default=str))
+    print(training_summary(expert))
 
     step("5/6 evaluation on held-out pieces (test split) against baselines")
     evaluation_uri = storage.join(runs, "expert", "evaluation")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  scores        {scores}/latest.json -> runs/<run_id>/results/*.parquet  (library: {library};"
           f" the inserted errors: {truth_uri})")
     print(f"  report        {report}")
+    print(f"  {_common.log_line()}")
     return 0
 
 

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-only", action="store_true", help="ablation: ignore the score branch")
     parser.add_argument("--out", default=None, help="where to write evaluation.json/.md and PNGs "
                                                     "(default: <checkpoint>/../evaluation-<split>)")
+    _common.add_verbose_arg(parser)
     args = parser.parse_args(argv)
 
     from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
@@ -27,11 +28,13 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = model_dir_uri(args.checkpoint)
     out = args.out or storage.join(storage.parent(checkpoint), f"evaluation-{args.split}")
+    _common.start_console("evaluate", out, args.verbose)
     summary = evaluate_checkpoint(checkpoint, args.data, out, split=args.split, target=args.target,
                                   audio_only=True if args.audio_only else None)
     print(f"{summary['recordings']} recordings, target {summary['target']}")
     print(comparison_table(summary))
     print(f"written to {out}")
+    print(_common.log_line())
     return 0
 
 

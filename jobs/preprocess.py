@@ -24,10 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.preprocess import format_summary, run_preprocess
 
     config = load_config(args.config, args.overrides)
+    _common.start_console("preprocess", args.out, args.verbose)
+    print(f"preprocessing {args.input} -> {args.out}", flush=True)
     _common.init_ray(args.address)
     manifest = run_preprocess(args.input, args.out, config, layout=args.layout, num_actors=args.num_actors,
                               soundfont=args.soundfont)
     print(format_summary(manifest, args.out))
+    print(_common.log_line())
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import _common
 
@@ -65,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = {k: v for k, v in read_checkpoint_meta(checkpoint)["config"].items()
                  if k not in ("scoring", "score")}   # scoring settings come from here, not from training
         config = load_config(None, overrides, extra=config_from_dict(saved).to_dict())
+    _common.start_console("score", args.out, args.verbose)
+    print(f"scoring {args.input} with {checkpoint} -> {args.out}", flush=True)
     _common.init_ray(args.address)
     try:
         manifest = run_scoring(args.input, args.out, checkpoint, config, limit=args.limit, soundfont=args.soundfont)
@@ -73,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:                       # the run could not complete: say so, keep the details in the log
         logging.getLogger("pianoeval.score").exception("scoring run failed")
         cause = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: the scoring run could not complete ({type(exc).__name__}: {cause}); "
-              f"{args.out}/latest.json still points at the previous complete run", file=sys.stderr)
+        from pipelines.console import CONSOLE
+        CONSOLE.error(f"error: the scoring run could not complete ({type(exc).__name__}: {cause}); "
+                      f"{args.out}/latest.json still points at the previous complete run"
+                      + (f" (details in {CONSOLE.where})" if CONSOLE.active else ""))
         return 2
     run = run_uri(args.out, manifest["run_id"])
     rows = None
@@ -89,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {write_run_report(args.out, manifest['run_id'])}")
         except Exception as exc:   # the results stand without their report; `jobs/report.py --run` can retry
             logging.getLogger("pianoeval.score").exception("report failed")
-            print(f"warning: the HTML report could not be written ({type(exc).__name__}: {exc}); "
-                  f"retry with python jobs/report.py --run {run}", file=sys.stderr)
+            from pipelines.console import CONSOLE
+            CONSOLE.error(f"warning: the HTML report could not be written ({type(exc).__name__}: {exc}); "
+                          f"retry with python jobs/report.py --run {run}")
+    print(_common.log_line())
     if not manifest["complete"]:
         print(f"error: run {manifest['run_id']} is incomplete: {len(manifest['missing'])} inputs without a row, "
               f"{len(manifest['duplicated'])} with two; not published as latest")

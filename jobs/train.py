@@ -13,7 +13,6 @@ Everything not on the command line is in the config (--set section.key=value to 
 from __future__ import annotations
 
 import argparse
-import json
 
 import _common
 
@@ -45,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["train.use_gpu=true"]
     config = load_config(args.config, overrides)
     name = args.name or f"{config.name}-{config.train.stage}"
+    from pipelines.io import storage
+    _common.start_console("train", storage.join(args.storage, name), args.verbose)
+    print(f"training {name} ({config.train.stage} stage, {config.schema().name}, {config.train.num_workers} "
+          f"workers) on {args.data}", flush=True)
     _common.init_ray(args.address)
     summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels)
-    print(json.dumps({k: summary[k] for k in ("name", "best_checkpoint", "latest_checkpoint", "tensorboard")},
-                     indent=2))
+    print(training_summary(summary))
     if args.evaluate and summary["best_checkpoint"]:
         from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
         from pipelines.io import storage
@@ -57,7 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out)
         print(comparison_table(result))
         print(f"evaluation written to {out}")
+    print(_common.log_line())
     return 0
+
+
+def training_summary(summary: dict) -> str:
+    """A few lines: the best epoch and its metrics, where the checkpoints and TensorBoard logs are."""
+    m = summary.get("best_metrics") or {}
+    last = (summary.get("final_metrics") or {}).get("epoch", "?")
+    return (f"{summary['name']}: best epoch {m.get('epoch', '?')} of {last}"
+            f" (val loss {m.get('val_loss', float('nan')):.3f}, val MAE {m.get('val_mae', float('nan')):.1f})\n"
+            f"  best checkpoint    {summary['best_checkpoint']}\n  latest checkpoint  {summary['latest_checkpoint']}\n"
+            f"  tensorboard        tensorboard --logdir {summary['tensorboard']}")
 
 
 if __name__ == "__main__":

@@ -59,11 +59,13 @@ def load_records(input_uri: str, config: Config, layout: str = "auto") -> list[d
 class ProcessRecordings:
     """Ray Data callable class: a batch of JSON-encoded records -> an Arrow table of feature rows."""
 
-    def __init__(self, config_dict: dict, soundfont: str | None = None, torch_threads: int = 1) -> None:
+    def __init__(self, config_dict: dict, soundfont: str | None = None, torch_threads: int = 1,
+                 total: int = 0) -> None:
         import torch
 
         from pipelines.features.processor import RecordingProcessor
 
+        self.total = total
         torch.set_num_threads(torch_threads)  # a reused worker may have started with another count
         self.processor = RecordingProcessor(config_from_dict(config_dict), soundfont=soundfont)
 
@@ -71,6 +73,9 @@ class ProcessRecordings:
         rows: list[dict] = []
         for text in batch["record"]:
             rows.extend(self.processor(json.loads(text)))
+            if self.total:
+                from pipelines.console import tick
+                tick("recordings preprocessed", self.total)
         return pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)
 
 
@@ -94,7 +99,7 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         ProcessRecordings,
-        fn_constructor_kwargs={"config_dict": config.to_dict(), "soundfont": soundfont},
+        fn_constructor_kwargs={"config_dict": config.to_dict(), "soundfont": soundfont, "total": len(items)},
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from ctypes import c_int, c_void_p
 from pathlib import Path
 
@@ -76,7 +77,11 @@ def _load_midi(midi, name: str):
         return midi
     data = midi if isinstance(midi, (bytes, bytearray)) else _read_midi_bytes(str(midi))
     try:
-        return pretty_midi.PrettyMIDI(io.BytesIO(bytes(data)))
+        with warnings.catch_warnings():
+            # pretty_midi warns when tempo / key / time-signature events sit on a track other than the first;
+            # rendering plays every track's notes at the file's own timing either way, so it changes nothing
+            warnings.filterwarnings("ignore", message="Tempo, Key or Time signature change events found")
+            return pretty_midi.PrettyMIDI(io.BytesIO(bytes(data)))
     except Exception as exc:  # mido/pretty_midi raise many types for corrupt files
         detail = f"{type(exc).__name__}: {exc}" if str(exc).strip() else type(exc).__name__
         raise RenderError(f"{name}: not a readable MIDI file ({detail})") from None

@@ -168,6 +168,9 @@ def _thumbnail(spans: list[dict]) -> dict:
     return {"cqt_thumb": out.tobytes(), "cqt_thumb_fps": float(spans[0]["thumb_fps"])}
 
 
+PROGRESS_EVERY_S = 15.0      # a plain progress line at most this often when the console is not a terminal
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -290,10 +293,17 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
                             compute=ray.data.ActorPoolStrategy(size=s.num_actors),
                             num_cpus=s.actor_cpus, num_gpus=1 if s.use_gpu else 0,
                             max_restarts=s.max_retries, max_task_retries=s.max_retries)
+        from pipelines.console import progress
+        done = errors = 0
         for pred in ds.iter_rows():
             row = aggregator.add(dict(pred))
             if row is not None:
                 writer.add(row)
+                done += 1
+                errors += row["status"] == "error"
+                elapsed = max(time.time() - t0, 1e-9)
+                progress(f"scored {done}/{len(todo)} recordings ({errors} errors, {60.0 * done / elapsed:.1f}/min)",
+                         every_s=0.0 if done == len(todo) else PROGRESS_EVERY_S, key="scored")
     timings["pipeline_s"] = time.time() - t0
     for rid, entry in aggregator.entries.items():       # no complete output: the worker died on it
         if rid not in aggregator.done:

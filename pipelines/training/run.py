@@ -113,7 +113,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                          checkpoint_score_attribute="val_loss",
                                                          checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            callbacks=[epoch_progress_callback(name, t.epochs)]),
         datasets=datasets,
     )
     result = trainer.fit()
@@ -137,6 +138,28 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
 
 
 MIN_INIT_SHARE = 0.5     # --init needs at least this share of the trunk's tensors to fit
+
+
+def epoch_progress_callback(name: str, epochs: int):
+    """A Ray Train callback (it runs in the train controller) that prints one progress line per epoch,
+    marked for the job's console (pipelines/console.py), which shows it while the workers' own output
+    goes to the log."""
+    import ray.train
+
+    from pipelines.console import PROGRESS_MARK
+
+    class EpochProgress(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = metrics[0] if metrics else {}
+            if "epoch" not in m:
+                return
+            nan = float("nan")
+            print(f"{PROGRESS_MARK}{name}: epoch {m['epoch']}/{epochs}  train loss {m.get('train_loss', nan):.3f}"
+                  f"  val loss {m.get('val_loss', nan):.3f}  val MAE {m.get('val_mae', nan):.1f}"
+                  f"  ({m.get('epoch_seconds', 0.0):.0f} s){'  early stop' if m.get('early_stopped') else ''}",
+                  flush=True)
+
+    return EpochProgress()
 
 
 def check_init(init_uri: str, config: Config) -> str:

@@ -23,6 +23,17 @@ def test_demo_job_trains_both_stages_and_beats_the_baselines(tmp_path):
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "demo finished" in result.stdout
+    # a console a person can read: a line per stage, its summary, progress, where things are; the rest is
+    # in the log file it names
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) <= 200, "\n".join(lines)
+    for stage in ("1/6 demo corpus", "2/6 preprocessing", "3/6 training", "4/6 training", "5/6 evaluation",
+                  "6/6 scoring"):
+        assert sum(stage in line for line in lines) == 1, stage
+    assert "pseudo: epoch 1/" in result.stdout and "expert: best epoch" in result.stdout
+    assert not any("pid=" in line or "TrainingReport" in line or "core_worker" in line for line in lines)
+    log = next(line.split("log: ", 1)[1] for line in lines if "log: " in line)
+    assert Path(log).is_file() and "TrainingReport" in Path(log).read_text()
     evaluation = json.loads((out / "runs" / "expert" / "evaluation" / "evaluation.json").read_text())
     results = evaluation["results"]
     model, mean, linear = results["model"]["mean"], results["baseline_mean"]["mean"], results["baseline_linear"]["mean"]

@@ -78,7 +78,7 @@ def test_job_submit_runs_train_then_score_on_a_local_head(tmp_path):
             env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         assert "succeeded" in submit.stdout
-        assert "best_checkpoint" in submit.stdout
+        assert "best checkpoint" in submit.stdout and "log: " in submit.stdout
         summary = json.loads((tmp_path / "runs" / "submitted" / "summary.json").read_text())
 
         library = tmp_path / "library"
