@@ -64,6 +64,26 @@ class _Router(io.TextIOBase):
         return "utf-8"
 
 
+class _OwnWarningsOnce(logging.Filter):
+    """Warnings of this project's loggers (pipelines.*, model.*, jobs, pianoeval.*), each message once."""
+
+    PREFIXES = ("pipelines", "model", "jobs", "pianoeval", "__main__")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.PREFIXES):
+            return False
+        text = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        record.exc_info, record.exc_text = None, None         # the traceback: the log only
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 class Console:
     def __init__(self) -> None:
         self.active = False
@@ -113,6 +133,12 @@ class Console:
         root.setLevel(logging.INFO)
         if verbose:
             root.addHandler(logging.StreamHandler(self.term_err))
+        else:                                   # the project's own warnings stay visible, each once
+            own = logging.StreamHandler(self._term_err)
+            own.setLevel(logging.WARNING)
+            own.setFormatter(logging.Formatter("warning: %(message)s"))
+            own.addFilter(_OwnWarningsOnce())
+            root.addHandler(own)
         logging.captureWarnings(True)          # library warnings: the log (py.warnings logger)
         warnings.simplefilter("default")
         self.active = True

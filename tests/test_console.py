@@ -20,6 +20,10 @@ SCRIPT = textwrap.dedent("""
     print("(TrainController pid=7) " + PROGRESS_MARK + "run: epoch 1/2  val loss 0.5")
     os.write(2, b"core_worker.cc:2465: Actor has constructor arguments in the object store\\n")
     warnings.warn("a library's deprecation", DeprecationWarning)
+    import logging
+    for _ in range(2):                     # the project's own warnings: on the console once
+        logging.getLogger("pipelines.training.run").warning("calibration of x skipped: no val rows")
+    logging.getLogger("ray.data").warning("a Ray warning")
     progress("scored 3/3 recordings")
     for _ in range(3):                     # counted progress from workers: first and last shown
         print("(MapWorker pid=9) " + PROGRESS_MARK + "+1 3 recordings preprocessed")
@@ -46,8 +50,10 @@ def test_the_console_keeps_the_jobs_lines_and_the_log_keeps_the_rest(tmp_path):
     assert result.stdout.splitlines() == ["stage 1/2: reading", "  run: epoch 1/2  val loss 0.5",
                                           "  scored 3/3 recordings", "  recordings preprocessed 1/3",
                                           "  recordings preprocessed 3/3", "summary: 3 ok", "after close"]
-    assert result.stderr.splitlines() == ["error: /x/y.wav: not a readable audio file"]
-    for noise in ("TrainingReport", "(raylet) WARNING", "core_worker.cc", "a library's deprecation"):
+    assert result.stderr.splitlines() == ["warning: calibration of x skipped: no val rows",
+                                          "error: /x/y.wav: not a readable audio file"]
+    for noise in ("TrainingReport", "(raylet) WARNING", "core_worker.cc", "a library's deprecation",
+                  "a Ray warning"):
         assert noise in log and noise not in result.stdout + result.stderr
     assert "stage 1/2: reading" in log and "progress: run: epoch 1/2" in log and "not a readable" in log
 
