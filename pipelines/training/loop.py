@@ -142,8 +142,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         started = time.time()
         frozen = frozen_parameters(model, t.freeze) if t.freeze and (
             t.unfreeze_after_epochs == 0 or epoch < t.unfreeze_after_epochs) else []
+        label = (f"{loop_config.get('name', 'training')}: epoch {epoch + 1}/{t.epochs}",
+                 math.ceil(loop_config["train_rows"] / (t.batch_size * world)))
         train_metrics = _run_epoch(model, loss_fn, optimizer, scheduler, scaler, ray.train.get_dataset_shard("train"),
-                                   names, config, device, precision, train=True, frozen=frozen)
+                                   names, config, device, precision, train=True, frozen=frozen,
+                                   progress=label if rank == 0 else None)
         val_metrics = _run_epoch(model, loss_fn, None, None, None, ray.train.get_dataset_shard("val"),
                                  names, config, device, precision, train=False)
         state["epoch"] = epoch + 1
@@ -191,9 +194,15 @@ def frozen_parameters(model: torch.nn.Module, parts: list[str]) -> list[torch.nn
     return [p for key, p in unwrap(model).named_parameters() if part_of(key) in parts]
 
 
+STEP_PROGRESS_EVERY_S = 30.0     # rank 0 reports the steps of a long epoch this often (the job's console shows it)
+
+
 def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, config: Config, device, precision,
-               *, train: bool, frozen: list[torch.nn.Parameter] | None = None) -> dict[str, Any]:
+               *, train: bool, frozen: list[torch.nn.Parameter] | None = None,
+               progress: tuple[str, int] | None = None) -> dict[str, Any]:
+    """One pass over `shard`. progress: (label, batches expected) to report steps from (rank 0, training)."""
     t = config.train
+    last_report = time.time()
     model.train(train)
     total_loss, total_items, started = 0.0, 0, time.time()
     abs_err = np.zeros(len(names))
@@ -222,6 +231,11 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
         n = labels.shape[0]
         total_loss += float(loss.detach()) * n
         total_items += n
+        if progress is not None and time.time() - last_report >= STEP_PROGRESS_EVERY_S:
+            from pipelines.console import PROGRESS_MARK
+            print(f"{PROGRESS_MARK}{progress[0]}  batch {micro}/{progress[1]}  train loss so far "
+                  f"{total_loss / max(total_items, 1):.3f}", flush=True)
+            last_report = time.time()
         valid = ~torch.isnan(labels)
         err = torch.where(valid, (output.scores.float() - torch.nan_to_num(labels)).abs(), torch.zeros_like(labels))
         abs_err += err.sum(0).detach().cpu().numpy()

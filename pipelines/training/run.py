@@ -98,7 +98,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "config": config.to_dict(), "schema": schema.to_dict(), "label_mean": label_mean, "label_std": label_std,
         "train_rows": train_meta.num_rows, "init_dir": model_dir_uri(init) if init else None,
         "tensorboard_local": tensorboard_local, "tensorboard_uri": tensorboard_uri,
-        "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(),
+        "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(), "name": name,
     }
     storage_path = storage.resolve(storage_uri)[1]
     storage_fs = storage.s3_filesystem() if storage.is_s3(storage_uri) else None

@@ -72,3 +72,34 @@ def test_an_fp16_step_skipped_for_inf_gradients_leaves_the_schedule_where_it_was
     scaler.scale(param.sum()).backward()
     _optimizer_step(opt, sched, scaler, grad_clip=1.0)
     assert not torch.equal(param.detach(), torch.ones(2)) and sched.last_epoch == 1
+
+
+def test_a_long_epoch_reports_its_steps_for_the_console(synthetic_features, monkeypatch, capsys):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from model.schema import SEED10
+    from pipelines import console
+    from pipelines.training import loop
+
+    table = pq.read_table(synthetic_features / "segments" / "part-0.parquet").slice(0, 8)
+
+    class Shard:                                   # what _run_epoch reads of a Ray Data shard
+        def iter_batches(self, batch_size, **_):
+            for start in range(0, table.num_rows, batch_size):
+                part = table.slice(start, batch_size)
+                yield {c: np.asarray(part.column(c).to_pylist(), dtype=object) for c in part.column_names}
+
+    config = load_config("tiny", ["train.stage=expert", "train.batch_size=4"])
+    model = build_model(config.model, SEED10, pretrained=False)
+    loss_fn = MultiTaskLoss(SEED10)
+    loss_fn.set_target_mean(torch.full((len(SEED10.names),), 50.0))
+    optimizer = build_optimizer(model, loss_fn, config)
+    scheduler = cosine_with_warmup(optimizer, 10, 0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    monkeypatch.setattr(loop, "STEP_PROGRESS_EVERY_S", 0.0)
+    loop._run_epoch(model, loss_fn, optimizer, scheduler, scaler, Shard(), SEED10.names, config,
+                    torch.device("cpu"), "fp32", train=True, progress=("run: epoch 1/3", 2))
+    lines = [line for line in capsys.readouterr().out.splitlines() if console.PROGRESS_MARK in line]
+    assert [line.split(console.PROGRESS_MARK)[1].split("  train")[0] for line in lines] == [
+        "run: epoch 1/3  batch 1/2", "run: epoch 1/3  batch 2/2"]
