@@ -51,7 +51,7 @@ WRONG_WINDOW_BEATS = 0.5           # ... when its onset is within this many beat
 WRONG_WINDOW_MIN_S = 0.12          # ... or this many seconds, whichever is wider
 UNCLEAR_BAR_SHARE = 0.15           # (audio) a bar with more of its written notes unclear than this: no missed flag
 WRONG_DOMINANCE = 0.5             # (audio) ... and the written pitch's onset activation is under this share of it
-EVIDENCE_PLAYED = 0.25             # transcriber onset activation (0..1) at an unmatched written note that
+EVIDENCE_PLAYED = 0.30             # transcriber onset activation (0..1) at an unmatched written note that
                                    # says it may have sounded: "unclear", not missed
 HARMONIC_INTERVALS = (12, 19, 24, 28, 31)   # an extra transcribed note this far above a sounding note is
                                              # taken for its overtone, not a played note
