@@ -14,7 +14,8 @@ Per bar (units in the names; NaN where the input cannot tell):
 | start_s, end_s | where the bar lies in the recording (from the fitted tempo map) |
 | score_notes, matched | written notes of the bar, and those found in the playing |
 | missed, wrong, extra | written notes not played; played a semitone or two off (a missed written note with an extra |
-| | played note within WRONG_MAX_SEMITONES and WRONG_WINDOW_BEATS of it); played notes not in the score |
+| | played note within WRONG_MAX_SEMITONES and WRONG_WINDOW_BEATS of it; from audio also a neighbour pitch |
+| | whose onset activation is strong where the transcriber kept no note); played notes not in the score |
 | unclear | unmatched written notes the transcriber's onset activation says may have sounded (audio only): counted |
 | | neither as played nor as missed |
 | onset_dev_ms | median signed deviation of the bar's onsets from the piece's smooth tempo map (+ = late) |
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 WRONG_MAX_SEMITONES = 2            # a played note this close in pitch to a missed written one is a wrong note
 WRONG_WINDOW_BEATS = 0.5           # ... when its onset is within this many beats of the written note's place
 WRONG_WINDOW_MIN_S = 0.12          # ... or this many seconds, whichever is wider
+NEIGHBOUR_STRUCK = 0.75           # (audio) onset activation of a neighbour pitch the decoder left out: struck
 UNCLEAR_BAR_SHARE = 0.15           # (audio) a bar with more of its written notes unclear than this: no missed flag
 WRONG_DOMINANCE = 0.5             # (audio) ... and the written pitch's onset activation is under this share of it
 EVIDENCE_PLAYED = 0.30             # transcriber onset activation (0..1) at an unmatched written note that
@@ -158,10 +160,13 @@ def _note_errors(score: Score, perf: Performance, tok: np.ndarray, tempo, eviden
     np.add.at(out["matched"], sn["bar"][matched["score_index"]], 1)
     missed = tok[tok["kind"] == MISSED]
     extra = tok[tok["kind"] == EXTRA]
-    used = np.zeros(len(extra), bool)
+    used = np.zeros(len(extra), bool)           # paired with a written note as its wrong pitch
+    overtone = np.zeros(len(extra), bool)       # (audio) at an overtone of a sounding note: not counted as extra
     transcribed = perf.source == "transcription"
-    if transcribed and len(extra):               # overtones of sounding notes the transcriber took for notes
-        used |= _overtones(pn, extra["perf_index"])
+    if transcribed and len(extra):
+        overtone = _overtones(pn, extra["perf_index"])
+    matched_pitch = sn["pitch"][matched["score_index"]].astype(int)
+    matched_beat = sn["onset_beat"][matched["score_index"]]
     spb = tempo.spb_at_beat(sn["onset_beat"][missed["score_index"]]) if len(missed) else np.zeros(0)
     # where each missed note was due: through the played onsets either side (chord mates: exactly theirs),
     # closer than the smooth tempo map in a bar played out of tempo
@@ -186,13 +191,29 @@ def _note_errors(score: Score, perf: Performance, tok: np.ndarray, tempo, eviden
                                                                                float(extra["perf_onset_s"][j]))):
             used[j] = True
             out["wrong"][s["bar"]] += 1
+        elif j < 0 and evidence is not None and _neighbour_struck(evidence, int(s["pitch"]), t, heard,
+                                                                   matched_pitch[matched_beat == s["onset_beat"]]):
+            out["wrong"][s["bar"]] += 1          # the transcriber kept neither, but a neighbour pitch clearly started
         elif heard >= EVIDENCE_PLAYED:
             out["unclear"][s["bar"]] += 1        # the written pitch did start there: the decoder dropped it
         else:
             out["missed"][s["bar"]] += 1
-    for j in np.flatnonzero(~used):
+    for j in np.flatnonzero(~used & ~overtone):
         out["extra"][extra["bar"][j]] += 1
     return out
+
+
+def _neighbour_struck(evidence, pitch: int, t: float, heard: float, chord: np.ndarray) -> bool:
+    """(audio) A pitch within WRONG_MAX_SEMITONES of a missing written note, not itself written at that
+    onset, started at its time as strongly as the transcriber's own threshold and well above the written pitch."""
+    for step in (-2, -1, 1, 2):
+        q = pitch + step
+        if q in chord:
+            continue
+        level = evidence.at(q, t)
+        if level >= NEIGHBOUR_STRUCK and heard < WRONG_DOMINANCE * level:
+            return True
+    return False
 
 
 def _overtones(pn: np.ndarray, extra_index: np.ndarray) -> np.ndarray:
