@@ -30,9 +30,16 @@ LATEST = "latest.json"
 KEY_COLUMNS = ["recording_id", "content_hash", "model_version", "status", "error_kind", "scored_in_run"]
 
 
+_last_run_ms = 0
+
+
 def new_run_id() -> str:
-    """Sortable by start time, to the millisecond: 20261126T150102.345Z-3fa9c2."""
-    now = time.time()
+    """Sortable by start time, to the millisecond: 20261126T150102.345Z-3fa9c2. Two ids made in one process
+    within the same millisecond get successive milliseconds, so they still sort in the order they were made."""
+    global _last_run_ms
+    ms = max(int(time.time() * 1000), _last_run_ms + 1)
+    _last_run_ms = ms
+    now = ms / 1000.0
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
     return f"{stamp}-{secrets.token_hex(3)}"
 

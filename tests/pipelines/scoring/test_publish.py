@@ -53,3 +53,8 @@ def test_local_writes_leave_no_partial_files(tmp_path):
     _run(out, [{"recording_id": "a", "status": "ok"}], publish=True)
     leftovers = [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_run_ids_made_in_the_same_millisecond_still_sort_in_order():
+    ids = [P.new_run_id() for _ in range(500)]                     # far faster than one a millisecond
+    assert ids == sorted(ids) and len({i.split("-")[0] for i in ids}) == len(ids)
