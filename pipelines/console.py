@@ -200,10 +200,6 @@ class Console:
             self.end_progress()
             self.term.write(line + "\n")
 
-    def line(self, text: str) -> None:
-        """A line for the person at the console (and the log)."""
-        print(text, flush=True)
-
     def error(self, text: str) -> None:
         """One line on the console's stderr; the log gets it too."""
         self.end_progress()

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from pipelines.constants import CC_SUSTAIN, PEDAL_DOWN_THRESHOLD
+from pipelines.constants import CC_SUSTAIN
 from pipelines.io.notes import EXTRA, MATCHED, MISSED, Performance, Score
 
 if TYPE_CHECKING:
@@ -331,15 +331,12 @@ def _pedal(score: Score, perf: Performance, n_bars: int, start_s: np.ndarray, en
     held = np.zeros(n_bars, np.int64)
     if perf.source == "transcription":                   # audio: no pedal data
         return {"down_pct": down_pct.tolist(), "held_changes": held}
-    ped = perf.pedal[perf.pedal["controller"] == CC_SUSTAIN] if len(perf.pedal) else perf.pedal
-    times = ped["time_s"] if len(ped) else np.zeros(0)
-    down = ped["value"] >= PEDAL_DOWN_THRESHOLD if len(ped) else np.zeros(0, bool)
+    from pipelines.io.performance import pedal_down_at
+
+    times = perf.pedal["time_s"][perf.pedal["controller"] == CC_SUSTAIN] if len(perf.pedal) else np.zeros(0)
 
     def is_down(t: np.ndarray) -> np.ndarray:
-        if not len(times):
-            return np.zeros(len(t), bool)
-        k = np.searchsorted(times, t, side="right") - 1
-        return np.where(k >= 0, down[np.clip(k, 0, None)], False)
+        return pedal_down_at(perf.pedal, t, CC_SUSTAIN)
 
     for b in range(n_bars):
         if end_s[b] > start_s[b]:

@@ -284,9 +284,13 @@ class SpanPreparer:
                 f0, f1 = cqt_bounds[k]
                 frames, first = cqt_frames_of_span(self.cqt, y44, pad_s, f0 / fps, f1 / fps, duration)
                 row["cqt"], row["cqt_first_frame"] = pack_array(frames, "f2"), int(first)
-                own = (first + np.arange(len(frames)) >= math.ceil(a * fps - 1e-6)) & \
-                      ((first + np.arange(len(frames)) < math.ceil(b * fps - 1e-6)) | (k == len(groups) - 1))
-                frames, first = frames[own], first + int(np.argmax(own)) if own.any() else first
+                # the thumbnail takes this span's own frames only (the model's are widened to their support)
+                index = first + np.arange(len(frames))
+                last = k == len(groups) - 1
+                own = (index >= math.ceil(a * fps - 1e-6)) & ((index < math.ceil(b * fps - 1e-6)) | last)
+                if own.any():
+                    first += int(np.argmax(own))
+                frames = frames[own]
             else:                            # the thumbnail's frames alone, each frame once across the spans
                 frames, first = cqt_frames_of_span(self.cqt, y44, pad_s, a, b, duration)
             row["thumb"], row["thumb_first"] = thumbnail(frames, int(first), pool)
