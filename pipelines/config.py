@@ -426,9 +426,13 @@ def _read_yaml(path: Path) -> dict:
 
 def _layer(preset_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     """The override dictionary of a preset or YAML file, with its `preset:` chain resolved."""
+    if preset_or_path.startswith("s3://"):          # e.g. a sweep's best/config.yaml (tune/search.py)
+        return _remote_layer(preset_or_path, seen)
     path = Path(preset_or_path)
     if preset_or_path in available_presets():
         path = PRESET_DIR / f"{preset_or_path}.yaml"
+    elif path.is_dir() and (path / "config.yaml").is_file():    # a directory holding config.yaml (best/)
+        path = path / "config.yaml"
     elif not (path.suffix in (".yaml", ".yml") and path.exists()):
         raise ConfigError(f"unknown config {preset_or_path!r}: use a preset ({', '.join(available_presets())}) "
                           "or an existing .yaml file")
@@ -438,6 +442,27 @@ def _layer(preset_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     parent = data.pop("preset", None)
     if parent:
         data = _deep_merge(_layer(str(parent), seen + (str(path),)), data)
+    return data
+
+
+def _remote_layer(uri: str, seen: tuple[str, ...]) -> dict:
+    """A YAML config on S3 (`.../config.yaml`, or a prefix holding one)."""
+    from pipelines.io import storage
+
+    target = uri if uri.endswith((".yaml", ".yml")) else storage.join(uri, "config.yaml")
+    if target in seen:
+        raise ConfigError(f"{target}: preset chain loops back on itself")
+    if not storage.exists(target):
+        raise ConfigError(f"unknown config {uri!r}: no such YAML file")
+    try:
+        data = yaml.safe_load(storage.read_text(target)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{target}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{target}: a config file must hold a mapping")
+    parent = data.pop("preset", None)
+    if parent:
+        data = _deep_merge(_layer(str(parent), seen + (target,)), data)
     return data
 
 

@@ -134,7 +134,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             log.info("resumed from the checkpoint of epoch %d", state["epoch"])
     state["attempt"] = state.get("attempt", 0) + 1        # 1 on a fresh start, +1 per restore/resume
 
-    writer = _tensorboard_writer(loop_config) if rank == 0 else None
+    writer = _tensorboard_writer(loop_config) if rank == 0 and loop_config.get("tensorboard_local") else None
+    # a Tune trial names its workers' placement group in each report, so the sweep can release it if Tune
+    # stops the trial before Ray Train does (ray-project/ray#54305; tune/search.py)
+    placement_group = _placement_group_id() if loop_config.get("report_placement_group") else None
     names = schema.names
     stopped = state.get("stopped", False)
     while state["epoch"] < t.epochs and not stopped:
@@ -163,6 +166,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                    "best_val_loss": state["best_val"], "early_stopped": stopped, "attempt": state["attempt"]}
         metrics.update({f"val_mae/{n}": v for n, v in val_metrics["mae_per_dim"].items()})
         state["history"].append({k: v for k, v in metrics.items() if "/" not in k})
+        if placement_group:
+            metrics["placement_group"] = placement_group
         if writer is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -177,7 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             "scaler": scaler.state_dict(), "state": json.dumps(state)},
                            os.path.join(tmp, TRAIN_STATE))
                 extra = {"label_mean": loop_config["label_mean"], "label_std": loop_config["label_std"],
-                         "stage": t.stage, "metrics": {k: v for k, v in metrics.items() if "/" not in k},
+                         "stage": t.stage, "metrics": state["history"][-1],
                          "epoch": epoch + 1, "version": loop_config.get("version", "0")}
                 save_model(os.path.join(tmp, MODEL_DIR), core, loop_config["config"], schema, extra)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -264,6 +269,13 @@ def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float, frozen=None)
     if scale is None or scaler.get_scale() >= scale:   # fp16: a step skipped for inf/NaN gradients (the scale
         scheduler.step()                                # went down) leaves the schedule where it was
     optimizer.zero_grad(set_to_none=True)
+
+
+def _placement_group_id() -> str | None:
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else None
 
 
 def _tensorboard_writer(loop_config: dict[str, Any]):

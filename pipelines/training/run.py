@@ -60,8 +60,14 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
 
 
 def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, init: str | None = None,
-                 labels_uri: str | None = None) -> dict[str, Any]:
-    """Fit on Ray Train; returns a summary with the best and latest checkpoint URIs and the metrics."""
+                 labels_uri: str | None = None, callbacks: list | None = None, calibrate: bool = True,
+                 controller_failure_limit: int = -1, loop_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit on Ray Train; returns a summary with the best and latest checkpoint URIs and the metrics.
+
+    callbacks: more Ray Train callbacks (a Tune trial adds TuneReportCallback); calibrate: calibrate the best
+    checkpoint's sigma on the val split; controller_failure_limit: how often the train controller may fail
+    (e.g. a worker group that cannot start) before the run fails (-1: no limit); loop_extra: more keys for
+    the per-worker loop's config."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -99,6 +105,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_rows": train_meta.num_rows, "init_dir": model_dir_uri(init) if init else None,
         "tensorboard_local": tensorboard_local, "tensorboard_uri": tensorboard_uri,
         "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(), "name": name,
+        **(loop_extra or {}),
     }
     storage_path = storage.resolve(storage_uri)[1]
     storage_fs = storage.s3_filesystem() if storage.is_s3(storage_uri) else None
@@ -113,8 +120,9 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep,
                                                          checkpoint_score_attribute="val_loss",
                                                          checkpoint_score_order="min"),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=[epoch_progress_callback(name, t.epochs)]),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures,
+                                                   controller_failure_limit=controller_failure_limit),
+            callbacks=[epoch_progress_callback(name, t.epochs), *(callbacks or [])]),
         datasets=datasets,
     )
     result = trainer.fit()
@@ -132,7 +140,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_segments": train_meta.num_rows,
         "val_segments": val_rows,
     }
-    summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup)
+    summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup) \
+        if calibrate else None
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
 
