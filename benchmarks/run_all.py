@@ -33,6 +33,7 @@ BENCHMARKS = {
     "scoring": "benchmarks.bench_scoring",
     "score_match": "benchmarks.bench_score_match",
     "bar_feedback": "benchmarks.bench_bar_feedback",
+    "tune": "benchmarks.bench_tune",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

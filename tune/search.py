@@ -87,6 +87,9 @@ def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, sa
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    # trials run in their own working directories: relative local paths must not follow them there
+    data_uri, storage_uri = _absolute(data_uri), _absolute(storage_uri)
+    init, labels_uri = (_absolute(init) if init else None), (_absolute(labels_uri) if labels_uri else None)
     if metric not in METRICS:
         raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if samples < 1:
@@ -116,7 +119,7 @@ def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, sa
                                 grace_period=max(1, min(grace_period, epochs)), reduction_factor=reduction_factor))
     run_config = tune.RunConfig(
         name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=1 if verbose else 0,
-        callbacks=[ReleaseStoppedTrials(), TrialLines(metric, epochs)],
+        callbacks=[ReleaseTrialWorkers(), TrialLines(metric, epochs)],
         failure_config=tune.FailureConfig(max_failures=1))
     print(f"sweep {name}: {samples} trials of {config.name} ({config.train.stage} stage, {epochs} epochs each), "
           f"{max_concurrent} at a time, Optuna (seed {seed}) + ASHA on {metric}; space:", flush=True)
@@ -142,6 +145,10 @@ def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, sa
     summary["best"] = export_best(best, config, sweep_uri, storage_uri, data_uri, labels_uri) if best else None
     storage.write_text(storage.join(sweep_uri, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _absolute(uri: str) -> str:
+    return uri if storage.is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def _trial_dirname(trial) -> str:
@@ -174,10 +181,12 @@ def _tune_callback_base():
     return tune.Callback
 
 
-class ReleaseStoppedTrials(_tune_callback_base()):
-    """When Tune stops a trial (ASHA), its TorchTrainer's placement group can outlive it and starve the next
-    trial (ray-project/ray#54305, seen here without the dashboard). Each trial reports its group's id; this
-    removes the group once the trial is done."""
+class ReleaseTrialWorkers(_tune_callback_base()):
+    """Removes each ended trial's training placement group. Ray Train 2.60 leaves that to a cleaner actor that
+    needs the State API (the dashboard); without it the group outlives its trial and the next trial's data
+    tasks wait forever for CPUs (ray-project/ray#54305; measured here on a 2-CPU Ray without the dashboard:
+    the second trial hung, after a trial that finished as well as after one ASHA stopped; with this callback
+    all trials ran). Each trial reports its group's id with its metrics."""
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._release(trial)
@@ -198,7 +207,7 @@ class ReleaseStoppedTrials(_tune_callback_base()):
         try:
             if placement_group_table(group).get("state") not in (None, "REMOVED"):
                 remove_placement_group(group)
-                log.info("released the placement group of stopped trial %s", trial.trial_id)
+                log.info("released the placement group of trial %s", trial.trial_id)
         except Exception as exc:     # the group went away on its own meanwhile
             log.info("placement group of trial %s: %s", trial.trial_id, exc)
 

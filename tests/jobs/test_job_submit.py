@@ -1,5 +1,6 @@
-"""`ray start --head` in the venv, then `ray job submit --working-dir . -- python jobs/train.py ...` and
-`python jobs/score.py ...` with the checkpoint it trained, as the nightly schedule does.
+"""`ray start --head` in the venv, then `ray job submit --working-dir . -- python jobs/train.py ...`,
+`... jobs/tune.py ...` and `... jobs/score.py ...` with the sweep's best/ checkpoint, as a user and the nightly
+schedule do.
 
 Starts its own head on 127.0.0.1 with a private temp dir and stops it by PID (never a bare `ray stop`).
 """
@@ -80,6 +81,18 @@ def test_job_submit_runs_train_then_score_on_a_local_head(tmp_path):
         assert "succeeded" in submit.stdout
         assert "best checkpoint" in submit.stdout and "log: " in submit.stdout
         summary = json.loads((tmp_path / "runs" / "submitted" / "summary.json").read_text())
+        assert summary["best_checkpoint"]
+
+        sweep = subprocess.run(     # a 2-trial sweep; its best/ is what the scoring job below takes
+            [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+             str(ROOT), "--", "python", "jobs/tune.py", "--config", "tiny", "--data", str(features),
+             "--storage", str(tmp_path / "tune"), "--stage", "expert", "--samples", "2", "--name", "sweep",
+             "--set", "train.epochs=1", "--set", "train.batch_size=4"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+        assert sweep.returncode == 0, (sweep.stdout + sweep.stderr)[-4000:]
+        assert "succeeded" in sweep.stdout and "2 trials in" in sweep.stdout
+        best = tmp_path / "tune" / "sweep" / "best"
+        assert (best / "config.yaml").exists() and (best / "model").is_dir()
 
         library = tmp_path / "library"
         library.mkdir()
@@ -88,7 +101,7 @@ def test_job_submit_runs_train_then_score_on_a_local_head(tmp_path):
         score = subprocess.run(
             [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
              str(ROOT), "--", "python", "jobs/score.py", "--input", str(library), "--out", str(tmp_path / "scores"),
-             "--checkpoint", summary["best_checkpoint"], "--max-error-rate", "0.5",
+             "--checkpoint", str(best), "--max-error-rate", "0.5",
              "--set", "scoring.actor_cpus=0.5", "--set", "scoring.prepare_cpus=0.5"],
             env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
         assert score.returncode == 0, (score.stdout + score.stderr)[-4000:]

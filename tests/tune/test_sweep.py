@@ -95,9 +95,11 @@ def features(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(features, tmp_path_factory):
-    """A 4-trial sweep of the tiny preset, 3 epochs a trial."""
+    """A 4-trial sweep of the tiny preset, 3 epochs a trial; data and storage given as relative paths (the
+    trials run in working directories of their own)."""
     tmp = tmp_path_factory.mktemp("sweep")
-    job = Job(tmp, ["--config", "tiny", "--data", str(features), "--storage", str(tmp / "tune"), "--samples", "4",
+    job = Job(tmp, ["--config", "tiny", "--data", os.path.relpath(features, ROOT),
+                    "--storage", os.path.relpath(tmp / "tune", ROOT), "--samples", "4",
                     "--name", "s4", "--set", "train.epochs=3"])
     code = job.wait(timeout=900)
     text = job.text()
@@ -212,3 +214,25 @@ def test_killed_sweep_resumes_and_keeps_finished_trials(features, tmp_path):
         assert f"trial {trial} started" not in after
     runs = tmp_path / "tune" / "resumable" / "runs"
     assert sorted(p.name for p in runs.iterdir()) == sorted(f"trial_{r['trial']}" for r in rows)
+
+
+def test_sweep_on_a_ray_without_dashboard_releases_every_trials_workers(ray_cluster, features, tmp_path):
+    """The session's Ray has no dashboard, so Ray Train's own cleaner cannot release an ended trial's
+    placement group; the sweep must (or the next trials wait for CPUs that never come)."""
+    from ray.util import placement_group_table
+
+    from pipelines.config import load_config
+    from tune.search import run_search
+
+    before = set(placement_group_table())
+    summary = run_search(load_config("tiny", ["train.epochs=1"]), str(features), str(tmp_path / "tune"),
+                         name="nodash", samples=2, max_concurrent=1)
+    assert [r["status"] for r in summary["rows"]] == ["completed", "completed"]
+    deadline = time.time() + 30
+    while True:
+        left = {pg: info["state"] for pg, info in placement_group_table().items()
+                if pg not in before and info["state"] != "REMOVED"}
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not left, left
