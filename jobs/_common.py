@@ -7,11 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:          # `python jobs/X.py` and `ray job submit --working-dir .`
-    sys.path.insert(0, str(ROOT))
+# `python jobs/X.py` and `ray job submit --working-dir .`: the repository first, so that its packages win over
+# the job scripts of the same name beside this file (`import tune` is tune/, not jobs/tune.py)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p != str(ROOT)]
 # workers' progress lines (pipelines/console.py) look alike: keep Ray's log de-duplication off them; Ray reads
 # this when it is imported, which the jobs do after this module
 os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "PIANOEVAL-PROGRESS")
@@ -48,6 +49,23 @@ def log_line() -> str:
     return f"log: {CONSOLE.where}" if CONSOLE.active else ""
 
 
+# Settings Ray's workers may need to reach S3 that are not secrets. Ray shows a runtime env's env_vars in the
+# dashboard, the state API and job details, so credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_SESSION_TOKEN, ...) never go there: a local Ray started by this process passes its whole environment to
+# its workers (they are children of its raylet), and a cluster's nodes use their own AWS credential chain
+# (EC2 instance profile, EKS IRSA; see cluster/README.md).
+WORKER_ENV_PASSTHROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+def worker_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The env_vars of the jobs' Ray runtime env: the non-secret S3 settings of WORKER_ENV_PASSTHROUGH that are
+    set, and PYTHONPATH with the repository first. Never a credential."""
+    environ = os.environ if environ is None else environ
+    env_vars = {k: environ[k] for k in WORKER_ENV_PASSTHROUGH if environ.get(k)}
+    env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p)
+    return env_vars
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Join the cluster named by --address / RAY_ADDRESS, or start a local one for this process
     (with the dashboard on 127.0.0.1, which Ray Train's state checks and the user both want)."""
@@ -61,9 +79,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False
     target = address or os.environ.get("RAY_ADDRESS")
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}   # S3 endpoint for workers
-    env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = {"env_vars": worker_env_vars()}
     if target:
         ray.init(address=target, runtime_env=None if os.environ.get("RAY_JOB_ID") else runtime_env,
                  logging_level=logging.WARNING)

@@ -31,6 +31,13 @@ MODEL_PARTS: dict[str, tuple[str, ...]] = {
     "heads": ("heads.dims.", "heads.log_sigma_head.", "heads.task_log_sigma", "heads.log_sigma"),
 }
 
+# The hub commits the MERT presets load (model.mert_revision overrides): a hub id names a repository whose
+# `main` can change under a run (new weights, new config.json, new code), so a load is pinned to a commit.
+MERT_HUB_REVISIONS: dict[str, str] = {
+    "m-a-p/MERT-v1-95M": "12af15fef9d0ac838c3f475bfbbf26d2060dd4f5",
+    "m-a-p/MERT-v1-330M": "5240c2708a5acaee1007f43fb9735c7dcd0b78c9",
+}
+
 # Must equal pipelines.constants.OCTUPLE_VOCAB_SIZES / N_PERF_ATTRS (checked by tests).
 DEFAULT_OCTUPLE_VOCAB_SIZES = (7, 258, 386, 90, 387, 130, 131, 98)
 DEFAULT_N_NOTE_ATTRS = 10
@@ -55,6 +62,10 @@ class ModelConfig:
     # MERT / HuBERT: a Hugging Face id (m-a-p/MERT-v1-95M), a local or s3:// directory, or null for a
     # randomly initialised model of the shape below.
     mert_source: str | None = None
+    # Revision of a Hugging Face id in mert_source: a commit sha pins the weights and config.json; a branch or
+    # tag ("main") takes whatever the hub serves on the day. null: the pinned commit of MERT_HUB_REVISIONS for
+    # the MERT-v1 ids (any other hub id is then refused). Ignored for local and s3:// directories.
+    mert_revision: str | None = None
     mert_hidden_size: int = 768
     mert_num_layers: int = 12
     mert_num_heads: int = 12
@@ -188,6 +199,10 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError (one line) on a value of the wrong type or range, or sizes that do not fit."""
         self._check_choices()
+        if self.mert_revision is not None:
+            _require(isinstance(self.mert_revision, str) and self.mert_revision.strip() == self.mert_revision != ""
+                     and ".." not in self.mert_revision,
+                     f"mert_revision must be a commit sha, tag or branch name, got {self.mert_revision!r}")
         _require(len(self.mert_conv_dim) == len(self.mert_conv_kernel) == len(self.mert_conv_stride),
                  "mert_conv_dim, mert_conv_kernel and mert_conv_stride must have the same length "
                  f"(got {len(self.mert_conv_dim)}, {len(self.mert_conv_kernel)}, {len(self.mert_conv_stride)})")

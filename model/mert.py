@@ -4,7 +4,9 @@ MERT-v1-95M's checkpoint has HuBERT-base's module graph (its config sets `featur
 and `deepnorm=False`), so it loads into `transformers.HubertModel` without `trust_remote_code`: we read
 its config.json, map it onto a `HubertConfig` built from our `ModelConfig` (checking the shapes), and call
 `HubertModel.from_pretrained(source, config=mapped)`. A Hugging Face id and a local directory take that same
-path (an s3:// prefix is downloaded to a local directory by pipelines.io.model_files first).
+path (an s3:// prefix is downloaded to a local directory by pipelines.io.model_files first); a hub id is
+loaded at a pinned revision (`model.mert_revision`, else `model.config.MERT_HUB_REVISIONS`), never at
+whatever `main` holds.
 
 MERT-v1-330M (24 x 1024) is HuBERT-large-like; its normalisation layout (`feat_extract_norm`,
 `do_stable_layer_norm`, `conv_bias`) is taken from the checkpoint's config.json, whatever the preset says,
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel, PretrainedConfig
 
-from model.config import MERT_SAMPLE_RATE_HZ, ModelConfig
+from model.config import MERT_HUB_REVISIONS, MERT_SAMPLE_RATE_HZ, ModelConfig
 from model.errors import CheckpointError
 from model.hf import enable_activation_checkpointing, float32_loading_kwargs
 from model.masks import lengths_to_mask, masked_mean_std
@@ -149,16 +151,31 @@ def pretrained_location(source: str) -> str:
                           "model.safetensors (a HuBERT/MERT checkpoint saved with save_pretrained)")
 
 
+def hub_revision(cfg: ModelConfig) -> str:
+    """The hub revision a hub-id `mert_source` loads: `model.mert_revision`, else the pinned commit of
+    MERT_HUB_REVISIONS; CheckpointError for another hub id without a revision."""
+    if cfg.mert_revision:
+        return cfg.mert_revision
+    pinned = MERT_HUB_REVISIONS.get(str(cfg.mert_source))
+    if pinned is None:
+        raise CheckpointError(f"{cfg.mert_source}: a Hugging Face id needs model.mert_revision (a commit sha; "
+                              "'main' takes whatever the hub serves that day)")
+    return pinned
+
+
 def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
-    """Load `cfg.mert_source` into a HubertModel; returns it and `cfg` with the checkpoint's layout."""
+    """Load `cfg.mert_source` into a HubertModel; returns it and `cfg` with the checkpoint's layout.
+
+    A hub id loads at `hub_revision(cfg)` (config.json and weights alike); a directory as it is."""
     source = cfg.mert_source
     if not source:
         raise CheckpointError("model.mert_source is empty; expected a Hugging Face id, s3:// prefix or directory")
     expected = ("expected a HuBERT-graph checkpoint (config.json plus pytorch_model.bin or model.safetensors), "
                 "e.g. m-a-p/MERT-v1-95M or a directory written by HubertModel.save_pretrained")
     where = pretrained_location(source)
+    hub = {} if os.path.isdir(where) else {"revision": hub_revision(cfg)}
     try:
-        raw, _ = PretrainedConfig.get_config_dict(where)
+        raw, _ = PretrainedConfig.get_config_dict(where, **hub)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot read config.json ({_first_line(exc)}); {expected}") from None
     if not raw:
@@ -166,7 +183,7 @@ def load_pretrained_hubert(cfg: ModelConfig) -> tuple[HubertModel, ModelConfig]:
     resolved = resolve_checkpoint_config(cfg, raw, source)
     try:
         hubert, info = HubertModel.from_pretrained(where, config=hubert_config(resolved), output_loading_info=True,
-                                                   **float32_loading_kwargs())
+                                                   **hub, **float32_loading_kwargs())
     except (OSError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{source}: cannot load the weights ({_first_line(exc)}); {expected}") from None
     missing = sorted(info.get("missing_keys", ()))

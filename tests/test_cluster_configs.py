@@ -1,5 +1,7 @@
 """Cluster configs: every YAML parses, the AWS config passes Ray's schema, GPU worker types declare
-their accelerator type, every container gets the S3 secret, and job commands name real job scripts."""
+their accelerator type, job commands name real job scripts, and the defaults are private: Ray token
+authentication on, the dashboard/job API on the head's loopback (VMs) or behind a ClusterIP service
+(Kubernetes), S3 access from EC2 instance profiles / IRSA and never from static keys."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,11 @@ KUBERAY = CLUSTER / "kuberay"
 KNOWN_JOBS = {p.name for p in (ROOT / "jobs").glob("*.py") if not p.name.startswith("_")}
 GPU_INSTANCE_ACCELERATOR = {"p3.2xlarge": "V100", "p4d.24xlarge": "A100"}
 RAY_VERSION = "2.60.0"
-S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}
+# credentials that must not appear in a default config (the MinIO opt-in in cluster/README.md adds them)
+STATIC_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+RAY_KINDS = ("RayCluster", "RayJob", "RayCronJob")
+SERVICE_ACCOUNT = "pianoeval"
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 JOB_COMMAND = re.compile(r"python\s+(?:\S*/)?jobs/([\w.-]+\.py)")
 
 
@@ -32,6 +38,10 @@ def _load_one(path: Path) -> dict[str, Any]:
 
 def _kuberay_docs() -> list[tuple[str, dict[str, Any]]]:
     return [(p.name, _load_one(p)) for p in sorted(KUBERAY.glob("*.yaml"))]
+
+
+def _ray_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, doc) for name, doc in _kuberay_docs() if doc["kind"] in RAY_KINDS]
 
 
 def _ray_cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +123,28 @@ def test_aws_gpu_node_types_declare_their_accelerator():
     assert any(not n.get("resources", {}).get("GPU") for k, n in types.items() if k != config["head_node_type"])
 
 
+def test_aws_nodes_get_s3_access_from_instance_profiles_not_keys():
+    config = _load_one(CLUSTER / "aws.yaml")
+    for name, node in config["available_node_types"].items():
+        profile = node["node_config"].get("IamInstanceProfile", {})
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@/-]+", profile.get("Arn", "")) \
+            or profile.get("Name"), f"{name}: no IamInstanceProfile"
+    text = json.dumps(config)
+    assert not [k for k in STATIC_KEYS if k in text], "aws.yaml names a static AWS key"
+    assert not [m for m in config["file_mounts"] if ".aws" in m], "aws.yaml copies AWS credentials to the nodes"
+
+
+def test_aws_token_auth_is_on_and_the_dashboard_listens_on_loopback():
+    config = _load_one(CLUSTER / "aws.yaml")
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]        # every Ray process and CLI
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"  # the same token on every node
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+                        + config["setup_commands"])
+    assert "RAY_AUTH_MODE=disabled" not in commands
+
+
 def test_aws_image_and_setup_install_the_project():
     config = _load_one(CLUSTER / "aws.yaml")
     assert config["docker"]["image"].startswith(f"rayproject/ray:{RAY_VERSION}-")
@@ -126,10 +158,10 @@ def test_aws_image_and_setup_install_the_project():
 def test_kuberay_kinds_and_ray_versions():
     kinds = {name: doc["kind"] for name, doc in _kuberay_docs()}
     assert kinds == {"raycluster.yaml": "RayCluster", "rayjob-train.yaml": "RayJob",
-                     "raycronjob-score.yaml": "RayCronJob"}
+                     "raycronjob-score.yaml": "RayCronJob", "serviceaccount.yaml": "ServiceAccount"}
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{RAY_VERSION}-" in dockerfile
-    for name, doc in _kuberay_docs():
+    for name, doc in _ray_docs():
         assert doc["apiVersion"] == "ray.io/v1", name
         assert _ray_cluster_spec(doc)["rayVersion"] == RAY_VERSION, name
 
@@ -162,14 +194,44 @@ def test_kuberay_gpu_groups_declare_accelerator_and_target_gpu_nodes(name):
     assert gpu_groups >= 1
 
 
+def test_the_service_account_carries_an_irsa_role():
+    doc = _load_one(KUBERAY / "serviceaccount.yaml")
+    assert doc["apiVersion"] == "v1" and doc["kind"] == "ServiceAccount"
+    assert doc["metadata"]["name"] == SERVICE_ACCOUNT
+    role = doc["metadata"].get("annotations", {}).get(IRSA_ANNOTATION, "")
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@/-]+", role), role
+
+
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "raycronjob-score.yaml"])
-def test_every_ray_container_reads_s3_credentials_from_the_secret(name):
+def test_every_ray_pod_gets_s3_access_from_irsa_and_no_static_key(name):
     cluster = _ray_cluster_spec(_load_one(KUBERAY / name))
     for group_name, group in _groups(cluster):
+        pod = group["template"]["spec"]
+        assert pod.get("serviceAccountName") == SERVICE_ACCOUNT, f"{name}/{group_name}: not the IRSA ServiceAccount"
+        assert pod.get("automountServiceAccountToken", True), f"{name}/{group_name}: IRSA needs the token"
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = f"{name}/{group_name}/{container['name']}"
+            env = container.get("env", [])
+            assert not {e["name"] for e in env} & set(STATIC_KEYS), f"{where}: static AWS key in env"
+            assert not [e for e in env if "secretKeyRef" in e.get("valueFrom", {})], f"{where}: env from a Secret"
+            assert not container.get("envFrom"), f"{where}: envFrom brings in a Secret/ConfigMap wholesale"
+    text = json.dumps(_load_one(KUBERAY / name))
+    assert not [k for k in STATIC_KEYS if k in text], f"{name}: names a static AWS key"
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-train.yaml", "raycronjob-score.yaml"])
+def test_kuberay_token_auth_is_on_and_the_dashboard_is_not_exposed(name):
+    cluster = _ray_cluster_spec(_load_one(KUBERAY / name))
+    assert cluster.get("authOptions", {}).get("mode") == "token", f"{name}: Ray token authentication is off"
+    head = cluster["headGroupSpec"]
+    assert head.get("serviceType") == "ClusterIP", f"{name}: head Service {head.get('serviceType')!r}"
+    assert head.get("enableIngress") is not True, f"{name}: Ingress enabled"
+    assert head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    for group_name, group in _groups(cluster):
         for container in group["template"]["spec"]["containers"]:
-            from_secret = {e["name"] for e in container.get("env", [])
-                           if "secretKeyRef" in e.get("valueFrom", {})}
-            assert S3_ENV <= from_secret, f"{name}/{group_name}: missing {S3_ENV - from_secret}"
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", "token") == "token", f"{name}/{group_name}: auth turned off"
+            assert not [p for p in container.get("ports", []) if "hostPort" in p], f"{name}/{group_name}: hostPort"
 
 
 def test_raycluster_gpu_groups_cover_v100_and_a100():
@@ -201,6 +263,9 @@ def test_readme_commands_name_known_jobs_and_existing_files():
     for applied in re.findall(r"kubectl (?:apply|delete) -f (\S+)", readme):
         assert (ROOT / applied).is_file(), applied
     assert "ray up cluster/aws.yaml" in readme and "ray job submit --address" in readme
+    for needed in ("ray get-auth-token --generate", "RAY_AUTH_MODE=token", "kubectl port-forward",
+                   "ray dashboard cluster/aws.yaml", IRSA_ANNOTATION, "IamInstanceProfile", "MinIO"):
+        assert needed in readme, needed
 
 
 def _job_options(script: str) -> set[str]:

@@ -194,6 +194,9 @@ class RecordingProcessor:
 
     # --- entry point -----------------------------------------------------------------------------
     def process(self, record: dict) -> list[dict]:
+        refused = (record.get("extra") or {}).get("error")
+        if refused:                 # refused by the corpus reader (e.g. a path outside the corpus root)
+            raise PreprocessError(str(refused))
         uri = record.get("audio_uri") or record.get("midi_uri") or str(record.get("recording_id"))
         try:
             content_hash = storage.content_hash(uri) if (record.get("audio_uri") or record.get("midi_uri")) else ""

@@ -10,7 +10,10 @@ Formats, as measured here (libsndfile 1.2.2 through soundfile 0.14, ffmpeg 5):
 | format | reader | notes |
 | --- | --- | --- |
 | WAV, RF64, W64, AIFF, FLAC, Ogg Vorbis, Opus, MP3, CAF, AU | soundfile | MP3 gapless (LAME delay removed) |
-| M4A/AAC, WMA, anything else ffmpeg decodes | ffmpeg subprocess | needs `ffmpeg` on PATH |
+| M4A/AAC, WMA, other audio containers ffmpeg decodes | ffmpeg subprocess | needs `ffmpeg` on PATH |
+
+ffmpeg reads a recording through the `file` protocol alone and with audio demuxers alone
+(`FFMPEG_INPUT_FORMATS`): a playlist (HLS, ffconcat) under an audio name is refused, never followed.
 
 M4A/WMA through ffmpeg may differ from the source by up to one codec frame (1024 samples) in length.
 
@@ -22,6 +25,7 @@ Missing files raise `pipelines.io.storage.StorageError` (the URI layer's error).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -156,10 +160,26 @@ def _require_program(name: str, uri: str, soundfile_cause: str) -> None:
         raise AudioError(f"{uri}: not a format soundfile reads ({soundfile_cause}) and {name} is not installed")
 
 
+# Demuxers ffmpeg/ffprobe may use on a recording: single-file audio containers only. Recordings are untrusted,
+# and ffmpeg picks the demuxer from the content, not the name: without this list an `.mp3` holding an HLS or
+# ffconcat playlist makes ffmpeg read the files (local, or URLs) it names. The mov demuxer serves m4a/mp4
+# (external data references stay off, ffmpeg's default); RF64 goes through `wav`; Opus/Vorbis through `ogg`.
+FFMPEG_INPUT_FORMATS = ("mov", "aac", "asf", "mp3", "ogg", "flac", "wav", "w64", "aiff", "caf", "au", "matroska",
+                        "ac3", "eac3", "wv", "ape", "amr")
+
+
+def ffmpeg_input_args(path: str) -> list[str]:
+    """The input part of an ffmpeg/ffprobe command for a local recording: the `file` protocol alone, the audio
+    demuxers of FFMPEG_INPUT_FORMATS alone, and the path as an absolute `file:` URL (never read as an option,
+    a `concat:`/`http:` URL or a device name)."""
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(FFMPEG_INPUT_FORMATS),
+            "-i", "file:" + os.path.abspath(path)]
+
+
 def _ffmpeg_decode_args(path: str) -> list[str]:
     """ffmpeg arguments that decode the first audio stream of `path`, stopping at the first error
     (the output codec, format and target follow)."""
-    return ["ffmpeg", "-nostdin", "-v", "error", "-xerror", "-i", path, "-vn", "-map", "0:a:0"]
+    return ["ffmpeg", "-nostdin", "-v", "error", "-xerror", *ffmpeg_input_args(path), "-vn", "-map", "0:a:0"]
 
 
 _FFMPEG_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
@@ -167,7 +187,9 @@ _FFMPEG_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
 
 def _ffmpeg_cause(stderr: str, path: str) -> str:
     """The last two lines of ffmpeg's error output, without its '[demuxer @ 0x..]' and path prefixes."""
-    lines = [_FFMPEG_PREFIX.sub("", line.strip()).replace(f"{path}: ", "") for line in stderr.splitlines()]
+    prefixes = (f"file:{os.path.abspath(path)}: ", f"{path}: ")
+    lines = [_FFMPEG_PREFIX.sub("", line.strip()) for line in stderr.splitlines()]
+    lines = [functools.reduce(lambda text, prefix: text.replace(prefix, ""), prefixes, line) for line in lines]
     lines = [line for line in lines if line]
     return "ffmpeg: " + ("; ".join(lines[-2:]) if lines else "failed without a message")
 

@@ -65,6 +65,7 @@ from pipelines.io.audio import (
     _normalising_gain,
     _require_program,
     _silence_cause,
+    ffmpeg_input_args,
     to_mono,
 )
 
@@ -109,7 +110,7 @@ def _ffprobe(path: str, uri: str, soundfile_cause: str) -> AudioInfo:
     _require_program("ffmpeg", uri, soundfile_cause)          # the decoder, as load_audio words it
     _require_program("ffprobe", uri, soundfile_cause)
     cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-           "stream=sample_rate,channels,duration:format=duration", "-of", "json", path]
+           "stream=sample_rate,channels,duration:format=duration", "-of", "json", *ffmpeg_input_args(path)]
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:

@@ -26,7 +26,10 @@ Three layouts are understood; `read_corpus` picks one:
   performer `unknown`; no labels.
 
 Bad input (missing table columns, unreadable JSON, labels for unknown recordings, duplicate ids, a
-path that does not exist) raises `CorpusError` with a one-line message naming the input.
+path that does not exist) raises `CorpusError` with a one-line message naming the input. A MAESTRO entry
+whose file name is absolute, a URI or has a `..` segment is refused on its own: its recording keeps no URI and
+`extra["error"]` names the table line and the file, which preprocessing turns into that recording's error row
+(nothing outside the corpus root is read).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import re
 from typing import Any, Iterable
 
@@ -54,6 +58,7 @@ UNKNOWN_PERFORMER = "unknown"
 # sidecar score extensions, in order of preference (MusicXML carries bars and voices)
 SIDECAR_SCORE_EXTENSIONS = (".musicxml", ".mxl", ".mid", ".midi")
 # `<piece>_<N>bars_<player>_<segment>`, e.g. Schubert_D960_mv2_8bars_10_04
+logger = logging.getLogger(__name__)
 _PERCEPIANO_NAME = re.compile(r"^(?P<piece>.+)_(?P<bars>\d+)bars_(?P<player>[^_]+)_(?P<segment>[^_]+)$")
 
 
@@ -196,22 +201,39 @@ def _maestro_rows(table_uri: str) -> list[dict[str, str]]:
             for k in keys]
 
 
+def leaves_root(name: str) -> bool:
+    """True for a file name from a corpus table that is not a plain path below the corpus root: absolute
+    (`/x`, `C:\\x`), a URI (`s3://`, `file://`), or with a `..` segment (either slash)."""
+    parts = name.replace("\\", "/").split("/")
+    return (name.startswith(("/", "\\")) or "://" in name or re.match(r"^[A-Za-z]:", name) is not None
+            or ".." in parts or "\x00" in name)
+
+
 def _maestro_recording(row: dict[str, str], root: str, where: str) -> Recording:
     midi = (row.get("midi_filename") or "").strip()
     audio = (row.get("audio_filename") or "").strip()
     if not midi and not audio:
         raise CorpusError(f"{where}: neither midi_filename nor audio_filename is given")
+    score = (row.get("score_filename") or "").strip()
+    outside = [f"{field} {value!r}" for field, value in
+               (("audio_filename", audio), ("midi_filename", midi), ("score_filename", score))
+               if value and leaves_root(value)]
+    refused = f"{where}: entry refused, {'; '.join(outside)} outside the corpus root {root}" if outside else ""
     year = (row.get("year") or "").strip()
     stem = _stem(audio or midi)
     default_id = f"{year}/{stem}" if year else stem
     rec_id = (row.get("recording_id") or "").strip() or default_id
     composer, title = (row.get("canonical_composer") or "").strip(), (row.get("canonical_title") or "").strip()
-    score = (row.get("score_filename") or "").strip()
     duration_text = (row.get("duration") or "").strip()
     try:
         duration = float(duration_text) if duration_text else None
     except ValueError:
         raise CorpusError(f"{where}: duration {duration_text!r} is not a number") from None
+    extra = {"composer": composer, "title": title, "year": year}
+    if refused:      # no URI at all: nothing of this entry is read; preprocessing records it as an error row
+        logger.warning("%s", refused)
+        extra["error"] = refused
+        audio = midi = score = ""
     return Recording(
         recording_id=rec_id,
         audio_uri=storage.join(root, audio) if audio else None,
@@ -222,7 +244,7 @@ def _maestro_recording(row: dict[str, str], root: str, where: str) -> Recording:
         labels=None,
         duration_s=duration,
         split=(row.get("split") or "").strip() or None,
-        extra={"composer": composer, "title": title, "year": year},
+        extra=extra,
     )
 
 

@@ -335,13 +335,32 @@ def upload_dir(local_dir: str, uri: str) -> None:
             upload_file(str(path), join(uri, str(path.relative_to(local_dir))))
 
 
+def contained_path(root: str, rel: str, what: str) -> Path:
+    """`root / rel` for a relative path taken from data (an S3 key, a table entry): StorageError naming `what`
+    when `rel` is absolute, has a `..` segment or resolves (through links) outside `root`."""
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or os.path.isabs(rel) or ".." in parts:
+        raise StorageError(f"{what}: refusing a path that leaves the target directory ({rel!r})")
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(base, rel))
+    if os.path.commonpath([base, target]) != base:
+        raise StorageError(f"{what}: refusing a path that leaves the target directory ({rel!r})")
+    return Path(target)
+
+
 def download_dir(uri: str, local_dir: str) -> str:
-    """Copy every file under a URI prefix into a local directory; returns the local directory."""
+    """Copy every file under a URI prefix into a local directory; returns the local directory.
+
+    S3 keys may literally hold `..` segments (`prefix/../../x`): a key that would land outside `local_dir`
+    fails the whole copy with a StorageError naming it, before anything is written."""
+    prefix = str(uri).rstrip("/")
+    plan = []
     for entry in list_files(uri):
-        rel = entry.uri[len(str(uri).rstrip("/")):].lstrip("/")
-        if not is_s3(uri):
-            rel = os.path.relpath(entry.uri, resolve(uri)[1])
-        target = Path(local_dir) / rel
+        rel = entry.uri[len(prefix):].lstrip("/") if is_s3(uri) else os.path.relpath(entry.uri, resolve(uri)[1])
+        if rel in ("", "."):                     # the prefix is one object itself
+            rel = basename(entry.uri)
+        plan.append((entry.uri, contained_path(local_dir, rel, entry.uri)))
+    for source, target in plan:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(entry.uri if is_s3(uri) else entry.uri))
+        target.write_bytes(read_bytes(source))
     return local_dir

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from transformers import HubertModel, PretrainedConfig
 
 import model.mert as mert
 from model.builder import build_model
-from model.errors import CheckpointError
+from model.config import MERT_HUB_REVISIONS
+from model.errors import CheckpointError, ConfigError
 from model.mert import MertEncoder, hubert_config, load_pretrained_hubert, resolve_checkpoint_config
 from tests.model.conftest import SCHEMA3, save_tiny_mert
 
@@ -50,6 +53,64 @@ def test_hub_id_takes_the_same_code_path(tiny_cfg, tmp_path, monkeypatch):
     assert calls == [("config", "m-a-p/MERT-v1-95M"), ("weights", "m-a-p/MERT-v1-95M", "HubertConfig"),
                      ("config", str(tmp_path / "hub")), ("weights", str(tmp_path / "hub"), "HubertConfig")]
     assert _same_weights(from_hub, from_dir)
+
+
+def _record_hub_calls(monkeypatch, hub_dir) -> list:
+    """Replace the two transformers loaders: hub ids are served from `hub_dir` (nothing is downloaded) and
+    every call is recorded with its revision."""
+    calls = []
+    real_config, real_load = PretrainedConfig.get_config_dict, HubertModel.from_pretrained
+
+    def local(name):
+        return name if os.path.isdir(name) else str(hub_dir)
+
+    def fake_config(name, **kw):
+        calls.append(("config", name, kw.get("revision")))
+        return real_config(local(name), **{k: v for k, v in kw.items() if k != "revision"})
+
+    def fake_load(name, **kw):
+        calls.append(("weights", name, kw.get("revision")))
+        return real_load(local(name), **{k: v for k, v in kw.items() if k != "revision"})
+
+    monkeypatch.setattr(mert.PretrainedConfig, "get_config_dict", staticmethod(fake_config))
+    monkeypatch.setattr(mert.HubertModel, "from_pretrained", staticmethod(fake_load))
+    return calls
+
+
+@pytest.mark.parametrize("hub_id", sorted(MERT_HUB_REVISIONS))
+def test_hub_ids_load_at_the_pinned_revision(tiny_cfg, tmp_path, monkeypatch, hub_id):
+    save_tiny_mert(tmp_path / "hub", tiny_cfg, seed=5)
+    calls = _record_hub_calls(monkeypatch, tmp_path / "hub")
+    load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source=hub_id))
+    pinned = MERT_HUB_REVISIONS[hub_id]
+    assert re.fullmatch(r"[0-9a-f]{40}", pinned)
+    assert calls == [("config", hub_id, pinned), ("weights", hub_id, pinned)]
+
+
+def test_mert_revision_is_passed_to_both_loaders_and_dirs_get_none(tiny_cfg, tmp_path, monkeypatch):
+    save_tiny_mert(tmp_path / "hub", tiny_cfg, seed=5)
+    calls = _record_hub_calls(monkeypatch, tmp_path / "hub")
+    load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source="someone/other-mert", mert_revision="v1.2"))
+    load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source=str(tmp_path / "hub"), mert_revision="v9"))
+    assert calls == [("config", "someone/other-mert", "v1.2"), ("weights", "someone/other-mert", "v1.2"),
+                     ("config", str(tmp_path / "hub"), None), ("weights", str(tmp_path / "hub"), None)]
+
+
+def test_an_unpinned_hub_id_without_a_revision_is_refused(tiny_cfg, tmp_path, monkeypatch):
+    calls = _record_hub_calls(monkeypatch, tmp_path)
+    with pytest.raises(CheckpointError, match="someone/other-mert: a Hugging Face id needs model.mert_revision"):
+        load_pretrained_hubert(dataclasses.replace(tiny_cfg, mert_source="someone/other-mert"))
+    assert calls == []
+
+
+def test_mert_presets_pin_their_hub_commit():
+    from pipelines.config import load_config
+
+    for preset, hub_id in (("mert-v1-95m", "m-a-p/MERT-v1-95M"), ("mert-v1-330m", "m-a-p/MERT-v1-330M")):
+        model_cfg = load_config(preset).model
+        assert model_cfg.mert_source == hub_id and model_cfg.mert_revision == MERT_HUB_REVISIONS[hub_id]
+    with pytest.raises(ConfigError, match="mert_revision"):
+        dataclasses.replace(load_config("tiny").model, mert_revision=" main")
 
 
 def test_mert_style_checkpoint_with_legacy_weight_norm_loads_exactly(tiny_cfg, tmp_path):

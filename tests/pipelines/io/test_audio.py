@@ -105,6 +105,50 @@ def test_every_listed_audio_suffix_decodes(tmp_path, suffix):
     assert dominant_hz(y[: sr // 2], sr) == pytest.approx(440, rel=0.01)
 
 
+def _playlists(tmp_path: Path) -> dict[str, Path]:
+    """Recordings that are really playlists naming another local file (a WAV, an ADTS AAC) or a URL."""
+    secret = tmp_path / "private"
+    secret.mkdir()
+    wav = write(secret / "secret.wav", stereo_tone(1.0))
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", wav, "-c:a", "aac", "-f", "adts", str(secret / "secret.aac")],
+                   check=True)
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n"
+    texts = {"concat.mp3": "ffconcat version 1.0\nfile 'private/secret.wav'\n",
+             "concat.m4a": "ffconcat version 1.0\nfile 'private/secret.wav'\n",
+             "hls.mp3": hls.format("private/secret.aac"),
+             "hls_abs.wma": hls.format(secret / "secret.aac"),
+             "hls_url.aac": hls.format("http://127.0.0.1:9/x.aac")}
+    out = {}
+    for name, text in texts.items():
+        out[name] = tmp_path / name
+        out[name].write_text(text)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_playlists_under_audio_names_are_refused_not_followed(tmp_path):
+    """ffmpeg picks its demuxer from the content: without a format whitelist an `.mp3` that is an ffconcat or
+    HLS playlist decodes the other file it names."""
+    for name, path in _playlists(tmp_path).items():
+        with pytest.raises(AudioError, match="not a readable audio file") as info:
+            load_audio(str(path))
+        assert name in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_ffmpeg_reads_a_path_starting_with_a_dash_as_a_file(tmp_path, monkeypatch):
+    from pipelines.io.audio import _read_ffmpeg, ffmpeg_input_args
+
+    wav = write(tmp_path / "src.wav", stereo_tone(1.0))
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", wav, "-c:a", "aac", str(tmp_path / "-y.m4a")], check=True)
+    monkeypatch.chdir(tmp_path)
+    args = ffmpeg_input_args("-y.m4a")
+    assert args[args.index("-i") + 1] == f"file:{tmp_path}/-y.m4a"
+    assert args[args.index("-protocol_whitelist") + 1] == "file"
+    y, sr = _read_ffmpeg("-y.m4a", "-y.m4a", "test")
+    assert sr == SR and abs(len(y) / sr - 1.0) < 0.05
+
+
 def test_streamed_wav_with_placeholder_sizes_loads(tmp_path):
     """A WAV written to a pipe carries 0xFFFFFFFF chunk sizes: not truncated, must load."""
     path = Path(write(tmp_path / "streamed.wav", stereo_tone(1.2)))

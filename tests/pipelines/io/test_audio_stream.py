@@ -73,6 +73,22 @@ def test_probe_m4a_goes_through_ffprobe(tmp_path):
     assert info.duration_s == pytest.approx(2.0, abs=0.05)
 
 
+@needs_ffmpeg
+def test_probe_and_pipe_decoder_refuse_playlists_under_audio_names(tmp_path):
+    """ffprobe and the ffmpeg pipe decoder take the same whitelists as load_audio: an `.mp3` that is an
+    ffconcat or HLS playlist is refused, not followed to the file it names."""
+    from pipelines.io.audio_stream import _ffmpeg_blocks
+    from tests.pipelines.io.test_audio import _playlists
+
+    for name, path in _playlists(tmp_path).items():
+        with pytest.raises(AudioError, match="not a readable audio file") as info:
+            probe_audio(str(path), name)
+        assert name in str(info.value)
+        forged = AudioInfo(sample_rate=SR, channels=2, frames=None, duration_s=None, reader="ffmpeg")
+        with pytest.raises(AudioError, match="not a readable audio file"):
+            list(_ffmpeg_blocks(str(path), name, forged, 4096))
+
+
 @pytest.mark.parametrize("name,content", NOT_AUDIO_FILES)
 def test_probe_and_scan_refuse_non_audio_naming_the_uri(tmp_path, name, content):
     path = tmp_path / name

@@ -167,6 +167,61 @@ def test_maestro_duplicate_ids_raise(maestro_dir):
         corpora.read_maestro(str(maestro_dir))
 
 
+@pytest.mark.parametrize("field, value", [
+    ("audio_filename", "../outside.wav"),
+    ("audio_filename", "2004/../../outside.wav"),
+    ("midi_filename", "..\\outside.midi"),
+    ("midi_filename", "{abs}/outside.midi"),
+    ("audio_filename", "file://{abs}/outside.wav"),
+    ("score_filename", "../outside.midi"),
+])
+def test_maestro_entry_outside_the_root_is_refused_on_its_own(maestro_dir, field, value):
+    """A table entry naming a file outside the corpus root keeps no URI (nothing of it is read) and says why;
+    the other entries are untouched."""
+    _wav(maestro_dir.parent / "outside.wav")
+    _midi(maestro_dir.parent / "outside.midi")
+    value = value.format(abs=maestro_dir.parent)
+    rows = [dict(r) for r in MAESTRO_ROWS]
+    rows[1][field] = value
+    _write_csv(maestro_dir / "maestro-v3.0.0.csv", rows, list(MAESTRO_ROWS[0]) + ["score_filename"])
+    recs = corpora.read_maestro(str(maestro_dir))
+    assert [r.recording_id for r in recs][0::2] == ["2004/perf_a", "2006/perf_c"]
+    bad = recs[1]
+    assert bad.audio_uri is None and bad.midi_uri is None and bad.score_uri is None
+    error = bad.extra["error"]
+    assert "\n" not in error and "maestro-v3.0.0.csv line 3" in error and field in error and repr(value) in error
+    assert "outside the corpus root" in error
+    for good in (recs[0], recs[2]):
+        assert "error" not in good.extra and Path(good.audio_uri).is_file()
+        assert Path(good.audio_uri).resolve().is_relative_to(maestro_dir.resolve())
+
+
+def test_refused_maestro_entry_becomes_its_error_row_without_reading(maestro_dir, monkeypatch):
+    from pipelines.config import load_config
+    from pipelines.features import processor as P
+    from pipelines.preprocess import load_records
+
+    _wav(maestro_dir.parent / "outside.wav")
+    rows = [dict(r) for r in MAESTRO_ROWS]
+    rows[0]["audio_filename"] = "../outside.wav"
+    _write_csv(maestro_dir / "maestro-v3.0.0.csv", rows)
+    records = load_records(str(maestro_dir), load_config("tiny"))
+    read = []
+    monkeypatch.setattr(P.storage, "content_hash", lambda uri: read.append(uri) or "x")
+    proc = P.RecordingProcessor.__new__(P.RecordingProcessor)      # no CQT/transcriber set-up needed here
+    out = proc(records[0])
+    assert read == [] and len(out) == 1 and out[0]["status"] == "error"
+    assert "../outside.wav" in out[0]["error"] and "outside the corpus root" in out[0]["error"]
+
+
+@pytest.mark.parametrize("name, outside", [
+    ("2004/a.wav", False), ("a..b.wav", False), ("./x/a.wav", False), ("..", True), ("a/../../b", True),
+    ("/etc/passwd", True), ("C:\\x.wav", True), ("s3://other/x.wav", True), ("x\\..\\..\\y", True),
+])
+def test_leaves_root(name, outside):
+    assert corpora.leaves_root(name) is outside
+
+
 # --- library ---------------------------------------------------------------------------------
 
 def test_library_audio_with_sidecars(library_dir):

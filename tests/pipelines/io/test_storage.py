@@ -50,6 +50,35 @@ def test_upload_and_download_dir(tmp_path, s3_bucket):
     assert out == str(tmp_path / "back")
 
 
+@pytest.mark.parametrize("bad", ["../../evil.txt", "sub/../../../evil.txt", "sub/..", "a/../../evil.txt"])
+def test_download_dir_refuses_keys_that_leave_the_target(tmp_path, s3_bucket, bad):
+    """S3 keys may literally hold `..` segments; none may land outside the target directory, and the copy
+    writes nothing once one such key is listed."""
+    client = storage.boto3_client()
+    bucket = s3_bucket[len("s3://"):]
+    client.put_object(Bucket=bucket, Key="data/prefix/good.txt", Body=b"good")
+    client.put_object(Bucket=bucket, Key=f"data/prefix/{bad}", Body=b"evil")
+    listed = [e.uri for e in storage.list_files(f"{s3_bucket}/data/prefix")]
+    assert f"{s3_bucket}/data/prefix/{bad}" in listed          # listed verbatim, not normalised
+    target = tmp_path / "deep" / "er" / "target"
+    with pytest.raises(StorageError) as info:
+        storage.download_dir(f"{s3_bucket}/data/prefix", str(target))
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and f"{s3_bucket}/data/prefix/{bad}" in text
+    assert "leaves the target directory" in text
+    assert list(tmp_path.iterdir()) == []                       # nothing written or created, inside or out
+
+
+def test_contained_path_refuses_absolute_and_parent_paths(tmp_path):
+    assert storage.contained_path(str(tmp_path), "a/./b.txt", "x") == (tmp_path / "a" / "b.txt").resolve()
+    for bad in ("/etc/passwd", "../x", "a/../../x", "..\\x", ""):
+        with pytest.raises(StorageError, match="refusing a path that leaves the target directory"):
+            storage.contained_path(str(tmp_path), bad, "entry")
+    (tmp_path / "link").symlink_to("/")                          # a link inside the root that points out of it
+    with pytest.raises(StorageError, match="leaves the target directory"):
+        storage.contained_path(str(tmp_path), "link/etc/passwd", "entry")
+
+
 def test_missing_local_file_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nope.wav")
     with pytest.raises(StorageError) as info:
