@@ -6,8 +6,9 @@
     ray job submit --working-dir . -- python jobs/train.py --config mert-v1-95m --data s3://b/features \\
         --storage s3://b/runs --gpu --num-workers 4
 
-A rerun with the same --name resumes from the latest checkpoint. At the end the best checkpoint is
-evaluated on the test split against baselines (<storage>/<name>/evaluation: JSON, Markdown, PNGs).
+A rerun with the same --name resumes from the latest checkpoint (one with other settings is refused: use
+--restart or a new --name). A NaN or inf loss stops the run in one line, its best checkpoint intact. At the
+end the best checkpoint is evaluated on the test split against baselines (<storage>/<name>/evaluation).
 Everything not on the command line is in the config (--set section.key=value to override).
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (nccl, fp16 autocast)")
     parser.add_argument("--name", default=None, help="run name (default: <config>-<stage>)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start the run of this --name over (its checkpoints are removed) instead of resuming it")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="skip the final evaluation of the best checkpoint on the test split")
     _common.add_config_args(parser)
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {name} ({config.train.stage} stage, {config.schema().name}, {config.train.num_workers} "
           f"workers) on {args.data}", flush=True)
     _common.init_ray(args.address)
-    summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels)
+    summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels,
+                           restart=args.restart)
     print(training_summary(summary))
     if args.evaluate and summary["best_checkpoint"]:
         from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint

@@ -49,14 +49,18 @@ def train_trial(params: dict[str, Any], *, base_config: dict, data_uri: str, run
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.training.run import run_training
+    from pipelines.training.run import TrainingDiverged, run_training
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = config_from_dict(apply_params(base_config, params))
-    run_training(config, data_uri, runs_uri, name=f"trial_{trial_id}", init=init, labels_uri=labels_uri,
-                 callbacks=[TuneReportCallback()], calibrate=False,
-                 controller_failure_limit=TRIAL_CONTROLLER_FAILURES,
-                 loop_extra={"tensorboard_local": None, "tensorboard_uri": None, "report_placement_group": True})
+    try:
+        run_training(config, data_uri, runs_uri, name=f"trial_{trial_id}", init=init, labels_uri=labels_uri,
+                     callbacks=[TuneReportCallback()], calibrate=False,
+                     controller_failure_limit=TRIAL_CONTROLLER_FAILURES,
+                     loop_extra={"tensorboard_local": None, "tensorboard_uri": None,
+                                 "report_placement_group": True})
+    except TrainingDiverged as exc:     # its metrics say so (status "diverged"); a retry would diverge again
+        log.warning("%s", exc)
 
 
 def default_max_concurrent(config: Config, resources: dict[str, float]) -> int:
@@ -261,6 +265,8 @@ def trial_rows(grid, params: list[Param], metric: str, epochs: int) -> list[dict
         run = int(last.get("epoch", 0) or 0)
         if result.error is not None:
             status = "error"
+        elif last.get("nonfinite_batches"):
+            status = "diverged (NaN loss)"
         elif run >= epochs:
             status = "completed"
         elif last.get("early_stopped"):
@@ -334,7 +340,7 @@ def metric_plot(rows: list[dict[str, Any]], lr: str, metric: str) -> bytes:
     import matplotlib.pyplot as plt
 
     colours = {"completed": "tab:blue", "early-stopped (patience)": "tab:green", "stopped by ASHA": "tab:orange",
-               "error": "tab:red", "not started": "tab:gray"}
+               "diverged (NaN loss)": "tab:purple", "error": "tab:red", "not started": "tab:gray"}
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for status, colour in colours.items():
         points = [(r[lr], r[metric]) for r in rows if r["status"] == status and _finite(r[metric])

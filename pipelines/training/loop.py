@@ -29,6 +29,7 @@ from pipelines.training.batches import collate, to_device
 log = logging.getLogger("pianoeval.train")
 TRAIN_STATE = "train_state.pt"      # optimizer, scheduler, scaler and loop state in each Ray checkpoint
 MODEL_DIR = "model"                 # the model directory (model.checkpoint format) in each Ray checkpoint
+DIVERGED_FILE = "diverged.json"     # written in the run directory when the loss became NaN or inf
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -152,6 +153,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                    progress=label if rank == 0 else None)
         val_metrics = _run_epoch(model, loss_fn, None, None, None, ray.train.get_dataset_shard("val"),
                                  names, config, device, precision, train=False)
+        nonfinite = train_metrics["nonfinite"] + val_metrics["nonfinite"]
+        if nonfinite or not math.isfinite(val_metrics["loss"]):
+            # diverged: report it (the driver stops with one line) and keep this epoch out of the checkpoints
+            if rank == 0:
+                log.error("epoch %d: the loss was NaN or inf in %d batches; stopping", epoch + 1, nonfinite)
+                if loop_config.get("run_dir"):      # for the driver (Ray Train's result keeps checkpointed metrics)
+                    storage.write_text(storage.join(loop_config["run_dir"], DIVERGED_FILE),
+                                       json.dumps({"epoch": epoch + 1, "nonfinite_batches": max(1, int(nonfinite))}))
+            ray.train.report({"epoch": epoch + 1, "nonfinite_batches": max(1, int(nonfinite)),
+                              "train_loss": train_metrics["loss"], "val_loss": val_metrics["loss"],
+                              "early_stopped": True, "attempt": state["attempt"]})
+            break
         state["epoch"] = epoch + 1
         improved = val_metrics["loss"] < state["best_val"] - 1e-6
         if improved:
@@ -212,7 +225,7 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
     total_loss, total_items, started = 0.0, 0, time.time()
     abs_err = np.zeros(len(names))
     counts = np.zeros(len(names))
-    micro = 0
+    micro = nonfinite = 0
     iterator = shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", prefetch_batches=1,
                                   local_shuffle_buffer_size=4 * t.batch_size if train else None,
                                   local_shuffle_seed=t.seed if train else None)
@@ -228,12 +241,15 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
             with autocast_context(precision, device):
                 output = model(batch)
             loss, _ = loss_fn(output, labels)
-            if train:
+            if train:      # every rank runs backward (DDP's all-reduce); a non-finite step is skipped below
                 scaler.scale(loss / t.grad_accum_steps).backward()
         micro += 1
         if train and sync:
             _optimizer_step(optimizer, scheduler, scaler, t.grad_clip, frozen)
         n = labels.shape[0]
+        if not torch.isfinite(loss.detach()):
+            nonfinite += 1
+            continue
         total_loss += float(loss.detach()) * n
         total_items += n
         if progress is not None and time.time() - last_report >= STEP_PROGRESS_EVERY_S:
@@ -247,14 +263,14 @@ def _run_epoch(model, loss_fn, optimizer, scheduler, scaler, shard, names, confi
         counts += valid.sum(0).cpu().numpy()
     if train and micro % t.grad_accum_steps != 0:
         _optimizer_step(optimizer, scheduler, scaler, t.grad_clip, frozen)
-    sums = _all_reduce_sum([total_loss, total_items, *abs_err.tolist(), *counts.tolist()], device)
-    loss_sum, items = sums[0], sums[1]
-    abs_err = np.asarray(sums[2:2 + len(names)])
-    counts = np.asarray(sums[2 + len(names):])
+    sums = _all_reduce_sum([total_loss, total_items, nonfinite, *abs_err.tolist(), *counts.tolist()], device)
+    loss_sum, items, nonfinite = sums[0], sums[1], int(sums[2])
+    abs_err = np.asarray(sums[3:3 + len(names)])
+    counts = np.asarray(sums[3 + len(names):])
     mae_per_dim = {n: float(e / c) for n, e, c in zip(names, abs_err, counts) if c > 0}
     elapsed = max(time.time() - started, 1e-9)
     return {"loss": loss_sum / max(items, 1), "mae": float(abs_err.sum() / max(counts.sum(), 1)),
-            "mae_per_dim": mae_per_dim, "samples_per_s": total_items / elapsed}
+            "mae_per_dim": mae_per_dim, "samples_per_s": total_items / elapsed, "nonfinite": nonfinite}
 
 
 def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float, frozen=None) -> None:
@@ -262,7 +278,10 @@ def _optimizer_step(optimizer, scheduler, scaler, grad_clip: float, frozen=None)
         p.grad = None
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if not scaler.is_enabled() and not torch.isfinite(norm):   # fp32/bf16: NaN/inf gradients would reach the
+        optimizer.zero_grad(set_to_none=True)                 # weights (fp16's GradScaler skips such steps)
+        return
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()

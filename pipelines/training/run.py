@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from model.errors import ConfigError
 from pipelines.config import Config
 from pipelines.io import storage
 from pipelines.io.labels_table import labels_for_dimensions, read_labels_table
 from pipelines.training.batches import columns_for, label_matrix, target_column
-from pipelines.training.loop import MODEL_DIR, train_loop_per_worker
+from pipelines.training.loop import DIVERGED_FILE, MODEL_DIR, train_loop_per_worker
 
 log = logging.getLogger("pianoeval.train")
 
@@ -61,13 +62,15 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
 
 def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, init: str | None = None,
                  labels_uri: str | None = None, callbacks: list | None = None, calibrate: bool = True,
-                 controller_failure_limit: int = -1, loop_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 controller_failure_limit: int = -1, loop_extra: dict[str, Any] | None = None,
+                 restart: bool = False) -> dict[str, Any]:
     """Fit on Ray Train; returns a summary with the best and latest checkpoint URIs and the metrics.
 
     callbacks: more Ray Train callbacks (a Tune trial adds TuneReportCallback); calibrate: calibrate the best
     checkpoint's sigma on the val split; controller_failure_limit: how often the train controller may fail
     (e.g. a worker group that cannot start) before the run fails (-1: no limit); loop_extra: more keys for
-    the per-worker loop's config."""
+    the per-worker loop's config; restart: discard an earlier run of this name (its logs stay) instead of
+    resuming it. A rerun that would resume a run made with other settings (RUN_FILE) is refused."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -90,13 +93,20 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
     init_line = check_init(model_dir_uri(init), config) if init else None
 
+    run_dir = storage.join(storage_uri, name)
+    if restart:
+        clear_run(run_dir)
+    check_resume(run_dir, run_fingerprint(config, data_uri, init, labels_uri))
+    diverged_uri = storage.join(run_dir, DIVERGED_FILE)
+    if storage.exists(diverged_uri):        # an earlier attempt diverged: this one may not (another --init...)
+        storage.delete(diverged_uri)
+
     segments = read_segments(data_uri, columns=columns_for(config.model.audio_encoder), filter_ok=False)
     datasets = {
         split: segments.map_batches(select_rows, batch_format="pyarrow", batch_size=None,
                                     fn_kwargs={"split": split, "originals_only": split != "train", **selection})
         for split in ("train", "val")
     }
-    run_dir = storage.join(storage_uri, name)
     tensorboard_uri = storage.join(run_dir, "tensorboard")
     tensorboard_local = storage.resolve(tensorboard_uri)[1] if not storage.is_s3(storage_uri) else \
         os.path.join(tempfile.mkdtemp(prefix="pianoeval-tb-"), name)
@@ -104,7 +114,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "config": config.to_dict(), "schema": schema.to_dict(), "label_mean": label_mean, "label_std": label_std,
         "train_rows": train_meta.num_rows, "init_dir": model_dir_uri(init) if init else None,
         "tensorboard_local": tensorboard_local, "tensorboard_uri": tensorboard_uri,
-        "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(), "name": name,
+        "threads": max(1, int(t.cpus_per_worker)), "version": config.fingerprint(), "name": name, "run_dir": run_dir,
         **(loop_extra or {}),
     }
     storage_path = storage.resolve(storage_uri)[1]
@@ -140,10 +150,82 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "train_segments": train_meta.num_rows,
         "val_segments": val_rows,
     }
+    diverged = json.loads(storage.read_text(diverged_uri)) if storage.exists(diverged_uri) else None
     summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup) \
-        if calibrate else None
+        if calibrate and not diverged else None
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
+    if diverged:
+        kept = (f"the best checkpoint is still epoch {best[1].get('epoch')}'s: {summary['best_checkpoint']}"
+                if summary["best_checkpoint"] else "no checkpoint was kept")
+        raise TrainingDiverged(f"{name}: stopped at epoch {diverged['epoch']}: the loss was NaN or inf in "
+                               f"{diverged['nonfinite_batches']} batches (learning rate too high, or NaN/inf in the "
+                               f"features?); {kept}")
     return summary
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or inf: the run stopped before that epoch could replace a checkpoint."""
+
+
+RUN_FILE = "run.json"       # what a run trains on and with: a rerun by name must match it to resume
+# config keys a resumed run may change: more epochs or patience, other resources
+RESUMABLE_KEYS = {"train.epochs", "train.patience", "train.num_workers", "train.cpus_per_worker",
+                  "train.max_failures", "train.checkpoints_to_keep"}
+
+
+def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri: str | None) -> dict[str, Any]:
+    def where(uri: str | None) -> str | None:
+        return uri if uri is None or storage.is_s3(uri) else os.path.abspath(uri)
+
+    flat = _flatten(config.to_dict())
+    return {"config": {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS}, "data": where(data_uri),
+            "init": where(init), "labels": where(labels_uri)}
+
+
+def check_resume(run_dir: str, fingerprint: dict[str, Any]) -> None:
+    """Record what a new run trains on; refuse, in one line, to resume a run made with other settings."""
+    uri = storage.join(run_dir, RUN_FILE)
+    if not storage.exists(uri):
+        storage.write_text(uri, json.dumps(fingerprint, indent=2, default=str))
+        return
+    saved = json.loads(storage.read_text(uri))
+    changed = []
+    for what in ("data", "init", "labels"):
+        if saved.get(what) != fingerprint[what]:
+            changed.append(f"--{what} {saved.get(what)} -> {fingerprint[what]}")
+    old, new = saved.get("config", {}), fingerprint["config"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changed.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    if changed:
+        more = f" (and {len(changed) - 2} more)" if len(changed) > 2 else ""
+        raise ConfigError(f"{run_dir}: a run of this name was made with other settings ({'; '.join(changed[:2])}"
+                          f"{more}); rerun with its settings to resume it, use --restart to start it over, "
+                          "or pick a new --name")
+
+
+def clear_run(run_dir: str) -> None:
+    """Remove an earlier run's checkpoints and state (its logs/ stay: the current job writes there)."""
+    if not storage.exists(run_dir):
+        return
+    removed = 0
+    for entry in storage.list_files(run_dir):
+        rel = entry.uri[len(run_dir.rstrip("/")):].lstrip("/")
+        if not rel.startswith("logs/"):
+            storage.delete(entry.uri)
+            removed += 1
+    print(f"restarting {run_dir}: removed {removed} files of the earlier run", flush=True)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
 
 
 MIN_INIT_SHARE = 0.5     # --init needs at least this share of the trunk's tensors to fit

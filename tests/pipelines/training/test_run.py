@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from model.errors import ConfigError
 from pipelines.config import load_config
 from pipelines.io.model_files import load_checkpoint
 from pipelines.training.run import run_training
@@ -52,6 +55,15 @@ def test_two_worker_ddp_training_writes_checkpoints_and_resumes_by_name(ray_clus
     history = _history(second)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["attempt"] for h in history] == [1, 1, 2]
+    # rerun the same name with another learning rate or other data: refused in one line, nothing trained
+    other = load_config("tiny", FAST + ["train.stage=expert", "train.lr_head=0.01", "train.checkpoints_to_keep=1"])
+    with pytest.raises(ConfigError) as refused:
+        run_training(other, str(synthetic_features), str(storage_dir), name="run")
+    assert "train.lr_head 0.002 -> 0.01" in str(refused.value) and "--restart" in str(refused.value)
+    elsewhere = shutil.copytree(synthetic_features, tmp_path / "other-features")
+    with pytest.raises(ConfigError, match="--data"):
+        run_training(config3, str(elsewhere), str(storage_dir), name="run")
+    assert [h["epoch"] for h in _history(second)] == [1, 2, 3]
     # the seed10 checkpoint initialises a percepiano19 run: the trunk comes over, the heads start fresh, the
     # encoders stay frozen for the first epoch
     _check_init_across_schemas(second["best_checkpoint"], synthetic_features, storage_dir)
@@ -157,3 +169,38 @@ def test_missing_split_is_a_clear_error(ray_cluster, synthetic_features, tmp_pat
     with pytest.raises(ValueError, match="needs labelled train and val segments"):
         run_training(config, str(synthetic_features), str(tmp_path / "runs"), name="x")
 
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_in_one_line_and_restart_starts_it_over(ray_cluster, synthetic_features, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.features.rows import pack_array, unpack_array
+    from pipelines.training.run import TrainingDiverged
+
+    good = tmp_path / "good"
+    shutil.copytree(synthetic_features, good)
+    path = synthetic_features / "segments" / "part-0.parquet"        # inf in every training CQT
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for row in rows:
+        if row["split"] == "train":
+            cqt = unpack_array(row["cqt"], "f2")
+            row["cqt"] = pack_array(np.full(cqt.shape, np.inf, dtype=np.float32), "f2")
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    config = load_config("tiny", FAST + ["train.stage=expert"])
+    with pytest.raises(TrainingDiverged) as diverged:
+        run_training(config, str(synthetic_features), str(tmp_path / "runs"), name="nan")
+    message = str(diverged.value)
+    assert "\n" not in message and "stopped at epoch 1" in message and "NaN or inf" in message
+    assert "no checkpoint was kept" in message                     # the diverged epoch wrote none
+    assert not list((tmp_path / "runs" / "nan").glob("checkpoint_*"))
+    # the same name on good data is refused (other data) unless restarted; restarted, it trains
+    with pytest.raises(ConfigError, match="--restart"):
+        run_training(config, str(good), str(tmp_path / "runs"), name="nan")
+    (tmp_path / "runs" / "nan" / "logs").mkdir()
+    (tmp_path / "runs" / "nan" / "logs" / "train.log").write_text("kept")
+    summary = run_training(config, str(good), str(tmp_path / "runs"), name="nan", restart=True)
+    assert summary["final_metrics"]["epoch"] == 2 and math.isfinite(summary["final_metrics"]["val_loss"])
+    assert (tmp_path / "runs" / "nan" / "logs" / "train.log").read_text() == "kept"
