@@ -72,8 +72,8 @@ def main() -> str:
     lines += ["", f"Wall time {wall:.0f} s for {len(rows)} trials ({run} epochs run of {8 * len(rows)} possible: "
                   f"ASHA stopped {stopped}); median epoch {median_epoch:.0f} s (the first epoch of each trial "
                   f"includes starting its workers and datasets). Best: trial {best['trial']} "
-                  f"(val_loss {best['val_loss']:.3f}, epoch {best['best_epoch']}), exported to best/ and "
-                  f"calibrated ({best['calibration']})."]
+                  f"(val_loss {best['val_loss']:.3f}, epoch {best['best_epoch']}), exported to best/ "
+                  f"(sigma: {best['calibration']})."]
     return "\n".join(lines)
 
 
