@@ -148,6 +148,18 @@ def summarise(out_uri: str, records: list[dict], config: Config, seconds: float)
     }
 
 
+def verdict(manifest: dict[str, Any], max_error_rate: float) -> tuple[int, str | None]:
+    """The preprocessing job's exit status and its one-line reason: 2 when a recording yielded no row, 1 when
+    more than `max_error_rate` of the recordings failed, else 0."""
+    failed, total = manifest["error_recordings"], max(manifest["input_recordings"], 1)
+    if manifest["missing_recordings"]:
+        return 2, f"{len(manifest['missing_recordings'])} recordings produced no row"
+    if failed / total > max_error_rate:
+        return 1, (f"{failed} of {manifest['input_recordings']} recordings failed ({failed / total:.0%} > "
+                   f"--max-error-rate {max_error_rate:.0%})")
+    return 0, None
+
+
 def format_summary(manifest: dict[str, Any], out_uri: str) -> str:
     lines = [
         f"preprocessed {manifest['input_recordings']} recordings in {manifest['seconds']} s: "
@@ -157,6 +169,10 @@ def format_summary(manifest: dict[str, Any], out_uri: str) -> str:
     ]
     for err in manifest["errors"]:
         lines.append(f"  error: {err['error']}")
+    missing = manifest.get("missing_recordings") or []
+    if missing:
+        lines.append(f"  {len(missing)} recordings produced no row (a bug: please report it): "
+                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     lines.append(f"output: {storage.join(out_uri, SEGMENTS_DIR)} (manifest.json, config.yaml beside it)")
     return "\n".join(lines)
 

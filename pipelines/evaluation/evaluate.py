@@ -173,14 +173,23 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
                                             groups, names)
     results["baseline_mean"] = E.evaluate(y_true, B.mean_baseline(y_train, len(ids)), None, groups, names)
     feats_test, feats_train = recording_features(test), recording_features(train)
-    if feats_test and feats_train and all(r in feats_test for r in ids):
+    omitted: dict[str, str] = {}
+    lacking_test = [r for r in ids if r not in feats_test]
+    lacking_train = [r for r in train_rec if r not in feats_train]
+    if not train_rec:
+        omitted["baseline_linear"] = "no labelled training recordings to fit it on"
+    elif lacking_test or lacking_train:
+        omitted["baseline_linear"] = (f"no CQT for {len(lacking_test)} of {len(ids)} {split} and "
+                                      f"{len(lacking_train)} of {len(train_rec)} train recordings "
+                                      "(preprocessed with data.store_cqt=false?)")
+    else:
         baseline = B.LinearFeatureBaseline().fit(np.stack([feats_train[r] for r in train_rec]), y_train)
         results["baseline_linear"] = E.evaluate(y_true, baseline.predict(np.stack([feats_test[r] for r in ids])),
                                                 None, groups, names)
     summary = {
         "checkpoint": checkpoint_uri, "data": data_uri, "split": split, "target": stage,
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
-        "results": results,
+        "results": results, "omitted": omitted,
         "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),
         "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)},
@@ -201,6 +210,8 @@ def comparison_table(summary: dict[str, Any], metrics: tuple[str, ...] = ("pears
     for system, result in summary["results"].items():
         values = [result["mean"].get(m, float("nan")) for m in metrics]
         rows.append(f"| {system} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    for system, reason in (summary.get("omitted") or {}).items():
+        rows.append(f"| {system} | omitted: {reason} |" + " |" * (len(metrics) - 1))
     return "\n".join([header, *rows])
 
 

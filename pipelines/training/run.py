@@ -53,6 +53,8 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
         new = [labels_lookup.get(r, "{}") for r in table.column("recording_id").to_pylist()]
         table = table.set_column(table.column_names.index("labels_json"), "labels_json", pa.array(new, pa.string()))
     keep = pc.equal(table.column("split"), split)
+    if "status" in table.column_names:      # error rows (no audio, CQT or notes) never train, --labels or not
+        keep = pc.and_(keep, pc.equal(table.column("status"), "ok"))
     if originals_only:
         keep = pc.and_(keep, pc.equal(table.column("augment"), ""))
     targets = label_matrix(table.column(target_column(stage)).to_pylist(), names)
@@ -90,6 +92,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     if train_meta.num_rows == 0 or val_rows == 0:
         raise ValueError(f"{data_uri}: the {t.stage} stage needs labelled train and val segments "
                          f"(found {train_meta.num_rows} train, {val_rows} val)")
+    print(selection_line(meta, train_meta.num_rows, val_rows, t.stage, lookup is not None), flush=True)
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
     init_line = check_init(model_dir_uri(init), config) if init else None
 
@@ -161,6 +164,24 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                                f"{diverged['nonfinite_batches']} batches (learning rate too high, or NaN/inf in the "
                                f"features?); {kept}")
     return summary
+
+
+def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table: bool) -> str:
+    """What training uses of the feature set and what it leaves out, in one line."""
+    import pyarrow.compute as pc
+
+    def count(split: str, originals: bool) -> int:
+        keep = pc.equal(meta.column("split"), split)
+        if originals:
+            keep = pc.and_(keep, pc.equal(meta.column("augment"), ""))
+        return int(pc.sum(keep).as_py() or 0)
+
+    unlabelled = count("train", False) - train_rows + count("val", True) - val_rows
+    source = "the --labels table" if from_table else ("pseudo-labels" if stage == "pseudo" else "expert labels")
+    line = f"training on {train_rows} train / {val_rows} val segments with {source}"
+    if unlabelled:
+        line += f"; {unlabelled} segments without a target for the {stage} stage left out"
+    return line
 
 
 class TrainingDiverged(ValueError):

@@ -53,6 +53,15 @@ def test_preprocess_job_records_errors_and_reruns_without_duplicates(ray_cluster
     assert "corrupt.flac" in errors["bad/audio"] and "\n" not in errors["bad/audio"]
     assert "broken.mid" in errors["bad/midi"]
     assert manifest["augmented_segments"] > 0
+    # the job's exit status: a failure share above --max-error-rate fails the run, in one line
+    from pipelines.preprocess import format_summary, verdict
+    share = 2 / (n_good + 2)
+    assert verdict(manifest, max_error_rate=share) == (0, None)
+    code, reason = verdict(manifest, max_error_rate=share / 2)
+    assert code == 1 and reason.startswith(f"2 of {n_good + 2} recordings failed")
+    lost = dict(manifest, missing_recordings=["good/0"])
+    assert verdict(lost, max_error_rate=1.0)[0] == 2
+    assert "1 recordings produced no row" in format_summary(lost, out) and "good/0" in format_summary(lost, out)
     # the Parquet loads with plain pyarrow, with the documented columns
     table = pq.read_table(tmp_path / "features" / "segments")
     assert table.schema.names == SEGMENT_SCHEMA.names

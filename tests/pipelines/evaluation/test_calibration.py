@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -164,3 +165,28 @@ def test_a_failed_calibration_after_training_is_reported_not_raised(tmp_path):
     result = calibrate_best(str(tmp_path / "nowhere"), str(tmp_path / "no-features"))
     assert "no such checkpoint directory" in result["error"]
     assert calibrate_best(None, str(tmp_path)) is None
+
+
+def test_evaluation_says_when_it_leaves_the_linear_baseline_out(features, tmp_path):
+    """Train segments without CQT (e.g. preprocessed with store_cqt=false for a MERT model): the linear
+    baseline cannot be fitted, and the table says so."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pipelines.evaluation.evaluate import comparison_table
+
+    ray_dir, _ = _checkpoint(tmp_path)
+    no_cqt = tmp_path / "no-cqt"
+    shutil.copytree(features, no_cqt)
+    path = next((no_cqt / "segments").glob("*.parquet"))
+    table = pq.read_table(path)
+    empty = pa.array([b"" if split == "train" else blob for split, blob in
+                      zip(table["split"].to_pylist(), table["cqt"].to_pylist())], table.schema.field("cqt").type)
+    pq.write_table(table.set_column(table.column_names.index("cqt"), "cqt", empty), path)
+    summary = evaluate_checkpoint(str(ray_dir / "model"), str(no_cqt))
+    assert "baseline_linear" not in summary["results"] and "baseline_mean" in summary["results"]
+    assert "no CQT for 0 of 4 test and 16 of 16 train recordings" in summary["omitted"]["baseline_linear"]
+    assert "| baseline_linear | omitted: no CQT for" in comparison_table(summary)
+    full = evaluate_checkpoint(str(ray_dir / "model"), str(features))
+    assert "baseline_linear" in full["results"] and full["omitted"] == {}

@@ -58,3 +58,17 @@ def test_label_matrix_missing_values_are_nan():
 def test_columns_follow_the_audio_encoder():
     assert "audio" not in columns_for("cqt") and "cqt" in columns_for("cqt")
     assert "audio" in columns_for("mert") and "cqt" not in columns_for("mert")
+
+
+def test_error_rows_are_never_selected_for_training_even_with_a_labels_table():
+    import pyarrow as pa
+
+    from pipelines.training.run import select_rows
+
+    table = pa.table({"recording_id": ["a", "b", "c"], "split": ["train"] * 3, "augment": ["", "", ""],
+                      "status": ["ok", "error", "ok"], "labels_json": ["{}", "{}", "{}"],
+                      "pseudo_json": ["{}", "{}", "{}"]})
+    lookup = {rid: json.dumps({"note_accuracy": 70.0}) for rid in ("a", "b", "c")}
+    chosen = select_rows(table, stage="expert", names=["note_accuracy"], split="train", originals_only=False,
+                         labels_lookup=lookup)
+    assert chosen.column("recording_id").to_pylist() == ["a", "c"]
