@@ -29,6 +29,21 @@ def add_config_args(parser: argparse.ArgumentParser, default: str = "tiny") -> N
     add_verbose_arg(parser)
 
 
+def training_config(args: argparse.Namespace):
+    """The config of a training or tuning job: --config, then its --set overrides, then the job's own
+    --stage, --num-workers and --gpu."""
+    from pipelines.config import load_config
+
+    overrides = list(args.overrides)
+    if args.stage:
+        overrides.append(f"train.stage={args.stage}")
+    if args.num_workers is not None:
+        overrides.append(f"train.num_workers={args.num_workers}")
+    if args.gpu:
+        overrides.append("train.use_gpu=true")
+    return load_config(args.config, overrides)
+
+
 def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's progress bars, worker output and library warnings on the console "

@@ -35,17 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_config_args(parser)
     args = parser.parse_args(argv)
 
-    from pipelines.config import load_config
     from pipelines.training.run import run_training
 
-    overrides = list(args.overrides)
-    if args.stage:
-        overrides.append(f"train.stage={args.stage}")
-    if args.num_workers is not None:
-        overrides.append(f"train.num_workers={args.num_workers}")
-    if args.gpu:
-        overrides += ["train.use_gpu=true"]
-    config = load_config(args.config, overrides)
+    config = _common.training_config(args)
     name = args.name or f"{config.name}-{config.train.stage}"
     from pipelines.io import storage
     _common.start_console("train", storage.join(args.storage, name), args.verbose)

@@ -27,6 +27,35 @@ NOT_AUDIO_FILES = [
 MUSESCORE_SF = Path("/usr/share/sounds/sf3/MuseScore_General.sf3")
 
 
+def stop_processes_using(marker: str, wait_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL, every process whose command line mentions `marker` (a private Ray temp dir that
+    a test started its own Ray with): stops that Ray by PID, never another one on the machine."""
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids_using(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(wait_s)
+
+
+def pids_using(marker: str) -> list[int]:
+    """PIDs of the processes (other than this one) whose command line mentions `marker`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 @pytest.fixture(scope="session")
 def percepiano_dir() -> Path:
     if not PERCEPIANO_DIR.exists():

@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from pipelines import constants as C
+from tests.conftest import stop_processes_using
 from tests.pipelines.scoring.conftest import SCALE, melody_midi, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,21 +34,6 @@ def _free_port(low: int = 20000) -> int:
             except OSError:
                 continue
     raise RuntimeError("no free port")
-
-
-def _pids_using(marker: str) -> list[int]:
-    """PIDs of processes whose command line mentions `marker` (our head's private temp dir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.slow
@@ -110,15 +94,5 @@ def test_job_submit_runs_train_then_score_on_a_local_head(tmp_path):
         rows = {r["recording_id"]: r for r in read_latest(str(tmp_path / "scores")).to_pylist()}
         assert rows["take"]["status"] == "ok" and rows["broken"]["status"] == "error"
     finally:
-        for pid in _pids_using(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
-        for pid in _pids_using(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_processes_using(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -25,31 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_processes_using
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _pids_using(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def _stop_ray(temp_dir: Path) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _pids_using(str(temp_dir)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
 
 
 class Job:
@@ -83,7 +62,7 @@ class Job:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.out.close()
-        _stop_ray(self.temp_dir)
+        stop_processes_using(str(self.temp_dir))
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
