@@ -43,7 +43,8 @@ def prepare(args) -> None:
     from pipelines.training.batches import columns_for
 
     os.makedirs(args.data, exist_ok=True)
-    files = sorted(glob.glob(os.path.join(args.features, "segments", "*.parquet")))
+    from pipelines.preprocess import published_segments
+    files = sorted(glob.glob(os.path.join(published_segments(args.features), "*.parquet")))
     columns = columns_for("both")
     tables = [pq.read_table(f, columns=columns) for f in files]
     table = pa.concat_tables(tables)

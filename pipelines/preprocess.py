@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -79,9 +80,44 @@ class ProcessRecordings:
         return pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)
 
 
-def _segments_path(out_uri: str) -> tuple[Any, str]:
-    fs, path = storage.resolve(storage.join(out_uri, SEGMENTS_DIR))
+def published_segments(out_uri: str) -> str:
+    """The URI of a feature set's published shards: the directory its manifest.json names (each run writes
+    a new `segments-<run>` directory and publishes it by writing the manifest last), or `segments/` of a
+    feature set written before that (or by hand) without a manifest naming one."""
+    manifest_uri = storage.join(out_uri, "manifest.json")
+    if storage.exists(manifest_uri):
+        try:
+            name = json.loads(storage.read_text(manifest_uri)).get("segments_dir") or SEGMENTS_DIR
+        except ValueError:
+            raise storage.StorageError(f"{manifest_uri}: not a readable manifest (JSON)") from None
+        if "/" in name or name.startswith("."):
+            raise storage.StorageError(f"{manifest_uri}: segments_dir {name!r} is not a directory name")
+        return storage.join(out_uri, name)
+    legacy = storage.join(out_uri, SEGMENTS_DIR)
+    if storage.exists(legacy):
+        return legacy
+    raise storage.StorageError(f"{out_uri}: no preprocessed features here (no manifest.json; did "
+                               "jobs/preprocess.py finish?)")
+
+
+def _segments_path(out_uri: str, segments_uri: str | None = None) -> tuple[Any, str]:
+    fs, path = storage.resolve(segments_uri or published_segments(out_uri))
     return fs, path
+
+
+def _remove_unpublished(out_uri: str, keep: str) -> None:
+    """Shard directories of earlier runs and of runs that failed before publishing (never `keep`)."""
+    fs, root = storage.resolve(out_uri)
+    import pyarrow.fs as pafs
+
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name != keep and (
+                name == SEGMENTS_DIR or name.startswith(f"{SEGMENTS_DIR}-")):
+            try:
+                fs.delete_dir(info.path)
+            except OSError as exc:     # leftovers cost space, not correctness: readers follow the manifest
+                log.warning("could not remove %s: %s", info.path, exc)
 
 
 def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str = "auto",
@@ -105,26 +141,30 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
         num_cpus=config.data.num_cpus_per_task,
     )
-    segments_uri = storage.join(out_uri, SEGMENTS_DIR)
-    if storage.exists(segments_uri):
-        storage.delete(segments_uri)             # a rerun replaces the shards: no duplicated rows
-    fs, path = _segments_path(out_uri)
+    # a new directory per run, published by writing manifest.json last: until then readers keep reading the
+    # previous run's shards, and a run that fails leaves them as they were
+    segments_name = f"{SEGMENTS_DIR}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    segments_uri = storage.join(out_uri, segments_name)
+    fs, path = _segments_path(out_uri, segments_uri)
     ds.write_parquet(path, filesystem=fs, min_rows_per_file=64)
-    manifest = summarise(out_uri, records, config, time.time() - started)
+    manifest = summarise(out_uri, records, config, time.time() - started, segments_uri=segments_uri)
+    manifest["segments_dir"] = segments_name
     storage.write_text(storage.join(out_uri, "manifest.json"), json.dumps(manifest, indent=2))
     save_config(config, storage.join(out_uri, "config.yaml"))
+    _remove_unpublished(out_uri, keep=segments_name)
     return manifest
 
 
-def read_status_table(out_uri: str) -> pa.Table:
-    """The bookkeeping columns of every row written under `out/segments`."""
-    fs, path = _segments_path(out_uri)
+def read_status_table(out_uri: str, segments_uri: str | None = None) -> pa.Table:
+    """The bookkeeping columns of every row of the published shards (or of `segments_uri`)."""
+    fs, path = _segments_path(out_uri, segments_uri)
     return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=STATUS_COLUMNS)
 
 
-def summarise(out_uri: str, records: list[dict], config: Config, seconds: float) -> dict[str, Any]:
+def summarise(out_uri: str, records: list[dict], config: Config, seconds: float,
+              segments_uri: str | None = None) -> dict[str, Any]:
     """Counts per status and split, the error list, and what each record became."""
-    table = read_status_table(out_uri).to_pylist()
+    table = read_status_table(out_uri, segments_uri).to_pylist()
     ok_rows = [r for r in table if r["status"] == "ok"]
     errors = [{"recording_id": r["recording_id"], "source_uri": r["source_uri"], "error": r["error"]}
               for r in table if r["status"] == "error"]
@@ -173,7 +213,8 @@ def format_summary(manifest: dict[str, Any], out_uri: str) -> str:
     if missing:
         lines.append(f"  {len(missing)} recordings produced no row (a bug: please report it): "
                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    lines.append(f"output: {storage.join(out_uri, SEGMENTS_DIR)} (manifest.json, config.yaml beside it)")
+    lines.append(f"output: {storage.join(out_uri, manifest.get('segments_dir', SEGMENTS_DIR))} "
+                 "(published by manifest.json beside it)")
     return "\n".join(lines)
 
 

@@ -46,7 +46,8 @@ def test_demo_job_trains_both_stages_and_beats_the_baselines(tmp_path):
     assert manifest["error_recordings"] == 0 and manifest["augmented_segments"] > 0
     # the held-out pieces were never trained on
     import pyarrow.parquet as pq
-    table = pq.read_table(out / "features" / "segments", columns=["piece_id", "split"]).to_pylist()
+    from pipelines.preprocess import published_segments
+    table = pq.read_table(published_segments(str(out / "features")), columns=["piece_id", "split"]).to_pylist()
     test_pieces = {r["piece_id"] for r in table if r["split"] == "test"}
     train_pieces = {r["piece_id"] for r in table if r["split"] == "train"}
     assert test_pieces and not test_pieces & train_pieces

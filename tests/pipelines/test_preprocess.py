@@ -63,7 +63,8 @@ def test_preprocess_job_records_errors_and_reruns_without_duplicates(ray_cluster
     assert verdict(lost, max_error_rate=1.0)[0] == 2
     assert "1 recordings produced no row" in format_summary(lost, out) and "good/0" in format_summary(lost, out)
     # the Parquet loads with plain pyarrow, with the documented columns
-    table = pq.read_table(tmp_path / "features" / "segments")
+    from pipelines.preprocess import published_segments
+    table = pq.read_table(published_segments(out))
     assert table.schema.names == SEGMENT_SCHEMA.names
     ok = table.filter(pc.equal(table["status"], "ok"))
     assert ok.num_rows == manifest["segments"] + manifest["augmented_segments"]
@@ -71,11 +72,39 @@ def test_preprocess_job_records_errors_and_reruns_without_duplicates(ray_cluster
     assert all(n > 0 for n in ok["n_notes"].to_pylist())
     assert all(json.loads(p) for p in ok["pseudo_json"].to_pylist())
     assert not any(a for a, s in zip(ok["augment"].to_pylist(), ok["split"].to_pylist()) if s != "train")
-    # rerunning onto the same output replaces, never duplicates
+    # a run that died before publishing leaves shards no reader sees
     before = read_status_table(out).num_rows
+    crashed = tmp_path / "features" / "segments-20261126T000000Z-dead00"
+    crashed.mkdir()
+    (crashed / "part-0.parquet").write_bytes(b"half a file")
+    assert read_status_table(out).num_rows == before
+    # rerunning onto the same output replaces, never duplicates; it publishes a new directory and removes
+    # the earlier run's and the dead run's
     again = run_preprocess(corpus, out, _config())
     assert read_status_table(out).num_rows == before
     assert again["segments"] == manifest["segments"]
+    assert again["segments_dir"] != manifest["segments_dir"]
+    assert sorted(p.name for p in (tmp_path / "features").glob("segments*")) == [again["segments_dir"]]
+
+
+def test_readers_follow_the_manifest_and_refuse_a_feature_set_that_never_finished(tmp_path):
+    from pipelines.io.storage import StorageError
+    from pipelines.preprocess import published_segments
+
+    out = tmp_path / "features"
+    out.mkdir()
+    with pytest.raises(StorageError, match="no manifest.json; did jobs/preprocess.py finish"):
+        published_segments(str(out))
+    (out / "segments").mkdir()                                   # written before manifests named their shards
+    assert published_segments(str(out)) == str(out / "segments")
+    (out / "manifest.json").write_text(json.dumps({"segments_dir": "segments-run2"}))
+    assert published_segments(str(out)) == str(out / "segments-run2")
+    (out / "manifest.json").write_text(json.dumps({"segments_dir": "../elsewhere"}))
+    with pytest.raises(StorageError, match="not a directory name"):
+        published_segments(str(out))
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(StorageError, match="not a readable manifest"):
+        published_segments(str(out))
 
 
 @pytest.mark.slow
