@@ -136,6 +136,9 @@ class DataConfig(_Section):
     split_seed: Int = 0
     num_cpus_per_task: Float = 1.0     # Ray Data CPUs per preprocessing actor
     num_actors: Int = 2
+    # the note DTW holds a (performed notes x score onsets) matrix of 8-byte cells: above this a recording
+    # becomes an error row instead of taking minutes and gigabytes (1.5e8: ~1.2 GB, ~40 min of dense piano)
+    max_alignment_cells: Float = 1.5e8
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @model_validator(mode="after")
@@ -146,6 +149,8 @@ class DataConfig(_Section):
         _require(5.0 <= self.infer_window_s <= 60.0, f"data.infer_window_s must be 5..60 s, got {self.infer_window_s}")
         _require(0.0 <= self.window_overlap < 1.0, f"data.window_overlap must be in [0, 1), got {self.window_overlap}")
         _require(self.max_notes >= 8, f"data.max_notes must be >= 8, got {self.max_notes}")
+        _require(self.max_alignment_cells >= 1e3,
+                 f"data.max_alignment_cells must be >= 1000, got {self.max_alignment_cells}")
         _require(abs(sum(self.split_fractions) - 1.0) < 1e-6 and min(self.split_fractions) >= 0,
                  f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
         _require(self.num_actors >= 1, f"data.num_actors must be >= 1, got {self.num_actors}")

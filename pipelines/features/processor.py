@@ -94,8 +94,8 @@ class RecordingProcessor:
         if record.get("midi_uri"):
             from pipelines.features.render import render_midi
             with storage.local_path(record["midi_uri"]) as path:
-                return render_midi(path, soundfont=self.soundfont, sample_rate=C.CQT_SAMPLE_RATE_HZ), \
-                    C.CQT_SAMPLE_RATE_HZ
+                return render_midi(path, soundfont=self.soundfont, sample_rate=C.CQT_SAMPLE_RATE_HZ,
+                                   max_seconds=self.data.max_duration_s), C.CQT_SAMPLE_RATE_HZ
         raise PreprocessError(f"{record.get('recording_id')}: the record has neither audio nor performance MIDI")
 
     def performance(self, record: dict, audio_44k: np.ndarray) -> Performance | None:
@@ -219,6 +219,12 @@ class RecordingProcessor:
                 score = load_score(record["score_uri"])
             except Exception as exc:
                 raise _stage(record["score_uri"], "score reading", exc) from None
+        if score is not None and perf is not None:    # bound the note DTW before any variant is aligned
+            cells = float(len(perf.notes)) * float(len(np.unique(score.notes["onset_beat"])))
+            if cells > self.data.max_alignment_cells:
+                raise PreprocessError(f"{record['score_uri']}: too many notes to align ({len(perf.notes)} performed "
+                                      f"x {len(score.notes)} written: {cells:.3g} cells > data.max_alignment_cells "
+                                      f"{self.data.max_alignment_cells:.3g})")
         try:
             variants = self.variants(record, decoded, perf, score)
         except Exception as exc:

@@ -48,6 +48,9 @@ class RenderError(RuntimeError):
     """MIDI could not be rendered; the message names the input and the cause in one line."""
 
 
+MAX_RENDER_S = 4 * 3600.0      # default limit of render_midi: longer MIDI is refused before rendering
+
+
 def default_soundfont() -> str:
     """The soundfont used when none is given: $PIANOEVAL_SOUNDFONT, else FluidR3_GM, else MuseScore_General."""
     env = os.environ.get(SOUNDFONT_ENV)
@@ -229,11 +232,13 @@ def trim_tail(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def render_midi(midi, soundfont: str | None = None, sample_rate: int = C.CQT_SAMPLE_RATE_HZ,
-                backend: str = "auto") -> np.ndarray:
+                backend: str = "auto", max_seconds: float | None = MAX_RENDER_S) -> np.ndarray:
     """Render MIDI (a path/URI, raw bytes or a PrettyMIDI) to mono float32 audio [n_samples] at
     `sample_rate` Hz, starting at MIDI time 0, peak <= MAX_PEAK (not normalised otherwise).
 
-    `backend`: 'auto' (pyfluidsynth, else the CLI), 'pyfluidsynth' or 'cli'.
+    `backend`: 'auto' (pyfluidsynth, else the CLI), 'pyfluidsynth' or 'cli'. `max_seconds`: a MIDI file
+    lasting longer (an absurd tempo or tick value can stretch a page to days) is refused before rendering,
+    which would otherwise take time and memory in proportion.
     """
     name = "<bytes>" if isinstance(midi, (bytes, bytearray)) else str(getattr(midi, "filename", None) or midi)
     if backend not in ("auto", "pyfluidsynth", "cli"):
@@ -245,6 +250,10 @@ def render_midi(midi, soundfont: str | None = None, sample_rate: int = C.CQT_SAM
     events = midi_events(pm)
     if not any(e[1] == 2 for e in events):
         raise RenderError(f"{name}: MIDI has no notes to render")
+    end_s = max(e[0] for e in events)
+    if max_seconds is not None and end_s > max_seconds:
+        raise RenderError(f"{name}: MIDI lasts {end_s / 3600:.1f} h, over the {max_seconds:g} s limit for rendering "
+                          "(a wrong tempo or tick value?)")
     if backend == "cli" or (backend == "auto" and not _library_available()):
         audio = _render_cli(pm, font, int(sample_rate), name)
     else:

@@ -79,6 +79,19 @@ def test_render_midi_mono_trimmed_deterministic(tmp_path):
     assert np.array_equal(render.render_midi(data, sample_rate=22050), audio)
 
 
+def test_render_refuses_midi_stretched_past_its_limit_before_rendering():
+    import time
+
+    stretched = [(0.1, 0.3, 60, 100), (5 * 3600.0, 5 * 3600.0 + 0.5, 64, 90)]   # a note five hours in
+    started = time.perf_counter()
+    with pytest.raises(render.RenderError) as refused:
+        render.render_midi(_midi_bytes(stretched), sample_rate=22050)
+    assert "5.0 h" in str(refused.value) and "limit" in str(refused.value)
+    assert time.perf_counter() - started < 10        # refused from the events, nothing rendered
+    with pytest.raises(render.RenderError, match="over the 0.5 s limit"):
+        render.render_midi(_midi_bytes(CHORD), sample_rate=22050, max_seconds=0.5)
+
+
 def test_render_honours_sustain_pedal():
     note = [(0.1, 0.3, 60, 100)]
     dry = render.render_midi(_midi_bytes(note), sample_rate=22050)

@@ -33,7 +33,6 @@ def test_rows_cover_the_recording_in_overlapping_windows(records, processor):
     rows = processor(record)
     assert all(r["status"] == "ok" for r in rows) and set(rows[0]) == set(SEGMENT_SCHEMA.names)
     starts = [r["start_s"] for r in rows]
-    ends = [r["end_s"] for r in rows]
     assert starts[0] == 0.0 and all(0 < b - a <= 5.0 + 1e-6 for a, b in zip(starts, starts[1:]))   # >= 50 % overlap
     assert all(b - a == pytest.approx(5.0) for a, b in zip(starts[:-2], starts[1:-1]))   # the last one ends the take
     for r in rows:
@@ -69,3 +68,12 @@ def test_a_corrupt_file_yields_one_error_row_naming_it(records, processor, tmp_p
     assert str(bad) in rows[0]["error"] and "\n" not in rows[0]["error"]
     rows = processor(dict(records[0], score_uri=str(tmp_path / "missing.mid")))
     assert rows[0]["status"] == "error" and "missing.mid" in rows[0]["error"]
+
+
+def test_a_recording_too_long_to_align_is_an_error_row_not_a_long_wait(records):
+    scored = next(r for r in records if r.get("score_uri"))
+    bounded = RecordingProcessor(load_config("tiny", ["data.augment.copies=0", "data.max_alignment_cells=1000"]))
+    rows = bounded(scored)
+    assert len(rows) == 1 and rows[0]["status"] == "error"
+    assert "too many notes to align" in rows[0]["error"] and "data.max_alignment_cells" in rows[0]["error"]
+    assert "\n" not in rows[0]["error"]
