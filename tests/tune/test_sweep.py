@@ -74,12 +74,12 @@ def features(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(features, tmp_path_factory):
-    """A 4-trial sweep of the tiny preset, 3 epochs a trial; data and storage given as relative paths (the
+    """A 4-trial sweep of the tiny preset, 2 epochs a trial; data and storage given as relative paths (the
     trials run in working directories of their own)."""
     tmp = tmp_path_factory.mktemp("sweep")
     job = Job(tmp, ["--config", "tiny", "--data", os.path.relpath(features, ROOT),
                     "--storage", os.path.relpath(tmp / "tune", ROOT), "--samples", "4",
-                    "--name", "s4", "--set", "train.epochs=3"])
+                    "--name", "s4", "--set", "train.epochs=2"])
     code = job.wait(timeout=900)
     text = job.text()
     assert code == 0, text[-4000:]
@@ -97,7 +97,7 @@ def test_asha_stops_a_trial_early_and_the_next_trial_still_starts(sweep):
     assert "stopped by ASHA" in statuses, statuses
     assert all(int(r["epochs_run"]) >= 1 for r in rows)
     for row in rows:
-        assert (int(row["epochs_run"]) < 3) == (row["status"] == "stopped by ASHA")
+        assert (int(row["epochs_run"]) < 2) == (row["status"] == "stopped by ASHA")
     # console order: some trial started after a trial that ASHA stopped (its placement group was released)
     lines = sweep["console"].splitlines()
     stopped = [i for i, line in enumerate(lines) if "stopped by ASHA after" in line]
