@@ -58,7 +58,7 @@ def train_trial(params: dict[str, Any], *, base_config: dict, data_uri: str, run
                      callbacks=[TuneReportCallback()], calibrate=False,
                      controller_failure_limit=TRIAL_CONTROLLER_FAILURES,
                      loop_extra={"tensorboard_local": None, "tensorboard_uri": None,
-                                 "report_placement_group": True})
+                                 "report_placement_group": True, "report_when_done": True})
     except TrainingDiverged as exc:     # its metrics say so (status "diverged"); a retry would diverge again
         log.warning("%s", exc)
 

@@ -141,6 +141,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     placement_group = _placement_group_id() if loop_config.get("report_placement_group") else None
     names = schema.names
     stopped = state.get("stopped", False)
+    if (state["epoch"] >= t.epochs or stopped) and state["history"] and loop_config.get("report_when_done"):
+        # resumed with nothing left to do (the run ended before its Tune trial learned so): say how it ended
+        ray.train.report({**state["history"][-1], **({"placement_group": placement_group} if placement_group
+                                                     else {})})
     while state["epoch"] < t.epochs and not stopped:
         epoch = state["epoch"]
         started = time.time()

@@ -34,10 +34,10 @@ pytestmark = pytest.mark.slow
 class Job:
     """jobs/tune.py in a subprocess with a private Ray temp dir."""
 
-    def __init__(self, tmp: Path, args: list[str]):
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None):
         self.temp_dir = Path(tempfile.mkdtemp(prefix="pe-tune-", dir="/tmp"))   # short AF_UNIX socket paths
         self.log = tmp / f"tune-{time.time_ns()}.out"
-        env = dict(os.environ, RAY_TMPDIR=str(self.temp_dir), RAY_AUTH_MODE="disabled")
+        env = dict(os.environ, RAY_TMPDIR=str(self.temp_dir), RAY_AUTH_MODE="disabled", **(env or {}))
         env.pop("RAY_ADDRESS", None)
         self.out = open(self.log, "w")
         self.proc = subprocess.Popen([sys.executable, "jobs/tune.py", *args], cwd=ROOT, env=env,
@@ -160,16 +160,17 @@ def test_best_directory_feeds_evaluation(sweep, tmp_path):
 def test_killed_sweep_resumes_and_keeps_finished_trials(features, tmp_path):
     args = ["--config", "tiny", "--data", str(features), "--storage", str(tmp_path / "tune"), "--samples", "3",
             "--name", "resumable", "--set", "train.epochs=2", "--grace-period", "2"]
-    first = Job(tmp_path, args)
+    first = Job(tmp_path, args, env={"TUNE_GLOBAL_CHECKPOINT_S": "2"})   # Tune saves its state this often
     deadline = time.time() + 600
     try:
         while time.time() < deadline and first.proc.poll() is None:
             text = first.text()
-            if re.search(r"trial \w+ finished", text) and len(re.findall(r"trial \w+ started", text)) >= 2:
+            started = re.findall(r"trial (\w+) started", text)
+            if re.search(r"trial \w+ finished", text) and len(started) >= 2 and \
+                    re.search(rf"trial_{started[1]}: epoch 1/", text):     # the second trial is under way
                 break
             time.sleep(1)
         assert first.proc.poll() is None, first.text()[-3000:]
-        time.sleep(3)                                   # the second trial is under way
     finally:
         first.kill()
     before = first.text()
