@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.io import storage
     from tune.search import run_search, summary_table
-    from tune.spaces import load_space
 
     config = _common.training_config(args)
     name = args.name or f"{config.name}-{config.train.stage}-sweep"
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                          max_concurrent=args.max_concurrent, metric=args.metric, seed=args.seed,
                          grace_period=args.grace_period, reduction_factor=args.reduction_factor, init=args.init,
                          labels_uri=args.labels, verbose=args.verbose)
-    from tune.spaces import default_space_name
-    params = load_space(args.space or default_space_name(config))
-    print(summary_table(summary, params))
+    print(summary_table(summary))
     counts: dict[str, int] = {}
     for row in summary["rows"]:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

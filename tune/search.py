@@ -143,8 +143,8 @@ def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, sa
     grid = tuner.fit()
     rows = trial_rows(grid, params, metric, epochs)
     summary = {"name": name, "sweep": sweep_uri, "metric": metric, "mode": mode, "rows": rows,
-               "seconds": time.time() - started, "resumed": resuming}
-    write_summary(summary, params)
+               "space": [p.path for p in params], "seconds": time.time() - started, "resumed": resuming}
+    write_summary(summary)
     best = pick_best(rows, mode)
     summary["best"] = export_best(best, config, sweep_uri, storage_uri, data_uri, labels_uri) if best else None
     storage.write_text(storage.join(sweep_uri, "summary.json"), json.dumps(summary, indent=2, default=str))
@@ -299,11 +299,11 @@ def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
 
 # --- summary, plot, best/ ------------------------------------------------------------------------
 
-def summary_table(summary: dict[str, Any], params: list[Param]) -> str:
-    metric = summary["metric"]
-    short = [p.path.split(".")[-1] for p in params]
-    header = ["trial", *short, metric, "best epoch", "epochs run", "status"]
-    lines = [[r["trial"], *(_fmt(r[p.path]) for p in params), f"{r[metric]:.4f}" if _finite(r[metric]) else "-",
+def summary_table(summary: dict[str, Any]) -> str:
+    """The printed table: one line per trial, the searched values under their short names."""
+    metric, space = summary["metric"], summary["space"]
+    header = ["trial", *(path.split(".")[-1] for path in space), metric, "best epoch", "epochs run", "status"]
+    lines = [[r["trial"], *(_fmt(r[path]) for path in space), f"{r[metric]:.4f}" if _finite(r[metric]) else "-",
               str(r["best_epoch"] or "-"), str(r["epochs_run"]), r["status"]] for r in summary["rows"]]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
@@ -311,21 +311,20 @@ def summary_table(summary: dict[str, Any], params: list[Param]) -> str:
     return "\n".join(out)
 
 
-def write_summary(summary: dict[str, Any], params: list[Param]) -> None:
+def write_summary(summary: dict[str, Any]) -> None:
     """summary.csv and metric_vs_lr.png in the sweep directory."""
     import csv
     import io
 
-    metric = summary["metric"]
-    columns = ["trial", *(p.path for p in params), metric, "best_epoch", "epochs_run", "status", "error"]
+    metric, space = summary["metric"], summary["space"]
+    columns = ["trial", *space, metric, "best_epoch", "epochs_run", "status", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in summary["rows"]:
         writer.writerow(row)
     storage.write_text(storage.join(summary["sweep"], "summary.csv"), buffer.getvalue())
-    lr = next((p.path for p in params if p.path == "train.lr_head"), None) or \
-        next((p.path for p in params if "lr" in p.path), None)
+    lr = "train.lr_head" if "train.lr_head" in space else next((path for path in space if "lr" in path), None)
     if lr:
         storage.write_bytes(storage.join(summary["sweep"], "metric_vs_lr.png"),
                             metric_plot(summary["rows"], lr, metric))
