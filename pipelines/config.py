@@ -135,7 +135,8 @@ class DataConfig(_Section):
     split_fractions: tuple[Float, Float, Float] = (0.7, 0.15, 0.15)   # train / val / test, by piece
     split_seed: Int = 0
     num_cpus_per_task: Float = 1.0     # Ray Data CPUs per preprocessing actor
-    num_actors: Int = 2
+    num_actors: Int = 0                # preprocessing actors (0: as many as the cluster's CPUs hold)
+    max_retries: Int = 1               # retries of a recording whose worker died (then it is an error row)
     # the note DTW holds a (performed notes x score onsets) matrix of 8-byte cells: above this a recording
     # becomes an error row instead of taking minutes and gigabytes (1.5e8: ~1.2 GB, ~40 min of dense piano)
     max_alignment_cells: Float = 1.5e8
@@ -153,7 +154,9 @@ class DataConfig(_Section):
                  f"data.max_alignment_cells must be >= 1000, got {self.max_alignment_cells}")
         _require(abs(sum(self.split_fractions) - 1.0) < 1e-6 and min(self.split_fractions) >= 0,
                  f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
-        _require(self.num_actors >= 1, f"data.num_actors must be >= 1, got {self.num_actors}")
+        _require(self.num_actors >= 0, f"data.num_actors must be >= 0 (0: one per CPU), got {self.num_actors}")
+        _require(0 <= self.max_retries <= 5, f"data.max_retries must be 0..5, got {self.max_retries}")
+        _require(self.num_cpus_per_task > 0, f"data.num_cpus_per_task must be > 0, got {self.num_cpus_per_task}")
         return self
 
 

@@ -31,6 +31,7 @@ from pipelines.io import storage
 
 log = logging.getLogger("pianoeval.preprocess")
 SEGMENTS_DIR = "segments"
+WRITE_CONCURRENCY = 2                # Parquet write tasks at a time
 STATUS_COLUMNS = ["recording_id", "segment_index", "split", "augment", "status", "error", "source_uri",
                   "piece_id"]
 
@@ -130,8 +131,13 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
     records = load_records(input_uri, config, layout)
     if not records:
         raise storage.StorageError(f"{input_uri}: no recordings found")
-    num_actors = num_actors or config.data.num_actors
+    data = config.data
+    num_actors = num_actors or data.num_actors or default_num_actors(data.num_cpus_per_task)
     items = [{"record": json.dumps(r)} for r in records]
+    # a recording whose worker dies (a decoder crash, out of memory) is retried max_retries times and then
+    # dropped from the stream instead of failing the run or being retried for ever; it becomes an error row
+    # below (the default, unbounded restarts, let one poison file hold a job for hours)
+    ray.data.DataContext.get_current().max_errored_blocks = len(items)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         ProcessRecordings,
@@ -139,20 +145,57 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
-        num_cpus=config.data.num_cpus_per_task,
+        num_cpus=data.num_cpus_per_task,
+        max_restarts=data.max_retries,
+        max_task_retries=data.max_retries,
     )
     # a new directory per run, published by writing manifest.json last: until then readers keep reading the
     # previous run's shards, and a run that fails leaves them as they were
     segments_name = f"{SEGMENTS_DIR}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     segments_uri = storage.join(out_uri, segments_name)
     fs, path = _segments_path(out_uri, segments_uri)
-    ds.write_parquet(path, filesystem=fs, min_rows_per_file=64)
+    # the writes hold no CPU: the actors may hold them all, and a write waiting for one let finished rows pile
+    # up in the object store until everything stopped (PercePiano on 2 CPUs); bounded by WRITE_CONCURRENCY.
+    # A file per block (a recording's rows): holding rows back to fill larger files kept them in the object
+    # store, and with a small store the actors crawled (36 demo recordings: 216 s with min_rows_per_file=64
+    # against 35 s, 100 MB store, 2 CPUs)
+    ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0},
+                     concurrency=WRITE_CONCURRENCY)
+    _write_crash_rows(records, fs, path, data.max_retries)
     manifest = summarise(out_uri, records, config, time.time() - started, segments_uri=segments_uri)
     manifest["segments_dir"] = segments_name
     storage.write_text(storage.join(out_uri, "manifest.json"), json.dumps(manifest, indent=2))
     save_config(config, storage.join(out_uri, "config.yaml"))
     _remove_unpublished(out_uri, keep=segments_name)
     return manifest
+
+
+def default_num_actors(cpus_per_actor: float) -> int:
+    """As many preprocessing actors as the cluster's CPUs hold (at least one)."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(cpus // cpus_per_actor))
+
+
+def _write_crash_rows(records: list[dict], fs, path: str, max_retries: int) -> None:
+    """An error row for every record the run wrote nothing for: its worker died on it max_retries + 1 times
+    and Ray Data dropped it. Written into the run's own (unpublished) shard directory."""
+    from pipelines.features.rows import error_row
+
+    seen = set(pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["recording_id"])
+               .column("recording_id").to_pylist()) if fs.get_file_info(path).type.name == "Directory" else set()
+    lost = [r for r in records if r["recording_id"] not in seen]
+    if not lost:
+        return
+    rows = [error_row(r, f"{r.get('audio_uri') or r.get('midi_uri') or r['recording_id']}: processing failed: "
+                         f"the worker died on it {max_retries + 1} times (see the Ray logs)") for r in lost]
+    log.warning("%d recordings crashed their workers: %s", len(lost), ", ".join(r["recording_id"] for r in lost[:5]))
+    import pyarrow.parquet as pq
+
+    fs.create_dir(path, recursive=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), f"{path}/crashed-{uuid.uuid4().hex[:8]}.parquet",
+                   filesystem=fs)
 
 
 def read_status_table(out_uri: str, segments_uri: str | None = None) -> pa.Table:

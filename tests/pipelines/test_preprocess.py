@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -134,3 +135,99 @@ def test_preprocess_job_cli_reports_a_wrong_input_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_recording_that_kills_its_worker_becomes_an_error_row_and_the_job_finishes(ray_cluster,
+                                                                                      corpus_with_bad_files,
+                                                                                      tmp_path):
+    """A worker dies on one recording (as a decoder segfault or the OOM killer would end it): bounded retries,
+    then an error row naming its file; every other recording is preprocessed and the feature set published."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ray
+
+    root = Path(__file__).resolve().parents[2]
+    corpus, n_good = corpus_with_bad_files
+    mine = tmp_path / "corpus"
+    shutil.copytree(corpus, mine)
+    table = mine / "maestro-v3.0.0.csv"
+    rows = list(csv.DictReader(open(table)))
+    with open(table, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(dict(rows[0], recording_id="crash me"))
+    hook = Path(__file__).parent / "crash_hook_preprocess"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "features"
+    result = subprocess.run([sys.executable, str(root / "jobs" / "preprocess.py"), "--input", str(mine), "--out",
+                             str(out), "--address", ray.get_runtime_context().gcs_address, "--max-error-rate", "0.9",
+                             "--set", "data.augment.copies=0"],
+                            cwd=str(root), capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input_recordings"] == n_good + 3 and manifest["missing_recordings"] == []
+    assert manifest["ok_recordings"] == n_good and manifest["error_recordings"] == 3
+    errors = {e["recording_id"]: e["error"] for e in manifest["errors"]}
+    assert "the worker died on it 2 times" in errors["crash me"]
+    assert rows[0]["audio_filename"] in errors["crash me"]
+    assert errors["crash me"] in result.stdout
+
+
+_SMALL_STORE_SCRIPT = """
+import json, sys
+import ray
+sys.path.insert(0, sys.argv[1])
+ray.init(address="local", num_cpus=2, object_store_memory=int(sys.argv[5]), include_dashboard=False,
+         _temp_dir=sys.argv[4])
+from pipelines.config import load_config
+from pipelines.preprocess import run_preprocess
+manifest = run_preprocess(sys.argv[2], sys.argv[3], load_config("tiny"))
+print("SUMMARY " + json.dumps({k: manifest[k] for k in ("input_recordings", "ok_recordings", "error_recordings",
+                                                      "missing_recordings", "segments_dir")}))
+"""
+
+
+@pytest.mark.slow
+def test_preprocessing_with_its_defaults_finishes_on_two_cpus_when_its_output_overflows_the_object_store(
+        tmp_path):
+    """The PercePiano stall: on 2 CPUs the actors held both, the Parquet writes waited for one, finished rows
+    filled the object store and nothing moved. A corpus whose features are several times the object store
+    goes through with default settings on its own 2-CPU Ray."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from pipelines.demo_corpus.generate import make_corpus
+    from tests.conftest import stop_processes_using
+
+    root = Path(__file__).resolve().parents[2]
+    corpus = tmp_path / "corpus"
+    make_corpus(str(corpus), pieces=1, takes=2, seed=0, max_seconds=30)
+    table = corpus / "maestro-v3.0.0.csv"
+    rows = list(csv.DictReader(open(table)))
+    copies = [dict(rows[i % len(rows)], recording_id=f"copy {i}") for i in range(40)]
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(copies)
+    (corpus / "labels.csv").unlink()          # its ids are the originals'; the copies go unlabelled
+    store = 75 * 2 ** 20                     # Ray's smallest object store
+    ray_dir = tempfile.mkdtemp(prefix="pe-store-", dir="/tmp")
+    out = tmp_path / "features"
+    try:
+        result = subprocess.run([sys.executable, "-c", _SMALL_STORE_SCRIPT, str(root), str(corpus), str(out),
+                                 ray_dir, str(store)], cwd=str(root), capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    finally:
+        stop_processes_using(ray_dir)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("SUMMARY "))[8:])
+    assert summary["ok_recordings"] == 40 and summary["missing_recordings"] == []
+    written = sum(p.stat().st_size for p in (out / summary["segments_dir"]).glob("*.parquet"))
+    assert written > 3 * store, written
