@@ -4,11 +4,12 @@ The per-recording work is `pipelines.features.processor.RecordingProcessor` (pla
 wraps it in an actor pool (heavy set-up once per actor), streams records through it and writes the
 rows. Output layout under `out`:
 
-    segments/*.parquet   rows of pipelines.features.rows.SEGMENT_SCHEMA
+    segments-<run>/*.parquet   rows of pipelines.features.rows.SEGMENT_SCHEMA
     manifest.json        counts, per-recording status and errors, columns, config fingerprint
     config.yaml          the resolved config
 
-A rerun onto the same output replaces `segments/` (no duplicated rows).
+Each run writes a new `segments-<run>/` directory (a Parquet file per recording) and publishes it by writing
+`manifest.json` last; a rerun onto the same output replaces the published set (no duplicated rows).
 """
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ from pipelines.io import storage
 
 log = logging.getLogger("pianoeval.preprocess")
 SEGMENTS_DIR = "segments"
-WRITE_CONCURRENCY = 2                # Parquet write tasks at a time
 STATUS_COLUMNS = ["recording_id", "segment_index", "split", "augment", "status", "error", "source_uri",
                   "piece_id"]
 
@@ -59,9 +59,15 @@ def load_records(input_uri: str, config: Config, layout: str = "auto") -> list[d
 
 
 class ProcessRecordings:
-    """Ray Data callable class: a batch of JSON-encoded records -> an Arrow table of feature rows."""
+    """Ray Data callable class: a batch of JSON-encoded records in; each record's feature rows written to a
+    Parquet file of its own under `segments_uri`; a small table (recording id, rows written) out.
 
-    def __init__(self, config_dict: dict, soundfont: str | None = None, torch_threads: int = 1,
+    The rows never pass through the object store: an actor holds one recording's rows at a time, whatever the
+    corpus's size. A file's name comes from its recording id, so a recording retried after its worker died
+    replaces its own file (exactly once); a local file is written under a temporary name and renamed, an S3
+    object appears whole when its upload completes."""
+
+    def __init__(self, config_dict: dict, segments_uri: str, soundfont: str | None = None, torch_threads: int = 1,
                  total: int = 0) -> None:
         import torch
 
@@ -70,15 +76,43 @@ class ProcessRecordings:
         self.total = total
         torch.set_num_threads(torch_threads)  # a reused worker may have started with another count
         self.processor = RecordingProcessor(config_from_dict(config_dict), soundfont=soundfont)
+        self.fs, self.path = storage.resolve(segments_uri)
+        self.fs.create_dir(self.path, recursive=True)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows: list[dict] = []
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, counts = [], []
         for text in batch["record"]:
-            rows.extend(self.processor(json.loads(text)))
+            record = json.loads(text)
+            rows = self.processor(record)
+            write_rows(self.fs, self.path, record_file_name(record["recording_id"]), rows)
+            ids.append(str(record["recording_id"]))
+            counts.append(len(rows))
             if self.total:
                 from pipelines.console import tick
                 tick("recordings preprocessed", self.total)
-        return pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)
+        return {"recording_id": np.asarray(ids, dtype=object), "rows": np.asarray(counts, dtype=np.int64)}
+
+
+def record_file_name(recording_id: str) -> str:
+    """The Parquet file of one recording's rows: the same name on every attempt."""
+    import hashlib
+
+    return f"rec-{hashlib.sha1(str(recording_id).encode('utf-8')).hexdigest()}.parquet"
+
+
+def write_rows(fs, path: str, name: str, rows: list[dict]) -> None:
+    """Rows to `path/name`, whole or not at all (local: a temporary name renamed; S3: one upload)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA)
+    final = f"{path}/{name}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        temporary = f"{path}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(table, temporary, filesystem=fs)
+        fs.move(temporary, final)
+    else:
+        pq.write_table(table, final, filesystem=fs)
 
 
 def published_segments(out_uri: str) -> str:
@@ -138,10 +172,19 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
     # dropped from the stream instead of failing the run or being retried for ever; it becomes an error row
     # below (the default, unbounded restarts, let one poison file hold a job for hours)
     ray.data.DataContext.get_current().max_errored_blocks = len(items)
+    # a new directory per run, published by writing manifest.json last: until then readers keep reading the
+    # previous run's shards, and a run that fails leaves them as they were
+    segments_name = f"{SEGMENTS_DIR}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    segments_uri = storage.join(out_uri, segments_name)
+    fs, path = _segments_path(out_uri, segments_uri)
+    # the actors write the rows themselves (ProcessRecordings): with Ray Data's write tasks, actors holding every
+    # CPU left the writes none and finished rows filled the object store until everything stopped (PercePiano
+    # on 2 CPUs); zero-CPU write tasks ran but each started a fresh worker, a third of the actors' pace
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         ProcessRecordings,
-        fn_constructor_kwargs={"config_dict": config.to_dict(), "soundfont": soundfont, "total": len(items)},
+        fn_constructor_kwargs={"config_dict": config.to_dict(), "segments_uri": segments_uri, "soundfont": soundfont,
+                               "total": len(items)},
         batch_size=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(items))),
@@ -149,18 +192,8 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
         max_restarts=data.max_retries,
         max_task_retries=data.max_retries,
     )
-    # a new directory per run, published by writing manifest.json last: until then readers keep reading the
-    # previous run's shards, and a run that fails leaves them as they were
-    segments_name = f"{SEGMENTS_DIR}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-    segments_uri = storage.join(out_uri, segments_name)
-    fs, path = _segments_path(out_uri, segments_uri)
-    # the writes hold no CPU: the actors may hold them all, and a write waiting for one let finished rows pile
-    # up in the object store until everything stopped (PercePiano on 2 CPUs); bounded by WRITE_CONCURRENCY.
-    # A file per block (a recording's rows): holding rows back to fill larger files kept them in the object
-    # store, and with a small store the actors crawled (36 demo recordings: 216 s with min_rows_per_file=64
-    # against 35 s, 100 MB store, 2 CPUs)
-    ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": 0},
-                     concurrency=WRITE_CONCURRENCY)
+    for _ in ds.iter_batches(batch_size=None):        # drives the pipeline; the rows are in storage already
+        pass
     _write_crash_rows(records, fs, path, data.max_retries)
     manifest = summarise(out_uri, records, config, time.time() - started, segments_uri=segments_uri)
     manifest["segments_dir"] = segments_name

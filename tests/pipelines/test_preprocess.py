@@ -231,3 +231,50 @@ def test_preprocessing_with_its_defaults_finishes_on_two_cpus_when_its_output_ov
     assert summary["ok_recordings"] == 40 and summary["missing_recordings"] == []
     written = sum(p.stat().st_size for p in (out / summary["segments_dir"]).glob("*.parquet"))
     assert written > 3 * store, written
+
+
+@pytest.mark.slow
+def test_a_job_killed_midway_leaves_the_published_features_and_a_rerun_accounts_for_every_input_once(
+        ray_cluster, corpus_with_bad_files, tmp_path):
+    """Fault: the driver is killed (SIGKILL) while its actors work. Readers still see the previous run's
+    features, unchanged; the rerun publishes every input exactly once (no lost, no duplicated rows)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ray
+
+    from pipelines.preprocess import published_segments, read_status_table, run_preprocess
+
+    root = Path(__file__).resolve().parents[2]
+    corpus, n_good = corpus_with_bad_files
+    out = str(tmp_path / "features")
+    first = run_preprocess(corpus, out, _config())
+    before = read_status_table(out).sort_by([("recording_id", "ascending"), ("segment_index", "ascending"),
+                                             ("augment", "ascending")])
+    cmd = [sys.executable, str(root / "jobs" / "preprocess.py"), "--input", corpus, "--out", out, "--address",
+           ray.get_runtime_context().gcs_address, "--max-error-rate", "0.5"]
+    job = subprocess.Popen(cmd, cwd=str(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in job.stdout:                          # killed once its actors have begun
+            if "recordings preprocessed" in line:
+                break
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    assert published_segments(out) == storage.join(out, first["segments_dir"])
+    assert read_status_table(out).sort_by([("recording_id", "ascending"), ("segment_index", "ascending"),
+                                           ("augment", "ascending")]).equals(before)
+    rerun = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    manifest = json.loads(storage.read_text(storage.join(out, "manifest.json")))
+    assert manifest["segments_dir"] != first["segments_dir"] and manifest["missing_recordings"] == []
+    rows = read_status_table(out).to_pylist()
+    keys = [(r["recording_id"], r["segment_index"], r["augment"]) for r in rows]
+    assert len(keys) == len(set(keys)) == before.num_rows
+    assert {r["recording_id"] for r in rows} == {r["recording_id"] for r in before.to_pylist()}
+    assert len({r["recording_id"] for r in rows}) == n_good + 2
+    assert sorted(p.name for p in (tmp_path / "features").glob("segments*")) == [manifest["segments_dir"]]
