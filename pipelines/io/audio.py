@@ -67,7 +67,7 @@ def load_audio(uri: str) -> tuple[np.ndarray, int]:
     ffmpeg. Raises AudioError("<uri>: <cause>") for non-audio, truncated or corrupt files.
     """
     suffix = os.path.splitext(storage.basename(uri))[1]
-    with storage.local_path(uri, suffix=suffix) as path:
+    with storage.local_path(uri, suffix=suffix, max_bytes=storage.MAX_RECORDING_BYTES) as path:
         try:
             y, sr = _read_soundfile(path)
         except _UnknownFormat as unknown:

@@ -102,7 +102,7 @@ def _check_exists(uri: str, what: str) -> None:
 
 def _read_text(uri: str, what: str) -> str:
     try:
-        return storage.read_text(uri)
+        return storage.read_text(uri, max_bytes=storage.MAX_SMALL_FILE_BYTES)
     except (storage.StorageError, UnicodeDecodeError) as exc:
         raise CorpusError(f"{uri}: cannot read {what}: {exc}") from None
 

@@ -25,7 +25,7 @@ class LabelsTableError(ValueError):
 def read_labels_table(uri: str) -> dict[str, Labels | None]:
     """{recording_id: {dimension: 0..100} or None when the row rates nothing}, validated."""
     try:
-        data = storage.read_bytes(uri)
+        data = storage.read_bytes(uri, max_bytes=storage.MAX_SMALL_FILE_BYTES)
     except storage.StorageError as exc:
         raise LabelsTableError(f"{uri}: cannot read the labels table: {exc}") from None
     rows, columns = _parquet_rows(uri, data) if uri.endswith(".parquet") else _csv_rows(uri, data)

@@ -23,7 +23,7 @@ import numpy as np
 from pipelines.constants import MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
-from pipelines.io.storage import StorageError, local_path
+from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, local_path
 
 DEFAULT_TEMPO_QPM = 120.0
 DEFAULT_VELOCITY = 64
@@ -249,7 +249,7 @@ def load_score(uri: str) -> Score:
         raise ScoreError(f"{uri}: unsupported score extension {suffix or '(none)'!r}; "
                          f"expected one of {', '.join(MIDI_EXTENSIONS + MUSICXML_EXTENSIONS)}")
     try:
-        with local_path(uri) as path:
+        with local_path(uri, max_bytes=MAX_SMALL_FILE_BYTES) as path:
             if suffix in MIDI_EXTENSIONS:
                 return score_from_midi_bytes(Path(path).read_bytes(), name=str(uri))
             return score_from_musicxml_file(path, name=str(uri))

@@ -13,7 +13,7 @@ import numpy as np
 from pipelines.constants import CC_SOFT, CC_SOSTENUTO, CC_SUSTAIN, MIDI_EXTENSIONS, PEDAL_DOWN_THRESHOLD
 from pipelines.io.errors import parse_midi_bytes
 from pipelines.io.notes import PEDAL_DTYPE, Performance, make_perf_notes
-from pipelines.io.storage import StorageError, local_path
+from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, local_path
 
 PEDAL_CONTROLLERS = (CC_SUSTAIN, CC_SOSTENUTO, CC_SOFT)
 
@@ -58,7 +58,7 @@ def load_performance(uri: str) -> Performance:
     if suffix not in MIDI_EXTENSIONS:
         raise MidiError(f"{uri}: not a MIDI file (extension {suffix or '(none)'!r}, expected .mid or .midi)")
     try:
-        with local_path(uri) as path:
+        with local_path(uri, max_bytes=MAX_SMALL_FILE_BYTES) as path:
             return performance_from_midi_bytes(Path(path).read_bytes(), name=str(uri))
     except StorageError as exc:
         raise MidiError(str(exc)) from None

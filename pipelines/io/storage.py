@@ -162,7 +162,26 @@ def makedirs(uri: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
-def read_bytes(uri: str) -> bytes:
+# Largest file read from the data (a score, a performance MIDI, a manifest) and largest recording copied to
+# local disk: a file above is refused in one line before any of it is read, instead of filling memory or disk
+MAX_SMALL_FILE_BYTES = 64 * 2 ** 20          # MIDI, MusicXML, CSV/JSON tables: real ones are kilobytes
+MAX_RECORDING_BYTES = 8 * 2 ** 30            # 4 h of 96 kHz 24-bit stereo WAV is 8.3e9 bytes
+
+
+def _check_size(uri: str, size: int | None, max_bytes: int | None) -> None:
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise StorageError(f"{uri}: {_human(size)}, above the {_human(max_bytes)} this input may hold")
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """A whole file's bytes; max_bytes refuses a larger file (StorageError naming it) before reading it."""
     fs, path = resolve(uri)
     with _errors(uri):
         info = fs.get_file_info(path)
@@ -170,12 +189,13 @@ def read_bytes(uri: str) -> bytes:
             raise FileNotFoundError(uri)
         if info.type == pafs.FileType.Directory:
             raise StorageError(f"{uri}: is a directory, not a file")
+        _check_size(uri, info.size, max_bytes)
         with fs.open_input_stream(path) as f:
             return f.read()
 
 
-def read_text(uri: str) -> str:
-    return read_bytes(uri).decode("utf-8")
+def read_text(uri: str, max_bytes: int | None = None) -> str:
+    return read_bytes(uri, max_bytes).decode("utf-8")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -297,12 +317,14 @@ def check_bucket(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def local_path(uri: str, suffix: str | None = None) -> Iterator[str]:
-    """A local file path holding the URI's content (the file itself when it is local)."""
+def local_path(uri: str, suffix: str | None = None, max_bytes: int | None = None) -> Iterator[str]:
+    """A local file path holding the URI's content (the file itself when it is local); max_bytes refuses a
+    larger file (StorageError naming it) before anything is copied."""
     if not is_s3(uri):
         fs, path = resolve(uri)
         if not Path(path).is_file():
             raise StorageError(f"{uri}: no such file")
+        _check_size(uri, Path(path).stat().st_size, max_bytes)
         yield path
         return
     suffix = suffix if suffix is not None else Path(basename(uri)).suffix
@@ -312,7 +334,10 @@ def local_path(uri: str, suffix: str | None = None) -> Iterator[str]:
         with _errors(uri):                  # streamed to disk: a large recording never sits in memory whole
             if not key or key.endswith("/"):
                 raise StorageError(f"{uri}: not a file")
-            boto3_client().download_file(bucket, key, path)
+            client = boto3_client()
+            if max_bytes is not None:
+                _check_size(uri, int(client.head_object(Bucket=bucket, Key=key)["ContentLength"]), max_bytes)
+            client.download_file(bucket, key, path)
         yield path
 
 

@@ -94,7 +94,7 @@ def list_prefix(prefix: str, exclude: Iterable[str] = ()) -> tuple[list[dict[str
 
 
 def _manifest_rows(uri: str) -> list[dict[str, Any]]:
-    data = storage.read_bytes(uri)
+    data = storage.read_bytes(uri, max_bytes=storage.MAX_SMALL_FILE_BYTES)
     if _suffix(uri) == ".csv":
         try:
             text = data.decode("utf-8-sig")

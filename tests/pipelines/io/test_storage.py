@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -124,3 +125,32 @@ def test_listing_without_hashes_skips_reading_local_files(tmp_path):
     assert entry.size == 10 and entry.etag == ""
     [entry] = storage.list_files(str(tmp_path))
     assert entry.etag == hashlib.md5(b"x" * 10).hexdigest()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_file_above_its_size_bound_is_refused_before_it_is_read(tmp_path, s3_bucket, where):
+    """A poison input (a 'MIDI file' of gigabytes, an S3 object far beyond any recording) fails in one line
+    naming it before a byte is read into memory or copied to disk."""
+    uri = str(tmp_path / "big.mid") if where == "local" else f"{s3_bucket}/big.mid"
+    storage.write_bytes(uri, b"x" * 5000)
+    for call in (lambda: storage.read_bytes(uri, max_bytes=4096),
+                 lambda: storage.local_path(uri, max_bytes=4096).__enter__()):
+        with pytest.raises(storage.StorageError) as info:
+            call()
+        assert str(info.value) == f"{uri}: 4.9 KiB, above the 4.0 KiB this input may hold"
+    assert storage.read_bytes(uri, max_bytes=5000) == b"x" * 5000
+    with storage.local_path(uri, max_bytes=5000) as path:
+        assert os.path.getsize(path) == 5000
+
+
+def test_scores_and_performances_above_the_small_file_bound_are_one_line_errors(tmp_path):
+    from pipelines.io.notation import ScoreError, load_score
+    from pipelines.io.performance import MidiError, load_performance
+
+    big = tmp_path / "huge score.mid"
+    with open(big, "wb") as f:                  # sparse: 65 MiB on paper, nothing on disk
+        f.truncate(storage.MAX_SMALL_FILE_BYTES + 2 ** 20)
+    for load, error in ((load_score, ScoreError), (load_performance, MidiError)):
+        with pytest.raises(error) as info:
+            load(str(big))
+        assert str(info.value) == f"{big}: 65.0 MiB, above the 64.0 MiB this input may hold"
