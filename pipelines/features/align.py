@@ -383,7 +383,9 @@ class PitchSetDTW:
         dtwd = _pitch_set_dtw_matrix(pitches, member)
         out: tuple = (float(dtwd[-1, -1]),)
         if return_path:
-            out += (dtw_backtracking(dtwd),)
+            # parangonar's backtracking never ends on a 1 x 1 matrix (one performed note against one score onset):
+            # it steps past (0, 0) and loops forever, growing its path
+            out += (np.zeros((1, 2), dtype=int) if dtwd.shape == (1, 1) else dtw_backtracking(dtwd),)
         if return_cost_matrix:
             out += (dtwd,)
         return out

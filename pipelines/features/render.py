@@ -30,6 +30,7 @@ import numpy as np
 
 from pipelines import constants as C
 from pipelines.io import storage
+from pipelines.io.errors import close_hanging_notes
 
 SOUNDFONT_ENV = "PIANOEVAL_SOUNDFONT"
 DEFAULT_SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf3/MuseScore_General.sf3")
@@ -84,7 +85,9 @@ def _load_midi(midi, name: str):
             # pretty_midi warns when tempo / key / time-signature events sit on a track other than the first;
             # rendering plays every track's notes at the file's own timing either way, so it changes nothing
             warnings.filterwarnings("ignore", message="Tempo, Key or Time signature change events found")
-            return pretty_midi.PrettyMIDI(io.BytesIO(bytes(data)))
+            pm = pretty_midi.PrettyMIDI(io.BytesIO(bytes(data)))
+        close_hanging_notes(pm, bytes(data))      # a key held at the end of the file still sounds
+        return pm
     except Exception as exc:  # mido/pretty_midi raise many types for corrupt files
         detail = f"{type(exc).__name__}: {exc}" if str(exc).strip() else type(exc).__name__
         raise RenderError(f"{name}: not a readable MIDI file ({detail})") from None

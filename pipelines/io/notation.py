@@ -15,6 +15,7 @@ seconds at the written tempo.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,7 @@ DEFAULT_VELOCITY = 64
 DEFAULT_TIME_SIGNATURE = (4, 4)
 MIDI_TEMPO_DECIMALS = 3       # written tempo of a MIDI score, rounded (qpm)
 _BAR_EPS_BEAT = 1e-6          # onsets this close before a bar line belong to the next bar
+MAX_SCORE_BARS = 100_000      # a score MIDI spanning more bars is refused (an absurd tick, tempo or time signature)
 
 
 class ScoreError(ValueError):
@@ -61,14 +63,21 @@ def beats_to_seconds(beats: np.ndarray, change_beat: np.ndarray, qpm: np.ndarray
 # --- bars ------------------------------------------------------------------------------------
 
 def bars_from_time_signatures(ts_beat: np.ndarray, ts_num: np.ndarray, ts_den: np.ndarray,
-                              end_beat: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                              end_beat: float, max_bars: float = math.inf
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bar starts [n_bars] (quarter notes) and each bar's (num, den), from time-signature changes
-    at `ts_beat` [k] (sorted, first at 0), up to the first bar line at or after `end_beat`."""
-    starts, nums, dens = [], [], []
+    at `ts_beat` [k] (sorted, first at 0), up to the first bar line at or after `end_beat`.
+    More than `max_bars` bars raise ValueError before any is built."""
+    counts = []
     for i, (start, num, den) in enumerate(zip(ts_beat, ts_num, ts_den)):
         stop = ts_beat[i + 1] if i + 1 < len(ts_beat) else max(end_beat, start + _BAR_EPS_BEAT)
         length = float(num) * 4.0 / float(den)
-        count = max(int(np.ceil((stop - start) / length - _BAR_EPS_BEAT)), 1 if i + 1 == len(ts_beat) else 0)
+        counts.append(max(int(np.ceil((stop - start) / length - _BAR_EPS_BEAT)), 1 if i + 1 == len(ts_beat) else 0))
+    if sum(counts) > max_bars:
+        raise ValueError(f"{sum(counts)} bars, over the limit of {max_bars:g}")
+    starts, nums, dens = [], [], []
+    for start, num, den, count in zip(ts_beat, ts_num, ts_den, counts):
+        length = float(num) * 4.0 / float(den)
         starts.extend(start + length * np.arange(count))
         nums.extend([num] * count)
         dens.extend([den] * count)
@@ -120,8 +129,11 @@ def score_from_pretty_midi(pm, name: str = "<midi>") -> Score:
         ts_num = np.concatenate([[DEFAULT_TIME_SIGNATURE[0]], ts_num])
         ts_den = np.concatenate([[DEFAULT_TIME_SIGNATURE[1]], ts_den])
     keep = np.concatenate([ts_beat[1:] > ts_beat[:-1], [True]])    # the last of simultaneous changes wins
-    bar_starts, bar_num, bar_den = bars_from_time_signatures(ts_beat[keep], ts_num[keep], ts_den[keep],
-                                                             float(end_beat.max()))
+    try:
+        bar_starts, bar_num, bar_den = bars_from_time_signatures(ts_beat[keep], ts_num[keep], ts_den[keep],
+                                                                 float(end_beat.max()), MAX_SCORE_BARS)
+    except ValueError as exc:
+        raise ScoreError(f"{name}: MIDI score spans {exc} (a wrong tick, tempo or time-signature value?)") from None
     notes = np.zeros(len(pitch), dtype=SCORE_NOTE_DTYPE)
     bar = bar_of(onset_beat, bar_starts)
     notes["onset_beat"], notes["duration_beat"] = onset_beat, np.maximum(end_beat - onset_beat, 0.0)
@@ -233,7 +245,12 @@ def score_from_musicxml_file(path: str, name: str | None = None) -> Score:
             pscore_obj = partitura.load_musicxml(path, force_note_ids="keep")
     except Exception as exc:  # lxml, zipfile and partitura's own errors
         raise ScoreError(f"{name}: not a readable MusicXML file ({one_line(exc)})") from None
-    return score_from_partitura(pscore_obj, name)
+    try:
+        return score_from_partitura(pscore_obj, name)
+    except ScoreError:
+        raise
+    except Exception as exc:  # partitura parses lazily: a bad pitch step or duration fails in its note array
+        raise ScoreError(f"{name}: not a readable MusicXML file ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 # --- public entry points -----------------------------------------------------------------------

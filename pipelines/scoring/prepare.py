@@ -166,7 +166,7 @@ class SpanPreparer:
             return AudioStream(path, uri, min_duration_s=s.min_duration_s, max_duration_s=s.max_duration_s)
         from pipelines.features.render import render_midi
         uri = entry["midi_uri"]
-        y = render_midi(path, soundfont=self.soundfont, sample_rate=C.CQT_SAMPLE_RATE_HZ)
+        y = render_midi(path, soundfont=self.soundfont, sample_rate=C.CQT_SAMPLE_RATE_HZ, max_seconds=s.max_duration_s)
         return AudioStream.from_array(y, C.CQT_SAMPLE_RATE_HZ, uri, min_duration_s=s.min_duration_s,
                                       max_duration_s=s.max_duration_s)
 
