@@ -90,7 +90,7 @@ class RecordingProcessor:
     def load_audio(self, record: dict) -> tuple[np.ndarray, int]:
         from pipelines.io.audio import load_audio
         if record.get("audio_uri"):
-            return load_audio(record["audio_uri"])
+            return load_audio(record["audio_uri"], max_duration_s=self.data.max_duration_s)
         if record.get("midi_uri"):
             from pipelines.features.render import render_midi
             with storage.local_path(record["midi_uri"]) as path:

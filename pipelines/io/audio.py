@@ -60,22 +60,27 @@ class DecodedAudio:
 
 # --- decoding ----------------------------------------------------------------------------------
 
-def load_audio(uri: str) -> tuple[np.ndarray, int]:
+def load_audio(uri: str, max_duration_s: float = math.inf) -> tuple[np.ndarray, int]:
     """Decode a local or s3:// audio file to a float32 mono waveform [S] at its native rate (Hz).
 
     soundfile (libsndfile) is tried first; formats it does not know (M4A/AAC, WMA, ...) go through
     ffmpeg. Raises AudioError("<uri>: <cause>") for non-audio, truncated or corrupt files.
+    A recording longer than `max_duration_s` is refused without being decoded whole: from the frame
+    count of its header (soundfile), or once ffmpeg has decoded just past the limit.
     """
     suffix = os.path.splitext(storage.basename(uri))[1]
     with storage.local_path(uri, suffix=suffix, max_bytes=storage.MAX_RECORDING_BYTES) as path:
         try:
-            y, sr = _read_soundfile(path)
+            y, sr = _read_soundfile(path, max_duration_s)
         except _UnknownFormat as unknown:
-            y, sr = _read_ffmpeg(path, uri, str(unknown))
+            y, sr = _read_ffmpeg(path, uri, str(unknown), max_duration_s)
         except AudioError as exc:
             raise AudioError(f"{uri}: {exc}") from None
     if y.shape[0] == 0:
         raise AudioError(f"{uri}: file holds no audio samples (empty or truncated)")
+    if y.shape[0] > max_duration_s * sr:            # ffmpeg stopped just past the limit
+        raise AudioError(f"{uri}: too long (more than {y.shape[0] / sr:.1f} s decoded > maximum "
+                         f"{max_duration_s:g} s; decoding stopped)")
     return _average_channels(y), int(sr)
 
 
@@ -89,8 +94,9 @@ class _UnknownFormat(Exception):
     """soundfile cannot open the file (not a format it knows); try another decoder."""
 
 
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
-    """[frames, channels] float32 and the rate; AudioError for truncated/corrupt content."""
+def _read_soundfile(path: str, max_duration_s: float = math.inf) -> tuple[np.ndarray, int]:
+    """[frames, channels] float32 and the rate; AudioError for truncated/corrupt content and, before
+    anything is decoded, for a header declaring more than `max_duration_s` seconds."""
     try:
         f = sf.SoundFile(path)
     except sf.LibsndfileError as exc:
@@ -98,6 +104,8 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     with f:
         _check_header_consistency(f.extra_info)
         declared = f.frames
+        if declared > max_duration_s * f.samplerate:
+            raise AudioError(_duration_cause(declared / f.samplerate, -math.inf, max_duration_s))
         try:
             y = f.read(dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
@@ -138,12 +146,15 @@ def _check_header_consistency(log: str) -> None:
                                                    if "unexpectedly" in line or "> file length" in line))
 
 
-def _read_ffmpeg(path: str, uri: str, soundfile_cause: str) -> tuple[np.ndarray, int]:
-    """Decode with the ffmpeg binary into a float32 WAV, then read it: [frames, channels], rate."""
+def _read_ffmpeg(path: str, uri: str, soundfile_cause: str,
+                 max_duration_s: float = math.inf) -> tuple[np.ndarray, int]:
+    """Decode with the ffmpeg binary into a float32 WAV, then read it: [frames, channels], rate.
+    With a finite `max_duration_s`, ffmpeg stops one second past it (the caller refuses what is longer)."""
     _require_program("ffmpeg", uri, soundfile_cause)
     with tempfile.TemporaryDirectory(prefix="pianoeval-ffmpeg-") as tmp:
         out = os.path.join(tmp, "decoded.wav")
-        cmd = [*_ffmpeg_decode_args(path), "-c:a", "pcm_f32le", "-f", "wav", out]
+        limit = ["-t", f"{max_duration_s + 1.0:.3f}"] if math.isfinite(max_duration_s) else []
+        cmd = [*_ffmpeg_decode_args(path), *limit, "-c:a", "pcm_f32le", "-f", "wav", out]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=_FFMPEG_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -190,7 +201,7 @@ def _ffmpeg_cause(stderr: str, path: str) -> str:
     prefixes = (f"file:{os.path.abspath(path)}: ", f"{path}: ")
     lines = [_FFMPEG_PREFIX.sub("", line.strip()) for line in stderr.splitlines()]
     lines = [functools.reduce(lambda text, prefix: text.replace(prefix, ""), prefixes, line) for line in lines]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not line.startswith("Last message repeated")]
     return "ffmpeg: " + ("; ".join(lines[-2:]) if lines else "failed without a message")
 
 
@@ -314,5 +325,5 @@ def prepare_audio(y: np.ndarray, sr: int, uri: str, min_duration_s: float = C.MI
 def load_and_prepare(uri: str, min_duration_s: float = C.MIN_DURATION_S,
                      max_duration_s: float = math.inf) -> DecodedAudio:
     """`load_audio` then `prepare_audio`: a file URI to both resampled waveforms."""
-    y, sr = load_audio(uri)
+    y, sr = load_audio(uri, max_duration_s)
     return prepare_audio(y, sr, uri, min_duration_s, max_duration_s)
