@@ -216,19 +216,19 @@ def _write_crash_rows(records: list[dict], fs, path: str, max_retries: int) -> N
     and Ray Data dropped it. Written into the run's own (unpublished) shard directory."""
     from pipelines.features.rows import error_row
 
+    import pyarrow.fs as pafs
+
+    written = fs.get_file_info(path).type == pafs.FileType.Directory
     seen = set(pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["recording_id"])
-               .column("recording_id").to_pylist()) if fs.get_file_info(path).type.name == "Directory" else set()
+               .column("recording_id").to_pylist()) if written else set()
     lost = [r for r in records if r["recording_id"] not in seen]
     if not lost:
         return
     rows = [error_row(r, f"{r.get('audio_uri') or r.get('midi_uri') or r['recording_id']}: processing failed: "
                          f"the worker died on it {max_retries + 1} times (see the Ray logs)") for r in lost]
     log.warning("%d recordings crashed their workers: %s", len(lost), ", ".join(r["recording_id"] for r in lost[:5]))
-    import pyarrow.parquet as pq
-
     fs.create_dir(path, recursive=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA), f"{path}/crashed-{uuid.uuid4().hex[:8]}.parquet",
-                   filesystem=fs)
+    write_rows(fs, path, f"crashed-{uuid.uuid4().hex[:8]}.parquet", rows)
 
 
 def read_status_table(out_uri: str, segments_uri: str | None = None) -> pa.Table:
