@@ -89,10 +89,13 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                                                   "pseudo_json"])
     train_meta = select_rows(meta, split="train", originals_only=False, **selection)
     val_rows = select_rows(meta, split="val", originals_only=True, **selection).num_rows
+    unknown = unknown_label_ids(lookup, meta) if lookup is not None else []
     if train_meta.num_rows == 0 or val_rows == 0:
         raise ValueError(f"{data_uri}: the {t.stage} stage needs labelled train and val segments "
-                         f"(found {train_meta.num_rows} train, {val_rows} val)")
-    print(selection_line(meta, train_meta.num_rows, val_rows, t.stage, lookup is not None), flush=True)
+                         f"(found {train_meta.num_rows} train, {val_rows} val)"
+                         + (f"; {_unknown_text(unknown, labels_uri)}" if unknown else ""))
+    print(selection_line(meta, train_meta.num_rows, val_rows, t.stage, lookup is not None,
+                         unknown=unknown, labels_uri=labels_uri), flush=True)
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
     init_line = check_init(model_dir_uri(init), config) if init else None
 
@@ -166,7 +169,19 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     return summary
 
 
-def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table: bool) -> str:
+def unknown_label_ids(lookup: dict[str, str], meta) -> list[str]:
+    """Recording ids of a --labels table that the feature set does not hold (sorted)."""
+    present = set(meta.column("recording_id").to_pylist())
+    return sorted(rid for rid in lookup if rid not in present)
+
+
+def _unknown_text(unknown: list[str], labels_uri: str | None) -> str:
+    shown = ", ".join(repr(rid) for rid in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+    return f"{len(unknown)} recording ids of {labels_uri} are not in the feature set ({shown})"
+
+
+def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table: bool,
+                   unknown: list[str] | None = None, labels_uri: str | None = None) -> str:
     """What training uses of the feature set and what it leaves out, in one line."""
     import pyarrow.compute as pc
 
@@ -181,6 +196,8 @@ def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table:
     line = f"training on {train_rows} train / {val_rows} val segments with {source}"
     if unlabelled:
         line += f"; {unlabelled} segments without a target for the {stage} stage left out"
+    if unknown:
+        line += f"; {_unknown_text(unknown, labels_uri)}"
     return line
 
 

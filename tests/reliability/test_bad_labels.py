@@ -117,3 +117,23 @@ def test_odd_file_names(tmp_path, name):
     with pytest.raises(Exception) as err:
         read_labels_table(bad)
     assert_one_line_error(err, "bad " + name, (LabelsTableError,))
+
+
+def test_training_names_the_ids_of_a_labels_table_that_the_feature_set_lacks(tmp_path):
+    from pipelines.training.run import select_rows, selection_line, unknown_label_ids
+
+    meta = pa.table({"recording_id": ["a", "a", "b"], "split": ["train", "train", "val"], "augment": ["", "", ""],
+                     "status": ["ok", "ok", "ok"], "labels_json": ["{}"] * 3, "pseudo_json": ["{}"] * 3})
+    uri = _write_csv(tmp_path / "ratings.csv", HEADER, [["a", "10", ""], ["b", "20", ""], ["0012", "30", ""],
+                                                       ["ghost", "40", ""]])
+    lookup = _labels_lookup(uri, ["tone", "pedaling"])
+    unknown = unknown_label_ids(lookup, meta)
+    assert unknown == ["0012", "ghost"]                       # ids stay strings: "0012" is not 12
+    selection = {"stage": "expert", "names": ["tone", "pedaling"], "labels_lookup": lookup}
+    train = select_rows(meta, split="train", originals_only=False, **selection).num_rows
+    val = select_rows(meta, split="val", originals_only=True, **selection).num_rows
+    line = selection_line(meta, train, val, "expert", True, unknown=unknown, labels_uri=uri)
+    assert line.startswith("training on 2 train / 1 val segments with the --labels table")
+    assert "2 recording ids of" in line and "ratings.csv" in line and "'0012', 'ghost'" in line
+    assert "\n" not in line
+    assert unknown_label_ids({"a": "{}"}, meta) == []
