@@ -158,7 +158,8 @@ def test_aws_image_and_setup_install_the_project():
 def test_kuberay_kinds_and_ray_versions():
     kinds = {name: doc["kind"] for name, doc in _kuberay_docs()}
     assert kinds == {"raycluster.yaml": "RayCluster", "rayjob-train.yaml": "RayJob",
-                     "raycronjob-score.yaml": "RayCronJob", "serviceaccount.yaml": "ServiceAccount"}
+                     "raycronjob-score.yaml": "RayCronJob", "serviceaccount.yaml": "ServiceAccount",
+                     "networkpolicy.yaml": "NetworkPolicy"}
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{RAY_VERSION}-" in dockerfile
     for name, doc in _ray_docs():
@@ -232,6 +233,27 @@ def test_kuberay_token_auth_is_on_and_the_dashboard_is_not_exposed(name):
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             assert env.get("RAY_AUTH_MODE", "token") == "token", f"{name}/{group_name}: auth turned off"
             assert not [p for p in container.get("ports", []) if "hostPort" in p], f"{name}/{group_name}: hostPort"
+
+
+def test_the_network_policy_covers_every_ray_pod_and_admits_the_job_api_from_inside_only():
+    policy = _load_one(KUBERAY / "networkpolicy.yaml")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected and policy["spec"]["policyTypes"] == ["Ingress"]
+    for name, doc in _ray_docs():                            # a RayJob's generated cluster is covered too
+        for group_name, group in _groups(_ray_cluster_spec(doc)):
+            labels = group["template"].get("metadata", {}).get("labels", {})
+            assert selected.items() <= labels.items(), f"{name}/{group_name}: not selected by the NetworkPolicy"
+    rules = policy["spec"]["ingress"]
+    sources = [peer for rule in rules for peer in rule["from"]]
+    assert sources and not [p for p in sources if "ipBlock" in p], "an ipBlock admits addresses outside the cluster"
+    for rule in rules:
+        peers = rule["from"]
+        if not rule.get("ports"):                            # any port: only from the Ray pods themselves
+            assert peers == [{"podSelector": {"matchLabels": selected}}], rule
+        for peer in peers:
+            if "namespaceSelector" in peer:                  # another namespace: named, never "all namespaces"
+                assert peer["namespaceSelector"].get("matchLabels"), rule
+                assert [p["port"] for p in rule["ports"]] == [8265], rule
 
 
 def test_raycluster_gpu_groups_cover_v100_and_a100():
