@@ -137,6 +137,9 @@ class DataConfig(_Section):
     num_cpus_per_task: Float = 1.0     # Ray Data CPUs per preprocessing actor
     num_actors: Int = 0                # preprocessing actors (0: as many as the cluster's CPUs hold)
     max_retries: Int = 1               # retries of a recording whose worker died (then it is an error row)
+    # how long a preprocessing actor rides out unreachable storage (connection refused, timeouts) on one
+    # recording before the run stops unpublished; never an error row of the recording
+    storage_retry_s: Float = 120.0
     # the note DTW holds a (performed notes x score onsets) matrix of 8-byte cells: above this a recording
     # becomes an error row instead of taking minutes and gigabytes (1.5e8: ~1.2 GB, ~40 min of dense piano)
     max_alignment_cells: Float = 1.5e8
@@ -156,6 +159,8 @@ class DataConfig(_Section):
                  f"data.split_fractions must be non-negative and sum to 1, got {list(self.split_fractions)}")
         _require(self.num_actors >= 0, f"data.num_actors must be >= 0 (0: one per CPU), got {self.num_actors}")
         _require(0 <= self.max_retries <= 5, f"data.max_retries must be 0..5, got {self.max_retries}")
+        _require(0.0 <= self.storage_retry_s <= 3600.0,
+                 f"data.storage_retry_s must be 0..3600 s, got {self.storage_retry_s}")
         _require(self.num_cpus_per_task > 0, f"data.num_cpus_per_task must be > 0, got {self.num_cpus_per_task}")
         return self
 

@@ -29,6 +29,7 @@ from pipelines.config import Config, config_from_dict, save_config
 from pipelines.features.rows import SEGMENT_SCHEMA
 from pipelines.features.splits import assign_splits, normalise_split_name
 from pipelines.io import storage
+from pipelines.io.errors import one_line
 
 log = logging.getLogger("pianoeval.preprocess")
 SEGMENTS_DIR = "segments"
@@ -74,23 +75,52 @@ class ProcessRecordings:
         from pipelines.features.processor import RecordingProcessor
 
         self.total = total
+        self.storage_retry_s = float(config_dict.get("data", {}).get("storage_retry_s", 120.0))
         torch.set_num_threads(torch_threads)  # a reused worker may have started with another count
         self.processor = RecordingProcessor(config_from_dict(config_dict), soundfont=soundfont)
+        self.segments_uri = segments_uri
         self.fs, self.path = storage.resolve(segments_uri)
         self.fs.create_dir(self.path, recursive=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids, counts = [], []
+        ids, counts, retries, failures = [], [], [], []
         for text in batch["record"]:
             record = json.loads(text)
-            rows = self.processor(record)
-            write_rows(self.fs, self.path, record_file_name(record["recording_id"]), rows)
+            written, tries, failure = self._process_and_write(record)
             ids.append(str(record["recording_id"]))
-            counts.append(len(rows))
-            if self.total:
+            counts.append(written)
+            retries.append(tries)
+            failures.append(failure)
+            if self.total and not failure:
                 from pipelines.console import tick
                 tick("recordings preprocessed", self.total)
-        return {"recording_id": np.asarray(ids, dtype=object), "rows": np.asarray(counts, dtype=np.int64)}
+        return {"recording_id": np.asarray(ids, dtype=object), "rows": np.asarray(counts, dtype=np.int64),
+                "storage_retries": np.asarray(retries, dtype=np.int64), "failure": np.asarray(failures, dtype=object)}
+
+    def _process_and_write(self, record: dict) -> tuple[int, int, str]:
+        """(rows written, storage retries, "" or why the storage failed). Unreachable storage (a read or the
+        write) is retried with backoff for data.storage_retry_s; a write the storage refuses is not retried.
+        Either failure is the run's, not the recording's: it is returned, and the driver stops unpublished."""
+        deadline = time.monotonic() + self.storage_retry_s
+        delay, tries = 0.5, 0
+        name = record_file_name(record["recording_id"])
+        while True:
+            try:
+                rows = self.processor(record)
+                try:
+                    write_rows(self.fs, self.path, name, rows)
+                except OSError as exc:        # pyarrow's I/O errors; a bad row (ArrowInvalid) still raises
+                    raise storage._explain(storage.join(self.segments_uri, name), exc) from None
+                return len(rows), tries, ""
+            except storage.StorageUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    return 0, tries, f"{one_line(exc)} (still unreachable after {tries} retries)"
+                log.warning("%s: storage unreachable, retrying in %.1f s: %s", record["recording_id"], delay, exc)
+                time.sleep(delay)
+                tries += 1
+                delay = min(2 * delay, 10.0)
+            except storage.StorageError as exc:
+                return 0, tries, one_line(exc)
 
 
 def record_file_name(recording_id: str) -> str:
@@ -192,11 +222,17 @@ def run_preprocess(input_uri: str, out_uri: str, config: Config, *, layout: str 
         max_restarts=data.max_retries,
         max_task_retries=data.max_retries,
     )
-    for _ in ds.iter_batches(batch_size=None):        # drives the pipeline; the rows are in storage already
-        pass
+    storage_retries = 0
+    for batch in ds.iter_batches(batch_size=None):   # drives the pipeline; the rows are in storage already
+        storage_retries += int(np.sum(batch["storage_retries"]))
+        failed = [str(f) for f in batch["failure"] if f]
+        if failed:                   # the storage, not an input: stop now, publish nothing
+            raise storage.StorageError(f"preprocessing stopped, nothing published to {out_uri} (readers keep its "
+                                       f"previous features; rerun to finish): {failed[0]}")
     _write_crash_rows(records, fs, path, data.max_retries)
     manifest = summarise(out_uri, records, config, time.time() - started, segments_uri=segments_uri)
     manifest["segments_dir"] = segments_name
+    manifest["storage_retries"] = storage_retries
     storage.write_text(storage.join(out_uri, "manifest.json"), json.dumps(manifest, indent=2))
     save_config(config, storage.join(out_uri, "config.yaml"))
     _remove_unpublished(out_uri, keep=segments_name)

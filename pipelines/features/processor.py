@@ -36,7 +36,9 @@ class Variant:
     augment: str = ""
 
 
-def _stage(uri: str, what: str, exc: BaseException) -> PreprocessError:
+def _stage(uri: str, what: str, exc: BaseException) -> Exception:
+    if isinstance(exc, storage.StorageUnavailable):     # not the input's fault: passed on for a retry
+        return exc
     text = one_line(exc)
     if uri and uri in text:                      # the stage's own error already names the file
         return PreprocessError(text)
@@ -246,5 +248,7 @@ class RecordingProcessor:
             if not rows:
                 raise PreprocessError(f"{record.get('audio_uri') or record.get('recording_id')}: no segments")
             return rows
-        except Exception as exc:  # every failure is recorded, never raised out of the batch
+        except storage.StorageUnavailable:   # the storage, not the input: ProcessRecordings retries it
+            raise
+        except Exception as exc:  # every other failure is recorded, never raised out of the batch
             return [error_row(record, one_line(exc))]

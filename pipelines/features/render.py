@@ -96,6 +96,8 @@ def _load_midi(midi, name: str):
 def _read_midi_bytes(uri: str) -> bytes:
     try:
         return storage.read_bytes(uri, max_bytes=storage.MAX_SMALL_FILE_BYTES)
+    except storage.StorageUnavailable:    # a fault of the moment, not of the file: the caller retries
+        raise
     except storage.StorageError as exc:
         raise RenderError(f"cannot read MIDI {exc}") from None
 

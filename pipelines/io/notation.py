@@ -24,7 +24,7 @@ import numpy as np
 from pipelines.constants import MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
-from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, local_path
+from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
 
 DEFAULT_TEMPO_QPM = 120.0
 DEFAULT_VELOCITY = 64
@@ -270,6 +270,8 @@ def load_score(uri: str) -> Score:
             if suffix in MIDI_EXTENSIONS:
                 return score_from_midi_bytes(Path(path).read_bytes(), name=str(uri))
             return score_from_musicxml_file(path, name=str(uri))
+    except StorageUnavailable:            # a fault of the moment, not of the score: the caller retries
+        raise
     except StorageError as exc:
         raise ScoreError(str(exc)) from None
 

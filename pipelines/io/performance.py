@@ -13,7 +13,7 @@ import numpy as np
 from pipelines.constants import CC_SOFT, CC_SOSTENUTO, CC_SUSTAIN, MIDI_EXTENSIONS, PEDAL_DOWN_THRESHOLD
 from pipelines.io.errors import parse_midi_bytes
 from pipelines.io.notes import PEDAL_DTYPE, Performance, make_perf_notes
-from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, local_path
+from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
 
 PEDAL_CONTROLLERS = (CC_SUSTAIN, CC_SOSTENUTO, CC_SOFT)
 
@@ -60,6 +60,8 @@ def load_performance(uri: str) -> Performance:
     try:
         with local_path(uri, max_bytes=MAX_SMALL_FILE_BYTES) as path:
             return performance_from_midi_bytes(Path(path).read_bytes(), name=str(uri))
+    except StorageUnavailable:            # a fault of the moment, not of the file: the caller retries
+        raise
     except StorageError as exc:
         raise MidiError(str(exc)) from None
 

@@ -29,6 +29,11 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the cause in one line."""
 
 
+class StorageUnavailable(StorageError):
+    """The storage could not be reached (connection refused or reset, timeout): a fault of the moment, not of
+    the input. Jobs retry it for a while and then stop without publishing; never an error row."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
     uri: str
@@ -120,8 +125,8 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
         if is_s3(uri) and not _bucket_exists(uri[len("s3://"):].split("/", 1)[0]):
             return StorageError(f"{uri}: bucket does not exist")
         return StorageError(f"{uri}: no such file or directory")
-    if "connect" in low or "curl" in low:
-        return StorageError(f"{uri}: cannot reach the S3 endpoint ({_endpoint() or 'AWS'}): {text}")
+    if "connect" in low or "curl" in low or "timed out" in low or "timeout" in low:
+        return StorageUnavailable(f"{uri}: cannot reach the S3 endpoint ({_endpoint() or 'AWS'}): {text}")
     return StorageError(f"{uri}: {text}")
 
 

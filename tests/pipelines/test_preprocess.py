@@ -278,3 +278,82 @@ def test_a_job_killed_midway_leaves_the_published_features_and_a_rerun_accounts_
     assert {r["recording_id"] for r in rows} == {r["recording_id"] for r in before.to_pylist()}
     assert len({r["recording_id"] for r in rows}) == n_good + 2
     assert sorted(p.name for p in (tmp_path / "features").glob("segments*")) == [manifest["segments_dir"]]
+
+
+@pytest.mark.slow
+def test_an_s3_outage_is_ridden_out_or_stops_the_run_unpublished_and_a_rerun_accounts_for_every_input_once(
+        ray_cluster, corpus_with_bad_files, s3_bucket):
+    """Fault: the S3 server stops mid-run. Down for good: the run stops with one line after
+    data.storage_retry_s and publishes nothing. Down for a few seconds: the actors retry, and the run publishes
+    every input exactly once, the outage recorded as retries and never as error rows."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+    from moto.server import ThreadedMotoServer
+
+    from pipelines.preprocess import read_status_table
+
+    root = Path(__file__).resolve().parents[2]
+    corpus, n_good = corpus_with_bad_files
+    storage.upload_dir(corpus, f"{s3_bucket}/corpus")        # moto's state is shared by its servers
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    out = f"{s3_bucket}/features"
+    cmd = [sys.executable, str(root / "jobs" / "preprocess.py"), "--input", f"{s3_bucket}/corpus", "--out", out,
+           "--address", ray.get_runtime_context().gcs_address, "--num-actors", "1", "--max-error-rate", "0.5",
+           "--set", "data.augment.copies=0"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://{host}:{port}", "PYTHONUNBUFFERED": "1"}
+
+    def run(retry_s: float, outage_s: float | None):
+        """The job through the private endpoint; the server stops at its first finished recording and comes
+        back after outage_s (None: never)."""
+        nonlocal server
+        job = subprocess.Popen(cmd + ["--set", f"data.storage_retry_s={retry_s}"], cwd=str(root), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        try:
+            for line in job.stdout:
+                lines.append(line)
+                if "recordings preprocessed" in line:
+                    break
+            server.stop()
+            if outage_s is not None:
+                time.sleep(outage_s)
+                server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+                server.start()
+            stdout, stderr = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        return job.returncode, "".join(lines) + stdout, stderr
+
+    try:
+        code, stdout, stderr = run(retry_s=3, outage_s=None)
+        assert code == 2, stdout[-3000:] + stderr[-3000:]
+        error, *others = stderr.strip().splitlines()
+        assert "Traceback" not in stderr and error.startswith("error: preprocessing stopped, nothing published")
+        assert "cannot reach the S3 endpoint" in error and "corpus/" in error, error   # names what it could not read
+        assert all(line.startswith("warning: the log could not be copied") for line in others), others
+        assert not storage.exists(f"{out}/manifest.json")                      # nothing visible to readers
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        server.start()
+        code, stdout, stderr = run(retry_s=120, outage_s=6)
+        assert code == 0, stdout[-3000:] + stderr[-3000:]
+    finally:
+        server.stop()
+    manifest = json.loads(storage.read_text(f"{out}/manifest.json"))
+    assert manifest["storage_retries"] > 0                                     # the outage was felt and retried
+    assert manifest["missing_recordings"] == [] and manifest["ok_recordings"] == n_good
+    assert sorted(e["recording_id"] for e in manifest["errors"]) == ["bad/audio", "bad/midi"]
+    rows = read_status_table(out).to_pylist()
+    keys = [(r["recording_id"], r["segment_index"], r["augment"]) for r in rows]
+    assert len(keys) == len(set(keys)) == manifest["segments"] + manifest["error_recordings"]
+    assert len({r["recording_id"] for r in rows}) == n_good + 2
+    listed = storage.boto3_client().list_objects_v2(Bucket=s3_bucket[5:], Prefix="features/segments",
+                                                    Delimiter="/")
+    assert [p["Prefix"] for p in listed.get("CommonPrefixes", [])] == [f"features/{manifest['segments_dir']}/"]
