@@ -227,14 +227,24 @@ def align(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER, refin
     local tempo (see `refine_pairs`).
     """
     pairs = match_notes(score, perf, matcher)
-    tempo = _tempo_of_pairs(score, perf, pairs)
-    if refine and len(pairs):
+    tempo = _tempo(score, perf, pairs)
+    if refine and len(score.notes) and len(perf.notes):
+        # with no pair at all (the matcher leaves a lone note unmatched) the refinement still runs, against
+        # the written tempo anchored at the first onset
         pairs = refine_pairs(score, perf, pairs, tempo)
-        tempo = _tempo_of_pairs(score, perf, pairs)
-    if len(pairs) == 0 and len(perf.notes):   # nothing matched: anchor the written tempo at the first onset
-        tempo = LocalTempo(np.zeros(1), np.full(1, perf.notes["onset_s"][0]), np.full(1, 60.0 / score.tempo_qpm))
+        tempo = _tempo(score, perf, pairs)
     return Alignment(_build_tokens(score, perf, pairs, tempo), int(len(pairs)),
                      int(len(score.notes) - len(pairs)), int(len(perf.notes) - len(pairs)), tempo)
+
+
+def _tempo(score: Score, perf: Performance, pairs: np.ndarray) -> LocalTempo:
+    """The local tempo of the pairs; with none, the written tempo with the score's first onset at the first
+    performed onset."""
+    if len(pairs) or not len(perf.notes):
+        return _tempo_of_pairs(score, perf, pairs)
+    first_beat = float(score.notes["onset_beat"].min()) if len(score.notes) else 0.0
+    return LocalTempo(np.full(1, first_beat), np.full(1, float(perf.notes["onset_s"][0])),
+                      np.full(1, 60.0 / score.tempo_qpm))
 
 
 def match_notes(score: Score, perf: Performance, matcher: str = DEFAULT_MATCHER) -> np.ndarray:
