@@ -34,6 +34,7 @@ BENCHMARKS = {
     "score_match": "benchmarks.bench_score_match",
     "bar_feedback": "benchmarks.bench_bar_feedback",
     "tune": "benchmarks.bench_tune",
+    "percepiano": "benchmarks.bench_percepiano",
 }
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=["pseudo", "expert"], default=None, help="default: config train.stage")
     parser.add_argument("--init", default=None, help="checkpoint to initialise from (e.g. the pseudo stage's best)")
     parser.add_argument("--labels", default=None, help="labels table (CSV/Parquet: recording_id + dimensions)")
+    parser.add_argument("--splits", default=None,
+                        help="splits table (CSV: recording_id,split; jobs/splits.py writes a protocol's folds) "
+                             "replacing the feature set's train/val/test")
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (nccl, fp16 autocast)")
     parser.add_argument("--name", default=None, help="run name (default: <config>-<stage>)")
@@ -45,14 +48,17 @@ def main(argv: list[str] | None = None) -> int:
           f"workers) on {args.data}", flush=True)
     _common.init_ray(args.address)
     summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels,
-                           restart=args.restart)
+                           restart=args.restart, splits_uri=args.splits)
     print(training_summary(summary))
     if args.evaluate and summary["best_checkpoint"]:
         from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
         from pipelines.io import storage
 
+        from pipelines.io.splits_table import read_splits_table
+
         out = storage.join(summary["run_dir"], "evaluation")
-        result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out)
+        result = evaluate_checkpoint(summary["best_checkpoint"], args.data, out,
+                                     splits=read_splits_table(args.splits) if args.splits else None)
         print(comparison_table(result))
         print(f"evaluation written to {out}")
     print(_common.log_line())

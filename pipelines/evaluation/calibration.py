@@ -71,12 +71,14 @@ def _mean(values: dict[str, float]) -> float:
 
 
 def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val", target: str | None = None, *,
-                         labels_lookup: dict[str, str] | None = None) -> dict[str, Any]:
+                         labels_lookup: dict[str, str] | None = None,
+                         splits: dict[str, str] | None = None) -> dict[str, Any]:
     """Fit the temperature of a checkpoint on a split and write calibration.json into its model directory.
 
     checkpoint_uri: a model directory or a Ray checkpoint holding one (local or s3://). target: the labels
     (pseudo / expert), by default the checkpoint's training stage. labels_lookup: {recording_id: labels
-    JSON} replacing the data's `labels_json` (a run trained with `--labels`). Returns the written record
+    JSON} replacing the data's `labels_json` (a run trained with `--labels`); splits: {recording_id: split}
+    replacing the data's splits (a run trained with `--splits`). Returns the written record
     plus its "uri"; when the split has no labelled recording, writes nothing and returns
     {"uri": None, "skipped": why, "split", "target", "recordings": 0}.
     """
@@ -91,8 +93,10 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     names = schema.names
     stage = target_for(extra, target)
     label_col = target_column(stage)
-    table = original_rows(read_segments_table(data_uri, columns=columns_for(config_dict["model"]["audio_encoder"])),
-                          split)
+    from pipelines.io.splits_table import apply_splits
+
+    table = original_rows(apply_splits(read_segments_table(data_uri, columns=columns_for(
+        config_dict["model"]["audio_encoder"])), splits), split)
     if labels_lookup is not None and label_col == "labels_json":
         table = _with_labels(table, labels_lookup)
     skipped = {"uri": None, "split": split, "target": stage, "recordings": 0}

@@ -91,9 +91,11 @@ def target_for(extra: dict[str, Any], target: str | None) -> str:
 
 
 def original_rows(table, split: str):
-    """The split's rows that are not augmented copies (Arrow table in, Arrow table out)."""
+    """The split's rows that are not augmented copies (Arrow table in, Arrow table out); split "all": every
+    original row that a split names (a splits table's left-out recordings stay out)."""
     originals = table.filter(np.asarray([a == "" for a in table.column("augment").to_pylist()], dtype=bool))
-    return originals.filter(np.asarray(originals.column("split").to_pylist()) == split)
+    splits = np.asarray(originals.column("split").to_pylist(), dtype=object)
+    return originals.filter(splits != "" if split == "all" else splits == split)
 
 
 def predict_recordings(model, table, names: list[str], label_col: str, *, audio_only: bool = False,
@@ -139,8 +141,11 @@ def recording_features(table) -> dict[str, np.ndarray]:
 
 
 def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None = None, *, split: str = "test",
-                        target: str | None = None, audio_only: bool | None = None, seed: int = 0) -> dict[str, Any]:
-    """Metrics of a checkpoint and the baselines on one split; writes JSON, Markdown and PNGs to `out_uri`."""
+                        target: str | None = None, audio_only: bool | None = None, seed: int = 0,
+                        splits: dict[str, str] | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint and the baselines on one split ("all": every recording; the baselines still
+    fit on the train split); writes JSON, Markdown and PNGs to `out_uri`. splits: {recording_id: split}
+    replacing the feature rows' splits (`--splits`)."""
     from pipelines.evaluation import baselines as B
     from pipelines.evaluation import metrics as E
     from pipelines.io.model_files import load_checkpoint
@@ -152,7 +157,9 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
     columns = sorted(set(columns_for(audio_encoder)) | {"cqt", "cqt_frames"})
-    table = read_segments_table(data_uri, columns=columns)
+    from pipelines.io.splits_table import apply_splits
+
+    table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
     test, train = original_rows(table, split), original_rows(table, "train")
     if test.num_rows == 0:
         raise ValueError(f"{data_uri}: no segments in the {split!r} split")

@@ -18,7 +18,9 @@ Three layouts are understood; `read_corpus` picks one:
   `<piece>_<N>bars_<segment>` (e.g. `Beethoven_WoO80_var27_8bars_15`): every player of the same passage
   shares it, which is the grouping of the published "piece split". `extra["composition"]`
   (`Beethoven_WoO80`, `Schubert_D960`) and `extra["movement"]` (`Beethoven_WoO80_var27`,
-  `Schubert_D960_mv2`) allow stricter splits (the 8- and 16-bar segments of one movement overlap).
+  `Schubert_D960_mv2`) allow stricter splits (the 8- and 16-bar segments of one movement overlap);
+  `extra["work"]` is the unit of the composition split: `Schubert_D960_mv2`, `Schubert_D960_mv3` and
+  `Beethoven_WoO80` (its variations together).
   Segments without ratings get `labels=None`.
 - **library**: every audio file (`constants.AUDIO_EXTENSIONS`) under the prefix, with an optional
   sidecar score of the same stem in the same folder (MusicXML preferred: `.musicxml`, `.mxl`, then
@@ -287,6 +289,8 @@ def parse_percepiano_name(name: str) -> dict[str, str]:
         "passage": f"{piece}_{parts['bars']}bars_{parts['segment']}",
         "composition": "_".join(piece.split("_")[:2]),
         "movement": piece,
+        # the unit of the strict composition split: a Schubert movement, or all of Beethoven's variations
+        "work": piece if re.search(r"_mv\d+$", piece) else "_".join(piece.split("_")[:2]),
         "score_stem": f"{piece}_{parts['bars']}bars_Score_{parts['segment']}",
     }
 
@@ -359,7 +363,7 @@ def _percepiano_recording(midi_uri: str, labels: dict, players: dict[str, int],
         piece_id=parts["passage"],
         performer_id=performer,
         labels=dict(rated[0]) if rated else None,
-        extra={"composition": parts["composition"], "movement": parts["movement"],
+        extra={"composition": parts["composition"], "movement": parts["movement"], "work": parts["work"],
                "segment_bars": int(parts["bars"]), "segment": parts["segment"], "player": parts["player"],
                "label_schema": PERCEPIANO19.name},
     )

@@ -24,6 +24,7 @@ from model.errors import ConfigError
 from pipelines.config import Config
 from pipelines.io import storage
 from pipelines.io.labels_table import labels_for_dimensions, read_labels_table
+from pipelines.io.splits_table import read_splits_table
 from pipelines.training.batches import columns_for, label_matrix, target_column
 from pipelines.training.loop import DIVERGED_FILE, MODEL_DIR, train_loop_per_worker
 
@@ -44,11 +45,14 @@ def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], 
 
 
 def select_rows(table, *, stage: str, names: list[str], split: str, originals_only: bool,
-                labels_lookup: dict[str, str] | None = None):
+                labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None):
     """Rows of one split that carry at least one target for the stage (Arrow table in, Arrow table out)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from pipelines.io.splits_table import apply_splits
+
+    table = apply_splits(table, splits)
     if labels_lookup is not None:
         new = [labels_lookup.get(r, "{}") for r in table.column("recording_id").to_pylist()]
         table = table.set_column(table.column_names.index("labels_json"), "labels_json", pa.array(new, pa.string()))
@@ -65,14 +69,15 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
 def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, init: str | None = None,
                  labels_uri: str | None = None, callbacks: list | None = None, calibrate: bool = True,
                  controller_failure_limit: int = -1, loop_extra: dict[str, Any] | None = None,
-                 restart: bool = False) -> dict[str, Any]:
+                 restart: bool = False, splits_uri: str | None = None) -> dict[str, Any]:
     """Fit on Ray Train; returns a summary with the best and latest checkpoint URIs and the metrics.
 
     callbacks: more Ray Train callbacks (a Tune trial adds TuneReportCallback); calibrate: calibrate the best
     checkpoint's sigma on the val split; controller_failure_limit: how often the train controller may fail
     (e.g. a worker group that cannot start) before the run fails (-1: no limit); loop_extra: more keys for
     the per-worker loop's config; restart: discard an earlier run of this name (its logs stay) instead of
-    resuming it. A rerun that would resume a run made with other settings (RUN_FILE) is refused."""
+    resuming it; splits_uri: a splits table (pipelines/io/splits_table.py) that replaces the feature rows'
+    splits. A rerun that would resume a run made with other settings (RUN_FILE) is refused."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -84,7 +89,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     names = schema.names
     storage.check_bucket(storage_uri)
     lookup = _labels_lookup(labels_uri, names) if labels_uri else None
-    selection = {"stage": t.stage, "names": names, "labels_lookup": lookup}
+    splits = read_splits_table(splits_uri) if splits_uri else None
+    selection = {"stage": t.stage, "names": names, "labels_lookup": lookup, "splits": splits}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
                                                   "pseudo_json"])
     train_meta = select_rows(meta, split="train", originals_only=False, **selection)
@@ -102,7 +108,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     run_dir = storage.join(storage_uri, name)
     if restart:
         clear_run(run_dir)
-    check_resume(run_dir, run_fingerprint(config, data_uri, init, labels_uri))
+    check_resume(run_dir, run_fingerprint(config, data_uri, init, labels_uri, splits_uri))
     diverged_uri = storage.join(run_dir, DIVERGED_FILE)
     if storage.exists(diverged_uri):        # an earlier attempt diverged: this one may not (another --init...)
         storage.delete(diverged_uri)
@@ -157,7 +163,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "val_segments": val_rows,
     }
     diverged = json.loads(storage.read_text(diverged_uri)) if storage.exists(diverged_uri) else None
-    summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup) \
+    summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup,
+                                            splits=splits) \
         if calibrate and not diverged else None
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str))
     if diverged:
@@ -211,13 +218,15 @@ RESUMABLE_KEYS = {"train.epochs", "train.patience", "train.num_workers", "train.
                   "train.max_failures", "train.checkpoints_to_keep"}
 
 
-def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri: str | None) -> dict[str, Any]:
+def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri: str | None,
+                    splits_uri: str | None = None) -> dict[str, Any]:
     def where(uri: str | None) -> str | None:
         return uri if uri is None or storage.is_s3(uri) else os.path.abspath(uri)
 
     flat = _flatten(config.to_dict())
     return {"config": {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS}, "data": where(data_uri),
-            "init": where(init), "labels": where(labels_uri)}
+            "init": where(init), "labels": where(labels_uri),
+            **({"splits": where(splits_uri)} if splits_uri else {})}
 
 
 def check_resume(run_dir: str, fingerprint: dict[str, Any]) -> None:
@@ -228,9 +237,9 @@ def check_resume(run_dir: str, fingerprint: dict[str, Any]) -> None:
         return
     saved = json.loads(storage.read_text(uri))
     changed = []
-    for what in ("data", "init", "labels"):
-        if saved.get(what) != fingerprint[what]:
-            changed.append(f"--{what} {saved.get(what)} -> {fingerprint[what]}")
+    for what in ("data", "init", "labels", "splits"):
+        if saved.get(what) != fingerprint.get(what):
+            changed.append(f"--{what} {saved.get(what)} -> {fingerprint.get(what)}")
     old, new = saved.get("config", {}), fingerprint["config"]
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
@@ -316,14 +325,16 @@ def check_init(init_uri: str, config: Config) -> str:
 
 
 def calibrate_best(checkpoint_uri: str | None, data_uri: str, *,
-                   labels_lookup: dict[str, str] | None = None) -> dict[str, Any] | None:
+                   labels_lookup: dict[str, str] | None = None,
+                   splits: dict[str, str] | None = None) -> dict[str, Any] | None:
     """Calibrate a checkpoint's sigma on the val split; on failure log it and return {"error": message}."""
     from pipelines.evaluation.calibration import calibrate_checkpoint
 
     if checkpoint_uri is None:
         return None
     try:
-        result = calibrate_checkpoint(checkpoint_uri, data_uri, split="val", labels_lookup=labels_lookup)
+        result = calibrate_checkpoint(checkpoint_uri, data_uri, split="val", labels_lookup=labels_lookup,
+                                      splits=splits)
     except Exception as exc:  # calibration is an extra: the trained checkpoint stands without it
         log.warning("calibrating %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc, exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}

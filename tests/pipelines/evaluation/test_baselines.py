@@ -127,3 +127,51 @@ def test_simple_audio_features_of_two_flat_frames_by_hand():
     assert feats["centroid_std"] == pytest.approx(0.0, abs=1e-12)  # both frames flat: same centroid
     assert feats["onset_strength_mean"] == pytest.approx(rise) and feats["onset_strength_std"] == 0.0
     assert feats["onset_rate_hz"] == 0.0                           # under 3 strength values: no peaks
+
+
+# --- gradient boosting and performance features ------------------------------------------------------
+
+def test_gradient_boosting_baseline_learns_a_nonlinear_relation_ridge_cannot(rng):
+    X = rng.uniform(-1, 1, (400, 3))
+    y = np.column_stack([50 + 40 * np.sign(X[:, 0]) * X[:, 1], np.full(400, np.nan)])
+    y[:10, 1] = 60.0                                       # too few labels: the label mean
+    train, test = slice(0, 300), slice(300, 400)
+    gbm = B.GradientBoostingFeatureBaseline().fit(X[train], y[train]).predict(X[test])
+    ridge = B.LinearFeatureBaseline().fit(X[train], y[train]).predict(X[test])
+    assert E.r2(y[test, 0], gbm[:, 0]) > 0.7 > E.r2(y[test, 0], ridge[:, 0]) + 0.5
+    assert np.all(gbm[:, 1] == 60.0) and np.all((gbm >= 0) & (gbm <= 100))
+
+
+def _performance(notes, pedal=()):
+    from pipelines.io.notes import PEDAL_DTYPE, PERF_NOTE_DTYPE, Performance
+
+    return Performance(np.array(notes, dtype=PERF_NOTE_DTYPE), np.array(list(pedal), dtype=PEDAL_DTYPE))
+
+
+def test_performance_features_by_hand():
+    features = dict(zip(B.PERFORMANCE_FEATURE_NAMES, B.performance_features(_performance(
+        [(0.0, 0.5, 60, 40), (0.0, 0.5, 72, 80), (1.0, 1.5, 62, 60), (2.0, 2.5, 64, 60)],
+        [(0.0, 64, 127), (1.0, 64, 0)]))))
+    assert len(B.PERFORMANCE_FEATURE_NAMES) == 13
+    assert features["velocity_mean"] == pytest.approx(60.0)
+    assert features["note_density"] == pytest.approx(4 / 2.5)
+    assert features["duration_mean"] == pytest.approx(0.5) and features["duration_cv"] == pytest.approx(0.0)
+    assert features["legato_ratio"] == pytest.approx(0.5)               # half of each 1 s gap is held
+    assert features["pedal_share"] == pytest.approx(1.0 / 2.5)
+    assert features["pedal_changes"] == pytest.approx(1 / 2.5)
+    assert features["ioi_cv"] == pytest.approx(0.0)                     # steady onsets
+    assert features["melody_velocity_gap"] == pytest.approx(40.0)       # the top of the chord 40 louder
+    assert features["tempo_ratio"] == features["duration_ratio"] == 1.0  # no score
+    assert np.all(B.performance_features(_performance([])) == 0)
+
+
+def test_performance_features_against_the_score_see_tempo_and_articulation():
+    from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
+
+    written = np.zeros(3, dtype=SCORE_NOTE_DTYPE)
+    written["onset_s"], written["duration_s"], written["pitch"] = [0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [60, 62, 64]
+    score = Score(written, np.array([0.0]))
+    slow_staccato = _performance([(0.0, 0.4, 60, 64), (2.0, 2.4, 62, 64), (4.0, 4.4, 64, 64)])
+    features = dict(zip(B.PERFORMANCE_FEATURE_NAMES, B.performance_features(slow_staccato, score)))
+    assert features["tempo_ratio"] == pytest.approx(4.4 / 3.0)
+    assert features["duration_ratio"] == pytest.approx(0.4 / (1.0 * 4.4 / 3.0))

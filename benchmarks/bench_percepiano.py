@@ -1,0 +1,154 @@
+"""PercePiano's expert ratings under three protocols: baselines, the human ceiling and (when runs are given)
+this system's model, with R², Pearson r, MAE and pairwise ranking accuracy averaged over the 19 dimensions,
+mean ± standard deviation over folds.
+
+    .venv/bin/python benchmarks/bench_percepiano.py [--data ../shared/data/percepiano] [--runs DIR]
+    .venv/bin/python benchmarks/run_all.py percepiano
+
+Folds: `pipelines.evaluation.protocols.protocol_folds` with its defaults, the same as `jobs/splits.py`
+writes (piece: 5 folds grouped by passage; performer: 5 folds grouped by player; work: train on two of
+Schubert D960 mvt. 2, mvt. 3 and Beethoven WoO 80, test on the third). Baselines fit on train + val of each
+fold: the training mean, ridge regression and gradient boosting on `performance_features` (13 descriptors
+of the performance MIDI against its score). Pairwise accuracy: pairs of performances of the same passage.
+Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`
+(pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
+DIR/<protocol>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/fold<k>`) join the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "percepiano"
+METRICS = ("r2", "pearson", "mae", "pairwise_accuracy")
+PUBLISHED = [("Bi-LSTM (published)", 0.185, 0.236), ("MidiBERT (published)", 0.313, 0.212),
+             ("Bi-LSTM + score alignment + hierarchical attention (published)", 0.397, 0.285)]
+
+
+def _features(rec) -> np.ndarray:
+    from pipelines.evaluation.baselines import performance_features
+    from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
+
+    return performance_features(load_performance(rec.midi_uri), load_score(rec.score_uri) if rec.score_uri else None)
+
+
+def corpus_table(data: str) -> dict:
+    """Recordings with ratings: ids, features [N, 13], labels [N, 19] on 0..100, passage groups."""
+    from model.schema import load_schema
+    from pipelines.io.corpora import read_percepiano
+
+    names = load_schema("percepiano19").names
+    recordings = [r for r in read_percepiano(data) if r.labels]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        features = np.stack(list(pool.map(_features, recordings, chunksize=16)))
+    labels = np.array([[r.labels.get(n, np.nan) for n in names] for r in recordings])
+    return {"recordings": recordings, "ids": [r.recording_id for r in recordings], "X": features, "Y": labels,
+            "groups": np.array([r.piece_id for r in recordings]), "names": names}
+
+
+def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float]]]:
+    """{system: [mean-over-dimensions metrics per fold]} for the baselines under `protocol`."""
+    from pipelines.evaluation import metrics as E
+    from pipelines.evaluation.baselines import (GradientBoostingFeatureBaseline, LinearFeatureBaseline,
+                                                mean_baseline)
+    from pipelines.evaluation.protocols import protocol_folds
+
+    out: dict[str, list[dict[str, float]]] = {"mean": [], "ridge": [], "gradient boosting": []}
+    X, Y, groups, names = table["X"], table["Y"], table["groups"], table["names"]
+    for splits in protocol_folds(table["recordings"], protocol):
+        side = np.array([splits[i] for i in table["ids"]])
+        train, test = np.isin(side, ["train", "val"]), side == "test"
+        predictions = {
+            "mean": mean_baseline(Y[train], int(test.sum())),
+            "ridge": LinearFeatureBaseline(alpha=10.0).fit(X[train], Y[train]).predict(X[test]),
+            "gradient boosting": GradientBoostingFeatureBaseline().fit(X[train], Y[train]).predict(X[test]),
+        }
+        for system, pred in predictions.items():
+            result = E.evaluate(Y[test], pred, None, groups[test], names)
+            out[system].append({m: float(result["mean"][m]) for m in METRICS})
+    return out
+
+
+def model_folds(runs: str, protocol: str) -> dict[str, list[dict[str, float]]]:
+    """{system: per-fold metrics} from DIR/<protocol>/fold<k>/evaluation.json (and .../<variant>/fold<k>)."""
+    found: dict[str, list[dict[str, float]]] = {}
+    base = Path(runs) / protocol
+    for path in sorted(base.glob("**/evaluation.json")):
+        variant = str(path.parent.parent.relative_to(base)) if path.parent.parent != base else "ours"
+        result = json.loads(path.read_text())["results"]["model"]["mean"]
+        found.setdefault(variant if variant != "." else "ours", []).append({m: float(result[m]) for m in METRICS})
+    return found
+
+
+def _cell(values: list[float]) -> str:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return "n/a"                       # e.g. r of a constant prediction
+    mean = statistics.fmean(finite)
+    return f"{mean:.3f} ± {statistics.pstdev(finite):.3f}" if len(finite) > 1 else f"{mean:.3f}"
+
+
+def main(data: str | None = None, runs: str | None = None) -> dict:
+    from pipelines.evaluation.human_ceiling import read_raw_ratings, split_half_agreement
+
+    started = time.time()
+    data = str(data or DATA)
+    table = corpus_table(data)
+    ceiling = split_half_agreement(read_raw_ratings(os.path.join(data, "ratings_raw.csv")))
+    rows, raw = [], {}
+    for protocol in ("piece", "performer", "work"):
+        systems = baseline_folds(table, protocol)
+        if runs:
+            systems.update(model_folds(runs, protocol))
+        raw[protocol] = systems
+        for system, folds in systems.items():
+            rows.append(f"| {protocol} | {system} | {len(folds)} | "
+                        + " | ".join(_cell([f[m] for f in folds]) for m in METRICS) + " |")
+    published = [f"| {name} | {piece:.3f} | {performer:.3f} |" for name, piece, performer in PUBLISHED]
+    markdown = "\n".join([
+        f"{len(table['ids'])} rated PercePiano performances ({data}); R², Pearson r, MAE (0..100 scale) and "
+        "pairwise ranking accuracy (pairs of performances of the same passage), each the mean over the 19 "
+        "dimensions, then mean ± standard deviation over folds. Folds as `jobs/splits.py` writes them.",
+        "",
+        "| protocol | system | folds | R² | r | MAE | pairwise |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Human ceiling (`ratings_raw.csv`, {ceiling['segments']} segments, median {ceiling['raters_median']:.0f} "
+        f"raters, {ceiling['repeats']} random rater splits): split-half r {np.nanmean(ceiling['split_half_r']):.3f}; "
+        f"Spearman-Brown reliability of the mean rating, the ceiling for R², {ceiling['r2_ceiling_mean']:.3f} "
+        f"(for r: {ceiling['r_ceiling_mean']:.3f}); per dimension from "
+        f"{np.nanmin(ceiling['reliability']):.2f} to {np.nanmax(ceiling['reliability']):.2f}.",
+        "",
+        "Published R² (the full dataset, four compositions; their piece split is by passage):",
+        "",
+        "| model | piece split | performer split |",
+        "|---|---|---|",
+        *published,
+        "",
+        f"{machine()}. {time.time() - started:.0f} s.",
+    ])
+    print(markdown)
+    return {"markdown": markdown, "folds": raw, "ceiling": ceiling}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--runs", default=None)
+    args = parser.parse_args()
+    main(args.data, args.runs)
