@@ -1,7 +1,9 @@
-"""Temporal aggregation: a BiLSTM over the fused sequence, then multi-head attention pooling.
+"""Temporal aggregation (`model.aggregation`): a BiLSTM over the fused sequence, then multi-head attention
+pooling (lstm_attention, the seed's design); attention pooling over a per-step projection (attention); or
+mean and standard deviation of a per-step projection (mean: statistics pooling).
 
 (B, T, D) + (B,) lengths -> pooled (B, 2 * lstm_hidden_size) and pooling weights (B, heads, T), which
-sum to 1 over each item's valid steps and show where in time the model looked.
+sum to 1 over each item's valid steps and show where in time the model looked (uniform for mean pooling).
 """
 from __future__ import annotations
 
@@ -49,13 +51,47 @@ class AttentionPooling(nn.Module):
         return pooled, weights
 
 
+class StepProjection(nn.Module):
+    """Per-step features without recurrence: (B, T, D) -> (B, T, P) by a linear layer and GELU."""
+
+    def __init__(self, cfg: ModelConfig, size: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(cfg.fusion_dim, size), nn.GELU(), nn.Dropout(cfg.lstm_dropout))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class StatisticsPooling(nn.Module):
+    """Mean and standard deviation over the valid steps: (B, T, P/2), (B, T) mask -> (B, P), uniform weights."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp_min(1.0)    # (B, T)
+        mean = torch.einsum("bt,btc->bc", weights, x.float())
+        var = torch.einsum("bt,btc->bc", weights, (x.float() - mean[:, None, :]) ** 2)
+        pooled = torch.cat([mean, torch.sqrt(var + 1e-6)], dim=-1)
+        return pooled, weights[:, None, :].expand(-1, self.n_heads, -1)
+
+
 class TemporalAggregator(nn.Module):
-    """BiLSTM + attention pooling: (B, T, D), (B,) lengths -> (B, P), (B, heads, T)."""
+    """(B, T, D), (B,) lengths -> (B, P), (B, heads, T) by `cfg.aggregation` (see the module doc)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.lstm = BiLSTM(cfg)
-        self.pool = AttentionPooling(cfg.pooled_size, cfg.pool_heads)
+        self.kind = cfg.aggregation
+        if self.kind == "lstm_attention":
+            self.lstm = BiLSTM(cfg)
+            self.pool = AttentionPooling(cfg.pooled_size, cfg.pool_heads)
+        elif self.kind == "attention":
+            self.lstm = StepProjection(cfg, cfg.pooled_size)
+            self.pool = AttentionPooling(cfg.pooled_size, cfg.pool_heads)
+        else:
+            self.lstm = StepProjection(cfg, cfg.pooled_size // 2)
+            self.pool = StatisticsPooling(cfg.pool_heads)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if bool((lengths < 1).any()):

@@ -114,6 +114,10 @@ class ModelConfig:
     fusion_dropout: float = 0.1
     fusion_time_bias: bool = True      # learned relative time-offset bias in the cross-attention
     # --- aggregation ---
+    # lstm_attention: a BiLSTM over the fused sequence, then multi-head attention pooling (the seed's design);
+    # attention: attention pooling over a per-step projection (no recurrence); mean: mean and standard
+    # deviation of a per-step projection over the valid steps (statistics pooling; uniform attention curve)
+    aggregation: Literal["lstm_attention", "attention", "mean"] = "lstm_attention"
     lstm_hidden_size: int = 256
     lstm_layers: int = 2
     lstm_dropout: float = 0.2

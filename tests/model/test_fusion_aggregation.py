@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from model.aggregation import AttentionPooling, TemporalAggregator
@@ -73,8 +74,9 @@ def test_pooling_weights_are_a_distribution_over_valid_steps():
     assert torch.allclose(pooled[0, :4], (weights[0, 0, :, None] * x[0, :, :4]).sum(0), atol=1e-6)
 
 
-def test_aggregator_is_padding_invariant_and_sized_by_the_config():
-    cfg = _cfg()
+@pytest.mark.parametrize("kind", ["lstm_attention", "attention", "mean"])
+def test_aggregator_is_padding_invariant_and_sized_by_the_config(kind):
+    cfg = dataclasses.replace(_cfg(), aggregation=kind)
     agg = TemporalAggregator(cfg).eval()
     x = torch.randn(2, 10, cfg.fusion_dim)
     with torch.no_grad():
@@ -82,6 +84,21 @@ def test_aggregator_is_padding_invariant_and_sized_by_the_config():
         alone, w1 = agg(x[1:, :6], torch.tensor([6]))
     assert pooled.shape == (2, cfg.pooled_size)
     assert torch.allclose(pooled[1], alone[0], atol=1e-5) and torch.allclose(w[1, :, :6], w1[0], atol=1e-6)
+    assert torch.allclose(w.sum(-1), torch.ones(2, cfg.pool_heads)) and torch.all(w[1, :, 6:] == 0)
+
+
+def test_mean_pooling_is_the_mean_and_spread_of_the_steps_with_uniform_weights():
+    cfg = dataclasses.replace(_cfg(), aggregation="mean")
+    agg = TemporalAggregator(cfg).eval()
+    x = torch.randn(1, 5, cfg.fusion_dim)
+    with torch.no_grad():
+        pooled, w = agg(x, torch.tensor([4]))
+        steps = agg.lstm(x, torch.tensor([4]))[0, :4]
+    half = cfg.pooled_size // 2
+    assert torch.allclose(pooled[0, :half], steps.mean(0), atol=1e-5)
+    assert torch.allclose(pooled[0, half:], steps.std(0, unbiased=False), atol=1e-3)
+    assert torch.allclose(w[0, 0], torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0]))
+    assert not any("lstm" in type(m).__name__.lower() for m in agg.modules() if isinstance(m, torch.nn.LSTM))
 
 
 def test_heads_one_per_dimension():
