@@ -189,6 +189,7 @@ class TrainConfig(_Section):
     seed: Int = 0
     dropout: Float | None = None       # overrides every dropout of the model when set (Tune)
     audio_only: Bool = False           # ablation: ignore the score branch
+    augmented: Bool = True             # train on preprocessing's augmented copies too (false: originals only)
     pretrained: Bool = True            # ablation: false ignores model.mert_source/symbolic_source
     freeze: list[str] = []             # parts kept fixed (model.checkpoint.PARTS: audio_encoder, symbolic, ...)
     unfreeze_after_epochs: Int = 0     # ... for this many epochs (0: the whole run)

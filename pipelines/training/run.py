@@ -93,7 +93,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     selection = {"stage": t.stage, "names": names, "labels_lookup": lookup, "splits": splits}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
                                                   "pseudo_json"])
-    train_meta = select_rows(meta, split="train", originals_only=False, **selection)
+    train_meta = select_rows(meta, split="train", originals_only=not t.augmented, **selection)
     val_rows = select_rows(meta, split="val", originals_only=True, **selection).num_rows
     unknown = unknown_label_ids(lookup, meta) if lookup is not None else []
     if train_meta.num_rows == 0 or val_rows == 0:
@@ -116,7 +116,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     segments = read_segments(data_uri, columns=columns_for(config.model.audio_encoder), filter_ok=False)
     datasets = {
         split: segments.map_batches(select_rows, batch_format="pyarrow", batch_size=None,
-                                    fn_kwargs={"split": split, "originals_only": split != "train", **selection})
+                                    fn_kwargs={"split": split, "originals_only": split != "train" or not t.augmented,
+                                               **selection})
         for split in ("train", "val")
     }
     tensorboard_uri = storage.join(run_dir, "tensorboard")
