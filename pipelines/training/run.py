@@ -93,6 +93,9 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     selection = {"stage": t.stage, "names": names, "labels_lookup": lookup, "splits": splits}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
                                                   "pseudo_json"])
+    from pipelines.io.splits_table import apply_splits
+
+    meta = apply_splits(meta, splits)           # the --splits table's splits, counted as they train
     train_meta = select_rows(meta, split="train", originals_only=not t.augmented, **selection)
     val_rows = select_rows(meta, split="val", originals_only=True, **selection).num_rows
     unknown = unknown_label_ids(lookup, meta) if lookup is not None else []
@@ -101,7 +104,7 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                          f"(found {train_meta.num_rows} train, {val_rows} val)"
                          + (f"; {_unknown_text(unknown, labels_uri)}" if unknown else ""))
     print(selection_line(meta, train_meta.num_rows, val_rows, t.stage, lookup is not None,
-                         unknown=unknown, labels_uri=labels_uri), flush=True)
+                         unknown=unknown, labels_uri=labels_uri, augmented=t.augmented), flush=True)
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
     init_line = check_init(model_dir_uri(init), config) if init else None
 
@@ -189,7 +192,7 @@ def _unknown_text(unknown: list[str], labels_uri: str | None) -> str:
 
 
 def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table: bool,
-                   unknown: list[str] | None = None, labels_uri: str | None = None) -> str:
+                   unknown: list[str] | None = None, labels_uri: str | None = None, augmented: bool = True) -> str:
     """What training uses of the feature set and what it leaves out, in one line."""
     import pyarrow.compute as pc
 
@@ -199,11 +202,14 @@ def selection_line(meta, train_rows: int, val_rows: int, stage: str, from_table:
             keep = pc.and_(keep, pc.equal(meta.column("augment"), ""))
         return int(pc.sum(keep).as_py() or 0)
 
-    unlabelled = count("train", False) - train_rows + count("val", True) - val_rows
+    copies = count("train", False) - count("train", True)
+    unlabelled = count("train", not augmented) - train_rows + count("val", True) - val_rows
     source = "the --labels table" if from_table else ("pseudo-labels" if stage == "pseudo" else "expert labels")
     line = f"training on {train_rows} train / {val_rows} val segments with {source}"
     if unlabelled:
         line += f"; {unlabelled} segments without a target for the {stage} stage left out"
+    if copies and not augmented:
+        line += f"; {copies} augmented copies left out (train.augmented=false)"
     if unknown:
         line += f"; {_unknown_text(unknown, labels_uri)}"
     return line

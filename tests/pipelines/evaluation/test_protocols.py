@@ -102,3 +102,22 @@ def test_splits_job_writes_percepianos_three_works(percepiano_dir, tmp_path):
         assert f"fold{k}.csv" in result.stdout
     assert sorted(len(w) for w in tests) == [1, 1, 1]
     assert {w for ws in tests for w in ws} == {"Beethoven_WoO80", "Schubert_D960_mv2", "Schubert_D960_mv3"}
+
+
+def test_training_selects_by_the_splits_table_and_counts_what_it_leaves_out(tmp_path):
+    from pipelines.training.run import select_rows, selection_line
+
+    meta = pa.table({"recording_id": ["a", "a", "b", "c", "d"], "split": ["test"] * 5,
+                     "augment": ["", "noise", "", "", ""], "status": ["ok"] * 5,
+                     "labels_json": ['{"tone": 50}'] * 4 + ["{}"], "pseudo_json": ["{}"] * 5})
+    uri = str(tmp_path / "fold.csv")
+    write_splits_table({"a": "train", "b": "val", "c": "test", "d": "train"}, uri)
+    splits = read_splits_table(uri)
+    selection = {"stage": "expert", "names": ["tone"], "labels_lookup": None, "splits": splits}
+    train = select_rows(meta, split="train", originals_only=True, **selection)
+    val = select_rows(meta, split="val", originals_only=True, **selection)
+    assert train.column("recording_id").to_pylist() == ["a"] and val.column("recording_id").to_pylist() == ["b"]
+    assert select_rows(meta, split="train", originals_only=False, **selection).num_rows == 2
+    line = selection_line(apply_splits(meta, splits), 1, 1, "expert", False, augmented=False)
+    assert line == ("training on 1 train / 1 val segments with expert labels; 1 segments without a target for "
+                    "the expert stage left out; 1 augmented copies left out (train.augmented=false)")
