@@ -95,8 +95,11 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     label_col = target_column(stage)
     from pipelines.io.splits_table import apply_splits
 
-    table = original_rows(apply_splits(read_segments_table(data_uri, columns=columns_for(
-        config_dict["model"]["audio_encoder"])), splits), split)
+    from pipelines.evaluation.evaluate import assessable_rows
+
+    encoder = config_dict["model"]["audio_encoder"]
+    table = assessable_rows(original_rows(apply_splits(read_segments_table(data_uri, columns=columns_for(encoder)),
+                                                       splits), split), encoder)
     if labels_lookup is not None and label_col == "labels_json":
         table = _with_labels(table, labels_lookup)
     skipped = {"uri": None, "split": split, "target": stage, "recordings": 0}

@@ -98,6 +98,13 @@ def original_rows(table, split: str):
     return originals.filter(splits != "" if split == "all" else splits == split)
 
 
+def assessable_rows(table, audio_encoder: str):
+    """The rows a model can assess: a score-only model (audio_encoder none) skips windows without notes."""
+    if audio_encoder != "none" or "n_notes" not in table.column_names:
+        return table
+    return table.filter(np.asarray(table.column("n_notes").to_pylist()) > 0)
+
+
 def predict_recordings(model, table, names: list[str], label_col: str, *, audio_only: bool = False,
                        max_notes: int | None = None) -> RecordingPredictions:
     """Predict every window of `table` and aggregate windows and targets to one row per recording."""
@@ -160,7 +167,7 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     from pipelines.io.splits_table import apply_splits
 
     table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
-    test, train = original_rows(table, split), original_rows(table, "train")
+    test, train = assessable_rows(original_rows(table, split), audio_encoder), original_rows(table, "train")
     if test.num_rows == 0:
         raise ValueError(f"{data_uri}: no segments in the {split!r} split")
     use_audio_only = bool(config_dict["train"].get("audio_only", False)) if audio_only is None else audio_only

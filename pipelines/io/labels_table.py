@@ -32,12 +32,7 @@ def read_labels_table(uri: str) -> dict[str, Labels | None]:
     if ID_COLUMN not in columns:
         raise LabelsTableError(f"{uri}: the labels table lacks a {ID_COLUMN} column")
     out: dict[str, Labels | None] = {}
-    for line, row in enumerate(rows, start=2):
-        rec_id = str(row.get(ID_COLUMN) or "").strip()
-        if not rec_id:
-            raise LabelsTableError(f"{uri}: line {line} has no {ID_COLUMN}")
-        if rec_id in out:
-            raise LabelsTableError(f"{uri}: recording id {rec_id!r} appears twice")
+    for line, rec_id, row in keyed_rows(uri, rows, LabelsTableError):
         labels = {}
         for dim, value in row.items():
             if dim == ID_COLUMN or dim is None:
@@ -47,6 +42,20 @@ def read_labels_table(uri: str) -> dict[str, Labels | None]:
                 labels[dim] = number
         out[rec_id] = labels or None
     return out
+
+
+def keyed_rows(uri: str, rows: list[dict[str, Any]], error: type[Exception]):
+    """(line, recording id, row) of a table's rows (line 2 is the first after the header); a row without an id
+    or an id seen before raises `error` naming the file."""
+    seen: set[str] = set()
+    for line, row in enumerate(rows, start=2):
+        rec_id = str(row.get(ID_COLUMN) or "").strip()
+        if not rec_id:
+            raise error(f"{uri}: line {line} has no {ID_COLUMN}")
+        if rec_id in seen:
+            raise error(f"{uri}: recording id {rec_id!r} appears twice")
+        seen.add(rec_id)
+        yield line, rec_id, row
 
 
 def labels_for_dimensions(table: dict[str, Labels | None], names: list[str], uri: str) -> dict[str, Labels]:

@@ -16,6 +16,7 @@ from typing import Mapping
 
 from pipelines.features.splits import normalise_split_name
 from pipelines.io import storage
+from pipelines.io.labels_table import keyed_rows
 
 ID_COLUMN, SPLIT_COLUMN = "recording_id", "split"
 
@@ -40,12 +41,7 @@ def read_splits_table(uri: str) -> dict[str, str]:
     if missing:
         raise SplitsTableError(f"{uri}: the splits table lacks the column(s) {', '.join(missing)}")
     out: dict[str, str] = {}
-    for line, row in enumerate(rows, start=2):
-        rec_id = str(row.get(ID_COLUMN) or "").strip()
-        if not rec_id:
-            raise SplitsTableError(f"{uri}: line {line} has no {ID_COLUMN}")
-        if rec_id in out:
-            raise SplitsTableError(f"{uri}: recording id {rec_id!r} appears twice")
+    for line, rec_id, row in keyed_rows(uri, rows, SplitsTableError):
         raw = str(row.get(SPLIT_COLUMN) or "").strip()
         split = normalise_split_name(raw) if raw else ""
         if split is None:

@@ -45,7 +45,8 @@ def label_statistics(table, names: list[str], stage: str) -> tuple[list[float], 
 
 
 def select_rows(table, *, stage: str, names: list[str], split: str, originals_only: bool,
-                labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None):
+                labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None,
+                need_notes: bool = False):
     """Rows of one split that carry at least one target for the stage (Arrow table in, Arrow table out)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -61,6 +62,8 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
         keep = pc.and_(keep, pc.equal(table.column("status"), "ok"))
     if originals_only:
         keep = pc.and_(keep, pc.equal(table.column("augment"), ""))
+    if need_notes:                          # a score-only model (model.audio_encoder=none) has nothing to read
+        keep = pc.and_(keep, pc.greater(table.column("n_notes"), 0))
     targets = label_matrix(table.column(target_column(stage)).to_pylist(), names)
     keep = pc.and_(keep, pa.array(~np.all(np.isnan(targets), axis=1)))
     return table.filter(keep)
@@ -90,9 +93,10 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     storage.check_bucket(storage_uri)
     lookup = _labels_lookup(labels_uri, names) if labels_uri else None
     splits = read_splits_table(splits_uri) if splits_uri else None
-    selection = {"stage": t.stage, "names": names, "labels_lookup": lookup, "splits": splits}
+    selection = {"stage": t.stage, "names": names, "labels_lookup": lookup, "splits": splits,
+                 "need_notes": not config.model.uses_audio}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
-                                                  "pseudo_json"])
+                                                  "pseudo_json", "n_notes"])
     from pipelines.io.splits_table import apply_splits
 
     meta = apply_splits(meta, splits)           # the --splits table's splits, counted as they train
