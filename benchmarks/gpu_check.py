@@ -5,8 +5,13 @@ Two steps, because the GPU machine has PyTorch and transformers but neither Ray 
     # here (CPU): write the inputs — real demo feature rows and scoring span rows — to .gpu_data/
     .venv/bin/python -m benchmarks.gpu_check prepare --features demo_out/features \
         --checkpoint demo_out/runs/expert/<checkpoint>/model --library demo_out/library
-    # on the GPU machine (device tool, carry .gpu_data): run and write gpu_check.json
-    python3 -m benchmarks.gpu_check run --data .gpu_data --out $OUT
+    # pydantic for the config, for the GPU machine's Python (3.12 there): into .gpu_deps
+    cp -r .venv/lib/python3.11/site-packages/{pydantic,annotated_types,typing_inspection,typing_extensions.py} .gpu_deps/
+    pip download pydantic-core==<same version> --python-version 3.12 --only-binary=:all: \
+        --platform manylinux2014_x86_64 --no-deps -d /tmp/w && (cd .gpu_deps && python3 -m zipfile -e /tmp/w/*.whl .)
+    # on the GPU machine (device tool, carry .gpu_data and .gpu_deps): run and write gpu_check.json
+    PYTHONPATH=$PWD/.gpu_deps python3 -m benchmarks.gpu_check run --data .gpu_data --out $OUT \
+        [--presets "tiny,tiny:model.aggregation=mean+model.audio_encoder=none,mert-v1-95m"]
     # here: the `## gpu` section of benchmarks/RESULTS.md from that JSON
     .venv/bin/python -m benchmarks.gpu_check report --json gpu_check.json --when 2026-11-26
 
@@ -106,10 +111,11 @@ def train_check(preset: str, table: pa.Table, precision: str, epochs: int) -> di
     from pipelines.config import load_config
     from pipelines.training.loop import _run_epoch, build_optimizer, cosine_with_warmup, resolve_precision
 
-    overrides = [f"train.precision={precision}", "train.use_gpu=true"]
-    if preset != "tiny":
+    name, _, extra = preset.partition(":")        # "tiny:model.aggregation=mean,model.audio_encoder=none"
+    overrides = [f"train.precision={precision}", "train.use_gpu=true", *[o for o in extra.split(",") if o]]
+    if name != "tiny":
         overrides.append("train.pretrained=false")
-    config = load_config(preset, overrides)
+    config = load_config(name, overrides)
     schema = config.schema()
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(0)
@@ -198,6 +204,7 @@ def run(args) -> None:
     report = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "train": [], "scoring": []}
     for preset in args.presets.split(","):
+        preset = preset.replace("+", ",")
         for precision in ("auto", "fp32"):
             started = time.time()
             result = train_check(preset, table, precision, args.epochs)
@@ -250,9 +257,11 @@ def markdown(report: dict, when: str) -> str:
             "Ray itself was not on that machine (its wheel is over the 64 MiB that can be carried), so this "
             "proves the model, loss, precision and DDP code on a GPU, not Ray Train's GPU scheduling.\n\n"
             f"{train}\n\nfp16 / fp32 training throughput: {ratios}. Every run's losses are finite and "
-            "fall; the fp16 runs' grad scale shows GradScaler at work. The run printed PyTorch's "
-            "'lr_scheduler.step() before optimizer.step()' warning for the first fp16 step (skipped for inf "
-            "gradients at the initial scale): since then a skipped step leaves the LR schedule where it was.\n\n"
+            "fall; the fp16 runs' grad scale shows GradScaler at work (an fp16 step skipped for inf gradients "
+            "leaves the LR schedule where it was). A preset written `NAME:key=value,...` is that preset with "
+            "those overrides (`tiny:model.aggregation=mean,model.audio_encoder=none` is the percepiano preset's "
+            "score-only, mean-pooled architecture at tiny's sizes). The GPU machine had no pydantic: "
+            "pydantic and a cp312 pydantic-core wheel went with it in `.gpu_deps` (PYTHONPATH).\n\n"
             "Scoring: `SpanModel` (the scoring actor's model stage) on CUDA against the "
             "same spans on the CPU in fp32 (16 cores, 8 torch threads), spans of the demo library's 'with "
             f"score' recording repeated to {report['scoring'][0]['windows']} windows.\n\n{score}\n")
@@ -283,7 +292,8 @@ def main(argv=None) -> None:
     r.add_argument("--data", default=".gpu_data")
     r.add_argument("--out", default="out")
     r.add_argument("--epochs", type=int, default=4)
-    r.add_argument("--presets", default="tiny,mert-v1-95m")
+    r.add_argument("--presets", default="tiny,mert-v1-95m",
+                   help="comma-separated presets, each optionally NAME:key=value+key=value (overrides)")
     r.add_argument("--allow-cpu", action="store_true")
     r.add_argument("--min-windows", type=int, default=256)
     w = sub.add_parser("report")
