@@ -34,6 +34,7 @@ from benchmarks.common import machine  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "percepiano"
 METRICS = ("r2", "pearson", "mae", "pairwise_accuracy")
+COLUMNS = (*METRICS, "ece")            # ece: the model's (calibrated) sigma; baselines have none
 PUBLISHED = [("Bi-LSTM (published)", 0.185, 0.236), ("MidiBERT (published)", 0.313, 0.212),
              ("Bi-LSTM + score alignment + hierarchical attention (published)", 0.397, 0.285)]
 
@@ -79,7 +80,7 @@ def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float
         }
         for system, pred in predictions.items():
             result = E.evaluate(Y[test], pred, None, groups[test], names)
-            out[system].append({m: float(result["mean"][m]) for m in METRICS})
+            out[system].append({**{m: float(result["mean"][m]) for m in METRICS}, "ece": float("nan")})
     return out
 
 
@@ -89,8 +90,12 @@ def model_folds(runs: str, protocol: str) -> dict[str, list[dict[str, float]]]:
     base = Path(runs) / protocol
     for path in sorted(base.glob("**/evaluation.json")):
         variant = str(path.parent.parent.relative_to(base)) if path.parent.parent != base else "ours"
-        result = json.loads(path.read_text())["results"]["model"]["mean"]
-        found.setdefault(variant if variant != "." else "ours", []).append({m: float(result[m]) for m in METRICS})
+        summary = json.loads(path.read_text())
+        result = summary["results"]["model"]["mean"]
+        calibration = summary.get("calibration") or {}
+        ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
+        found.setdefault(variant if variant != "." else "ours", []).append(
+            {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)})
     return found
 
 
@@ -117,15 +122,15 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
         raw[protocol] = systems
         for system, folds in systems.items():
             rows.append(f"| {protocol} | {system} | {len(folds)} | "
-                        + " | ".join(_cell([f[m] for f in folds]) for m in METRICS) + " |")
+                        + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
     published = [f"| {name} | {piece:.3f} | {performer:.3f} |" for name, piece, performer in PUBLISHED]
     markdown = "\n".join([
         f"{len(table['ids'])} rated PercePiano performances ({data}); R², Pearson r, MAE (0..100 scale) and "
         "pairwise ranking accuracy (pairs of performances of the same passage), each the mean over the 19 "
         "dimensions, then mean ± standard deviation over folds. Folds as `jobs/splits.py` writes them.",
         "",
-        "| protocol | system | folds | R² | r | MAE | pairwise |",
-        "|---|---|---|---|---|---|---|",
+        "| protocol | system | folds | R² | r | MAE | pairwise | ECE |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Human ceiling (`ratings_raw.csv`, {ceiling['segments']} segments, median {ceiling['raters_median']:.0f} "

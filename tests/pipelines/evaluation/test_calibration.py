@@ -190,3 +190,21 @@ def test_evaluation_says_when_it_leaves_the_linear_baseline_out(features, tmp_pa
     assert "| baseline_linear | omitted: no CQT for" in comparison_table(summary)
     full = evaluate_checkpoint(str(ray_dir / "model"), str(features))
     assert "baseline_linear" in full["results"] and full["omitted"] == {}
+
+
+def test_evaluation_of_all_recordings_or_by_a_splits_table(features, tmp_path):
+    """--split all: every recording of the feature set; --splits: the table's test recordings."""
+    from pipelines.io.splits_table import read_splits_table, write_splits_table
+    from pipelines.preprocess import read_segments_table
+
+    ray_dir, _ = _checkpoint(tmp_path)
+    table = read_segments_table(str(features), columns=["recording_id", "split", "augment"])
+    originals = {r for r, a in zip(table["recording_id"].to_pylist(), table["augment"].to_pylist()) if a == ""}
+    test = evaluate_checkpoint(str(ray_dir / "model"), str(features))
+    every = evaluate_checkpoint(str(ray_dir / "model"), str(features), split="all")
+    assert every["recordings"] == len(originals) > test["recordings"] > 0
+    ids = sorted(originals)
+    uri = str(tmp_path / "fold.csv")
+    write_splits_table({r: ("test" if i < 3 else "train") for i, r in enumerate(ids)}, uri)
+    folded = evaluate_checkpoint(str(ray_dir / "model"), str(features), splits=read_splits_table(uri))
+    assert [row["recording_id"] for row in folded["per_recording"]] == ids[:3]
