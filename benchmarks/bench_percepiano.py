@@ -53,11 +53,12 @@ def corpus_table(data: str) -> dict:
     from pipelines.io.corpora import read_percepiano
 
     names = load_schema("percepiano19").names
-    recordings = [r for r in read_percepiano(data) if r.labels]
+    everything = read_percepiano(data)            # the folds come from every recording, as jobs/splits.py's do
+    recordings = [r for r in everything if r.labels]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         features = np.stack(list(pool.map(_features, recordings, chunksize=16)))
     labels = np.array([[r.labels.get(n, np.nan) for n in names] for r in recordings])
-    return {"recordings": recordings, "ids": [r.recording_id for r in recordings], "X": features, "Y": labels,
+    return {"everything": everything, "recordings": recordings, "ids": [r.recording_id for r in recordings], "X": features, "Y": labels,
             "groups": np.array([r.piece_id for r in recordings]), "names": names}
 
 
@@ -70,7 +71,7 @@ def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float
 
     out: dict[str, list[dict[str, float]]] = {"mean": [], "ridge": [], "gradient boosting": []}
     X, Y, groups, names = table["X"], table["Y"], table["groups"], table["names"]
-    for splits in protocol_folds(table["recordings"], protocol):
+    for splits in protocol_folds(table["everything"], protocol):
         side = np.array([splits[i] for i in table["ids"]])
         train, test = np.isin(side, ["train", "val"]), side == "test"
         predictions = {
@@ -84,9 +85,9 @@ def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float
     return out
 
 
-def model_folds(runs: str, protocol: str) -> dict[str, list[dict[str, float]]]:
-    """{system: per-fold metrics} from DIR/<protocol>/fold<k>/evaluation.json (and .../<variant>/fold<k>)."""
-    found: dict[str, list[dict[str, float]]] = {}
+def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {fold k: metrics}} from DIR/<protocol>/<variant>/fold<k>/evaluation.json."""
+    found: dict[str, dict[int, dict[str, float]]] = {}
     base = Path(runs) / protocol
     for path in sorted(base.glob("**/evaluation.json")):
         variant = str(path.parent.parent.relative_to(base)) if path.parent.parent != base else "ours"
@@ -94,8 +95,9 @@ def model_folds(runs: str, protocol: str) -> dict[str, list[dict[str, float]]]:
         result = summary["results"]["model"]["mean"]
         calibration = summary.get("calibration") or {}
         ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
-        found.setdefault(variant if variant != "." else "ours", []).append(
-            {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)})
+        k = int(path.parent.name.removeprefix("fold"))
+        found.setdefault(variant if variant != "." else "ours", {})[k] = \
+            {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
     return found
 
 
@@ -117,12 +119,22 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
     rows, raw = [], {}
     for protocol in ("piece", "performer", "work"):
         systems = baseline_folds(table, protocol)
-        if runs:
-            systems.update(model_folds(runs, protocol))
-        raw[protocol] = systems
+        raw[protocol] = dict(systems)
+        n_folds = len(systems["mean"])
         for system, folds in systems.items():
-            rows.append(f"| {protocol} | {system} | {len(folds)} | "
+            rows.append(f"| {protocol} | {system} | all {len(folds)} | "
                         + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
+        for variant, by_fold in (model_folds(runs, protocol) if runs else {}).items():
+            raw[protocol][f"model: {variant}"] = by_fold
+            ks = sorted(by_fold)
+            which = f"all {n_folds}" if len(ks) == n_folds else \
+                f"fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}"
+            rows.append(f"| {protocol} | **model: {variant}** | {which} | "
+                        + " | ".join(_cell([by_fold[k][m] for k in ks]) for m in COLUMNS) + " |")
+            if len(ks) < n_folds:        # the baselines on the same folds, for a fair comparison
+                for system in ("mean", "gradient boosting"):
+                    rows.append(f"| {protocol} | {system}, same folds | {which} | "
+                                + " | ".join(_cell([systems[system][k][m] for k in ks]) for m in COLUMNS) + " |")
     published = [f"| {name} | {piece:.3f} | {performer:.3f} |" for name, piece, performer in PUBLISHED]
     markdown = "\n".join([
         f"{len(table['ids'])} rated PercePiano performances ({data}); R², Pearson r, MAE (0..100 scale) and "
