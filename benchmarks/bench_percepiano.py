@@ -96,7 +96,7 @@ def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float
         calibration = summary.get("calibration") or {}
         ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
         k = int(path.parent.name.removeprefix("fold"))
-        found.setdefault(variant if variant != "." else "ours", {})[k] = \
+        found.setdefault(variant, {})[k] = \
             {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
     return found
 

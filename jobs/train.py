@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate and summary["best_checkpoint"]:
         from pipelines.evaluation.evaluate import comparison_table, evaluate_checkpoint
         from pipelines.io import storage
-
         from pipelines.io.splits_table import read_splits_table
 
         out = storage.join(summary["run_dir"], "evaluation")

@@ -93,9 +93,8 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     names = schema.names
     stage = target_for(extra, target)
     label_col = target_column(stage)
-    from pipelines.io.splits_table import apply_splits
-
     from pipelines.evaluation.evaluate import assessable_rows
+    from pipelines.io.splits_table import apply_splits
 
     encoder = config_dict["model"]["audio_encoder"]
     table = assessable_rows(original_rows(apply_splits(read_segments_table(data_uri, columns=columns_for(encoder)),

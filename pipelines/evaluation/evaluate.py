@@ -25,6 +25,7 @@ import torch
 from pipelines.evaluation.calibration import apply_temperature, calibration_summary, load_calibration
 from pipelines.features.rows import unpack_array
 from pipelines.io import storage
+from pipelines.io.splits_table import apply_splits
 from pipelines.training.batches import collate, columns_for, label_matrix, target_column
 
 
@@ -164,8 +165,6 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
     columns = sorted(set(columns_for(audio_encoder)) | {"cqt", "cqt_frames"})
-    from pipelines.io.splits_table import apply_splits
-
     table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
     test, train = assessable_rows(original_rows(table, split), audio_encoder), original_rows(table, "train")
     if test.num_rows == 0:

@@ -24,7 +24,7 @@ from model.errors import ConfigError
 from pipelines.config import Config
 from pipelines.io import storage
 from pipelines.io.labels_table import labels_for_dimensions, read_labels_table
-from pipelines.io.splits_table import read_splits_table
+from pipelines.io.splits_table import apply_splits, read_splits_table
 from pipelines.training.batches import columns_for, label_matrix, target_column
 from pipelines.training.loop import DIVERGED_FILE, MODEL_DIR, train_loop_per_worker
 
@@ -50,8 +50,6 @@ def select_rows(table, *, stage: str, names: list[str], split: str, originals_on
     """Rows of one split that carry at least one target for the stage (Arrow table in, Arrow table out)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from pipelines.io.splits_table import apply_splits
 
     table = apply_splits(table, splits)
     if labels_lookup is not None:
@@ -97,8 +95,6 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                  "need_notes": not config.model.uses_audio}
     meta = read_segments_table(data_uri, columns=["recording_id", "split", "augment", "status", "labels_json",
                                                   "pseudo_json", "n_notes"])
-    from pipelines.io.splits_table import apply_splits
-
     meta = apply_splits(meta, splits)           # the --splits table's splits, counted as they train
     train_meta = select_rows(meta, split="train", originals_only=not t.augmented, **selection)
     val_rows = select_rows(meta, split="val", originals_only=True, **selection).num_rows
