@@ -61,6 +61,7 @@ class SpanModel:
         self.uses_mert = model.mert is not None
         self.uses_cqt = model.cqt is not None
         self.uses_notes = model.symbolic is not None
+        self.uses_audio = self.uses_mert or self.uses_cqt
         self.encoder_s = 0.0            # time spent in the MERT backbone (for benchmarks)
         self.audio_only = bool(getattr(cfg, "audio_only", False))
 
@@ -124,16 +125,23 @@ class SpanModel:
                 notes, attrs, times = notes[:0], attrs[:0], times[:0]
             item.update(notes=notes, attrs=attrs, times=times)
             items.append(item)
-        scores, sigma, attention, att_times = [], [], [], []
-        for i in range(0, n_win, self.batch_size):
-            out = self._forward(items[i: i + self.batch_size])
-            scores.append(out.scores.float().cpu().numpy())
-            sigma.append(out.sigma.float().cpu().numpy())
-            for j in range(out.scores.shape[0]):
+        # a model that reads notes only has nothing to assess in a window without notes (a rest, silence):
+        # that window gets NaN, which the recording's aggregate leaves out
+        assessable = [i for i, it in enumerate(items) if self.uses_audio or len(it["notes"])]
+        scores = np.full((n_win, len(self.names)), np.nan, np.float32)
+        sigma = np.full((n_win, len(self.names)), np.nan, np.float32)
+        empty = pack_array(np.zeros(0, np.float32), "f4")
+        attention, att_times = [empty] * n_win, [empty] * n_win
+        for k in range(0, len(assessable), self.batch_size):
+            chunk = assessable[k: k + self.batch_size]
+            out = self._forward([items[i] for i in chunk])
+            scores[chunk] = out.scores.float().cpu().numpy()
+            sigma[chunk] = out.sigma.float().cpu().numpy()
+            for j, i in enumerate(chunk):
                 n = int(out.lengths[j])
-                attention.append(pack_array(out.attention[j, :n].float().cpu().numpy(), "f4"))
-                att_times.append(pack_array(out.times[j, :n].float().cpu().numpy(), "f4"))
-        return {"win_scores": np.concatenate(scores).tolist(), "win_sigma": np.concatenate(sigma).tolist(),
+                attention[i] = pack_array(out.attention[j, :n].float().cpu().numpy(), "f4")
+                att_times[i] = pack_array(out.times[j, :n].float().cpu().numpy(), "f4")
+        return {"win_scores": scores.tolist(), "win_sigma": sigma.tolist(),
                 "win_attention": attention, "win_att_times": att_times}
 
     def _forward(self, items: list[dict[str, Any]]):

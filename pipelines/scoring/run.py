@@ -91,6 +91,10 @@ class Aggregator:
         self.stage_s["prepare"] += sum(s["prepare_s"] or 0.0 for s in spans)
         self.stage_s["inference"] += sum(s["infer_s"] or 0.0 for s in spans)
         failed = [s for s in spans if s["status"] != "ok"]
+        if not failed and not any(np.isfinite(np.asarray(p["win_scores"], np.float64)).any() for p in spans):
+            source = entry.get("audio_uri") or entry.get("midi_uri") or rid
+            failed = [{"error_kind": "input", "message": f"{source}: no notes to assess: the checkpoint reads notes "
+                       "only (model.audio_encoder none) and no window of this recording has any"}]
         if failed:
             row = error_result(entry, self.names, failed[0]["error_kind"] or "internal", failed[0]["message"])
             row.update(run_id=self.run_id, scored_in_run=self.run_id, seconds=seconds, scored_at=_now(),

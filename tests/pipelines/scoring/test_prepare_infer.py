@@ -162,3 +162,29 @@ def test_result_rows_carry_bars_flags_and_a_cqt_thumbnail(library, scoring_check
     assert plain["bars"] == [] and plain["bar_flags"] == [] and isinstance(plain["time_flags"], list)
     table = to_table([scored, plain], SEED10.names)                 # the Parquet contract holds
     assert table.column("bars")[0].as_py()[0]["bar"] == 1
+
+
+def test_a_notes_only_model_leaves_windows_without_notes_out_and_says_when_none_has_any(library, tmp_path):
+    from model.schema import SEED10
+    from pipelines.features.rows import pack_array
+    from pipelines.io.model_files import read_checkpoint_meta
+
+    ckpt = save_checkpoint(tmp_path / "notes-only", audio_encoder="none", aggregation="mean")
+    config = _config("model.audio_encoder=none", "scoring.span_windows=8")
+    entry = _entry(library, "with score/scale one")
+    rows = list(SpanPreparer(config, **model_flags(read_checkpoint_meta(str(ckpt))["config"]))(entry))
+    assert len(rows) == 1 and len(rows[0]["win_index"]) >= 2
+    span_model = load_span_model(str(ckpt), config, use_gpu=False)
+    no_notes = pack_array(np.zeros((0, 8), np.int16), "i2")
+    rest_first = dict(rows[0], win_notes=[no_notes] + list(rows[0]["win_notes"][1:]))   # a rest, then notes
+    out = span_model(rest_first)
+    assert out["status"] == "ok", out["message"]
+    scores = np.asarray(out["win_scores"])
+    assert np.isnan(scores[0]).all() and np.isfinite(scores[1:]).all()
+    result = Aggregator({entry["recording_id"]: entry}, SEED10.names, SEED10, config, "run-1").add(out)
+    assert result["status"] == "ok" and np.isfinite(result["scores"]).all()
+
+    silent = dict(rows[0], win_notes=[no_notes] * len(rows[0]["win_index"]))
+    result = Aggregator({entry["recording_id"]: entry}, SEED10.names, SEED10, config, "run-2").add(span_model(silent))
+    assert result["status"] == "error" and result["error_kind"] == "input"
+    assert "no notes to assess" in result["message"] and "\n" not in result["message"]
