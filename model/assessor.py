@@ -29,6 +29,7 @@ from model.heads import AssessmentHeads
 from model.masks import lengths_to_mask
 from model.mert import MertEncoder
 from model.schema import DimensionSchema
+from model.statistics import InputStatistics
 from model.symbolic import SymbolicEncoder
 
 Batch = dict[str, torch.Tensor]
@@ -114,6 +115,8 @@ class PianoAssessor(nn.Module):
         self.score_proj = nn.Linear(self.symbolic.hidden_size, dim) if self.symbolic else None
         self.fusion = BidirectionalFusion(cfg) if cfg.uses_audio and cfg.symbolic_encoder else None
         self.aggregator = TemporalAggregator(cfg)
+        self.input_stats = (InputStatistics(cfg.n_note_attrs, cfg.pooled_size, cfg.head_shared_size)
+                            if cfg.input_statistics and cfg.symbolic_encoder else None)
         self.heads = AssessmentHeads(cfg, len(schema))
 
     # --- forward ---------------------------------------------------------------------------------
@@ -136,6 +139,9 @@ class PianoAssessor(nn.Module):
             x = self.fusion(audio.x, audio.mask, audio.times, score.x, score.mask, score.times, has_score)
             fused = dataclasses.replace(audio, x=x)
         pooled, head_weights = self.aggregator(fused.x, fused.lengths)      # (B, P), (B, heads, T)
+        if self.input_stats is not None and score is not None:
+            pooled = pooled + self.input_stats(batch["notes"], batch.get("note_attrs"), batch.get("note_times"),
+                                               score.lengths).to(pooled.dtype)
         logits, log_sigma, task_log_sigma = self.heads(pooled)               # (B, D), (B, D), (B, D) | None
         logits = logits.float()
         return AssessmentOutput(
@@ -261,7 +267,7 @@ class PianoAssessor(nn.Module):
         """{part: {"total": n, "trainable": n}} for each part present, plus "all"."""
         parts = {"mert": self.mert, "cqt": self.cqt, "symbolic": self.symbolic,
                  "projections": [self.mert_proj, self.cqt_proj, self.score_proj],
-                 "fusion": self.fusion, "aggregation": self.aggregator, "heads": self.heads}
+                 "fusion": self.fusion, "aggregation": [self.aggregator, self.input_stats], "heads": self.heads}
         counts = {}
         for name, modules in parts.items():
             modules = [m for m in (modules if isinstance(modules, list) else [modules]) if m is not None]

@@ -26,7 +26,7 @@ MODEL_PARTS: dict[str, tuple[str, ...]] = {
     "audio_encoder": ("mert.", "mert_proj.", "cqt.", "cqt_proj."),
     "symbolic": ("symbolic.", "score_proj."),
     "fusion": ("fusion.",),
-    "aggregation": ("aggregator.",),
+    "aggregation": ("aggregator.", "input_stats."),
     "shared_head": ("heads.shared.",),
     "heads": ("heads.dims.", "heads.log_sigma_head.", "heads.task_log_sigma", "heads.log_sigma"),
 }
@@ -41,6 +41,9 @@ MERT_HUB_REVISIONS: dict[str, str] = {
 # Must equal pipelines.constants.OCTUPLE_VOCAB_SIZES / N_PERF_ATTRS (checked by tests).
 DEFAULT_OCTUPLE_VOCAB_SIZES = (7, 258, 386, 90, 387, 130, 131, 98)
 DEFAULT_N_NOTE_ATTRS = 10
+OCTUPLE_N_SPECIAL = 2                            # PAD and MASK precede every field's values
+OCTUPLE_TICKS_PER_QUARTER = 24
+OCTUPLE_TS_DENOMINATORS = (1, 2, 4, 8, 16, 32)
 # Must equal pipelines.constants.MERT_SAMPLE_RATE_HZ / CQT_FRAMES_PER_S (checked by tests).
 MERT_SAMPLE_RATE_HZ = 24_000                     # MERT-v1 input rate, Hz
 CQT_FRAMES_PER_S = 44_100 / 512                  # log-CQT frame rate (44.1 kHz, hop 512), ~86.13 Hz
@@ -122,6 +125,9 @@ class ModelConfig:
     lstm_layers: int = 2
     lstm_dropout: float = 0.2
     pool_heads: int = 4
+    # input statistics (model/statistics.py): global descriptors of the window's notes (attribute means and
+    # spreads, note density, absolute tempo, register) through a small MLP, added to the pooled vector
+    input_statistics: bool = False
     # --- heads ---
     head_shared_size: int = 256
     head_hidden_size: int = 128

@@ -19,6 +19,9 @@ from pipelines.config import load_config
 def test_constants_agree_with_the_pipelines():
     assert model_config.DEFAULT_OCTUPLE_VOCAB_SIZES == C.OCTUPLE_VOCAB_SIZES
     assert model_config.DEFAULT_N_NOTE_ATTRS == C.N_PERF_ATTRS
+    assert model_config.OCTUPLE_N_SPECIAL == C.OCTUPLE_N_SPECIAL
+    assert model_config.OCTUPLE_TICKS_PER_QUARTER == C.OCTUPLE_TICKS_PER_QUARTER
+    assert model_config.OCTUPLE_TS_DENOMINATORS == C.OCTUPLE_TS_DENOMINATORS
     assert model_config.MERT_SAMPLE_RATE_HZ == C.MERT_SAMPLE_RATE_HZ
     assert model_config.CQT_FRAMES_PER_S == C.CQT_FRAMES_PER_S
     assert ModelConfig().cqt_bins == C.CQT_N_BINS

@@ -1,0 +1,66 @@
+"""The input-statistics branch: global descriptors read from the note inputs (model/statistics.py)."""
+import math
+
+import torch
+
+from model.builder import build_model
+from model.schema import load_schema
+from model.statistics import n_statistics, note_statistics
+from pipelines.config import load_config
+from pipelines.constants import N_PERF_ATTRS, OCTUPLE_N_SPECIAL, OCTUPLE_TS_DENOMINATORS
+
+TS_4_4 = (4 - 1) * len(OCTUPLE_TS_DENOMINATORS) + OCTUPLE_TS_DENOMINATORS.index(4)
+
+
+def _window(n_quarters: int, seconds_per_quarter: float, velocity: float, pad_to: int):
+    """A played 4/4 window: one quarter note per beat at the given tempo, plus padding."""
+    notes = torch.zeros(pad_to, 8, dtype=torch.long)
+    attrs = torch.zeros(pad_to, N_PERF_ATTRS)
+    times = torch.zeros(pad_to)
+    for i in range(n_quarters):
+        bar, beat = divmod(i, 4)
+        notes[i] = torch.tensor([2, bar, beat * 24, 40, 24, 64, 0, TS_4_4]) + OCTUPLE_N_SPECIAL
+        attrs[i, 0] = 1.0                 # played
+        attrs[i, 3] = velocity
+        times[i] = i * seconds_per_quarter
+    return notes, attrs, times
+
+
+def test_statistics_recover_tempo_density_and_loudness_and_ignore_padding():
+    a = _window(12, 0.5, 0.4, pad_to=20)
+    b = _window(8, 0.25, 0.8, pad_to=20)
+    notes, attrs, times = (torch.stack(x) for x in zip(a, b))
+    stats = note_statistics(notes, attrs, times, torch.tensor([12, 8]), N_PERF_ATTRS)
+    assert stats.shape == (2, n_statistics(N_PERF_ATTRS))
+    spq = torch.exp(stats[:, 2 * N_PERF_ATTRS + 1])
+    assert torch.allclose(spq, torch.tensor([0.5, 0.25]), atol=1e-4)
+    density = torch.exp(stats[:, 2 * N_PERF_ATTRS])
+    assert torch.allclose(density, torch.tensor([13 / 6.5, 9 / 2.75]), atol=1e-4)
+    assert torch.allclose(stats[:, 3], torch.tensor([0.4, 0.8]))           # velocity mean, padding left out
+    assert torch.allclose(stats[:, N_PERF_ATTRS + 3], torch.zeros(2), atol=1e-6)   # its spread
+
+
+def test_a_window_without_notes_gives_zeros():
+    notes, attrs, times = (x.unsqueeze(0) for x in _window(0, 0.5, 0.4, pad_to=4))
+    stats = note_statistics(notes, attrs, times, torch.tensor([0]), N_PERF_ATTRS)
+    assert torch.count_nonzero(stats) == 0 and torch.isfinite(stats).all()
+
+
+def test_the_model_reads_the_statistics_only_when_asked():
+    schema = load_schema("percepiano19")
+    notes, attrs, times = (torch.stack(x) for x in zip(_window(12, 0.5, 0.4, 16), _window(12, 0.25, 0.8, 16)))
+    batch = {"notes": notes, "note_attrs": attrs, "note_times": times, "note_lengths": torch.tensor([12, 12])}
+    plain = build_model(load_config("percepiano").model, schema)
+    assert plain.input_stats is None
+    torch.manual_seed(0)
+    model = build_model(load_config("percepiano", ["model.input_statistics=true"]).model, schema).eval()
+    assert any(name.startswith("input_stats.") for name, _ in model.named_parameters())
+    with torch.no_grad():
+        out = model(batch)
+        for p in model.input_stats.parameters():
+            p.zero_()
+        without = model(batch)
+    assert out.scores.shape == (2, len(schema)) and torch.isfinite(out.scores).all()
+    assert not torch.allclose(out.scores, without.scores)      # the branch changes the prediction
+    assert not math.isclose(float((out.scores[0] - out.scores[1]).abs().sum()),
+                            float((without.scores[0] - without.scores[1]).abs().sum()))
