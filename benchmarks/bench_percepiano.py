@@ -12,7 +12,9 @@ fold: the training mean, ridge regression and gradient boosting on `performance_
 of the performance MIDI against its score). Pairwise accuracy: pairs of performances of the same passage.
 Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`
 (pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
-DIR/<protocol>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/fold<k>`) join the table.
+DIR/<protocol>/<variant>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/<variant>/fold<k>`) join the
+table, and so do the scoring job's results of a fold's test recordings under DIR/<protocol>/<variant>/scored<k>/
+(`jobs/score.py --input <manifest> --out DIR/<protocol>/<variant>/scored<k>`).
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ def corpus_table(data: str) -> dict:
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         features = np.stack(list(pool.map(_features, recordings, chunksize=16)))
     labels = np.array([[r.labels.get(n, np.nan) for n in names] for r in recordings])
-    return {"everything": everything, "recordings": recordings, "ids": [r.recording_id for r in recordings], "X": features, "Y": labels,
-            "groups": np.array([r.piece_id for r in recordings]), "names": names}
+    return {"everything": everything, "recordings": recordings, "ids": [r.recording_id for r in recordings],
+            "X": features, "Y": labels, "groups": np.array([r.piece_id for r in recordings]), "names": names}
 
 
 def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float]]]:
@@ -101,6 +103,35 @@ def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float
     return found
 
 
+def scored_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {fold k: metrics}} of the scoring job's results under DIR/<protocol>/<variant>/scored<k>/
+    (`jobs/score.py --out` of that fold's test recordings) against the ratings: what a library user gets."""
+    import glob as _glob
+
+    import pyarrow.parquet as pq
+
+    from pipelines.evaluation import metrics as E
+
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    base = Path(runs) / protocol
+    row_of = {rid: i for i, rid in enumerate(table["ids"])}
+    names = table["names"]
+    for pointer in sorted(base.glob("*/scored*/latest.json")):
+        run = json.loads(pointer.read_text())["run_id"]
+        parts = _glob.glob(str(pointer.parent / "runs" / run / "results" / "*.parquet"))
+        results = [r for part in parts for r in pq.read_table(part).to_pylist()]
+        ok = [r for r in results if r["status"] == "ok" and r["recording_id"] in row_of]
+        if not ok:
+            continue
+        idx = np.array([row_of[r["recording_id"]] for r in ok])
+        pred = np.array([[r[f"score_{n}"] for n in names] for r in ok], dtype=np.float64)
+        result = E.evaluate(table["Y"][idx], pred, None, table["groups"][idx], names)
+        k = int(pointer.parent.name.removeprefix("scored"))
+        found.setdefault(f"{pointer.parent.parent.name} via jobs/score.py", {})[k] = \
+            {**{m: float(result["mean"][m]) for m in METRICS}, "ece": float("nan")}
+    return found
+
+
 def _cell(values: list[float]) -> str:
     finite = [v for v in values if np.isfinite(v)]
     if not finite:
@@ -124,7 +155,8 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
         for system, folds in systems.items():
             rows.append(f"| {protocol} | {system} | all {len(folds)} | "
                         + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
-        for variant, by_fold in (model_folds(runs, protocol) if runs else {}).items():
+        variants = {**model_folds(runs, protocol), **scored_folds(runs, protocol, table)} if runs else {}
+        for variant, by_fold in variants.items():
             raw[protocol][f"model: {variant}"] = by_fold
             ks = sorted(by_fold)
             which = f"all {n_folds}" if len(ks) == n_folds else \
@@ -163,9 +195,31 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
     return {"markdown": markdown, "folds": raw, "ceiling": ceiling}
 
 
+def write_scoring_manifest(data: str, splits_csv: str, out_csv: str, split: str = "test") -> int:
+    """A `jobs/score.py` manifest (recording_id, performance_midi_uri, score_uri) of one side of a fold."""
+    import csv
+
+    from pipelines.io.corpora import read_percepiano
+    from pipelines.io.splits_table import read_splits_table
+
+    side = read_splits_table(splits_csv)
+    chosen = [r for r in read_percepiano(data) if side.get(r.recording_id) == split]
+    with open(out_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["recording_id", "performance_midi_uri", "score_uri"])
+        writer.writerows([r.recording_id, r.midi_uri, r.score_uri or ""] for r in chosen)
+    return len(chosen)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None)
     parser.add_argument("--runs", default=None)
+    parser.add_argument("--manifest", nargs=2, metavar=("SPLITS_CSV", "OUT_CSV"), default=None,
+                        help="only write a scoring manifest of the fold's test recordings, then stop")
     args = parser.parse_args()
-    main(args.data, args.runs)
+    if args.manifest:
+        n = write_scoring_manifest(str(args.data or DATA), *args.manifest)
+        print(f"{n} test recordings -> {args.manifest[1]}")
+    else:
+        main(args.data, args.runs)
