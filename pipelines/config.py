@@ -224,7 +224,10 @@ class TrainConfig(_Section):
 class ScoringConfig(_Section):
     """Scoring a library of recordings with a trained model (jobs/score.py): windows, limits, resources."""
     path: ClassVar[str] = "scoring"
-    window_s: Float = C.INFER_WINDOW_S
+    # scoring windows; None: the training windows (data.train_window_s), which the model was fitted on. Windows
+    # other than the training ones cost accuracy (benchmarks/RESULTS.md, section percepiano: 25 s windows of a
+    # 10 s model lose 0.03 R²); longer ones (the design's 20-30 s) cut MERT's cost per second of audio
+    window_s: Float | None = None
     overlap: Float = C.WINDOW_OVERLAP
     span_windows: Int = 8              # windows per span row (MERT runs once per span; memory per row)
     batch_size: Int = 4                # windows (and MERT chunks) per forward call
@@ -245,7 +248,8 @@ class ScoringConfig(_Section):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ScoringConfig:
-        _require(20.0 <= self.window_s <= 30.0, f"scoring.window_s must be 20..30 s, got {self.window_s}")
+        _require(self.window_s is None or 5.0 <= self.window_s <= 60.0,
+                 f"scoring.window_s must be 5..60 s, got {self.window_s}")
         _require(0.0 <= self.overlap < 1.0, f"scoring.overlap must be in [0, 1), got {self.overlap}")
         _require(self.batch_size >= 1, f"scoring.batch_size must be >= 1, got {self.batch_size}")
         _require(self.span_windows >= 1, f"scoring.span_windows must be >= 1, got {self.span_windows}")
@@ -296,6 +300,8 @@ class Config(_Section):
             raise ConfigError(f"aggregate_weights: {exc}") from None
         _require(self.model.max_notes >= self.data.max_notes,
                  f"model.max_notes ({self.model.max_notes}) is below data.max_notes ({self.data.max_notes})")
+        if self.scoring.window_s is None:          # score on the windows the model is trained on
+            object.__setattr__(self.scoring, "window_s", max(5.0, float(self.data.train_window_s)))
         return self
 
     def schema(self) -> DimensionSchema:  # type: ignore[override]  # replaces pydantic v1's deprecated classmethod

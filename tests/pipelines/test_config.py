@@ -69,7 +69,7 @@ def test_overrides_are_parsed_as_yaml_values():
     ("train.dropout=abc", "train.dropout: expected a number, got 'abc'"),
     ("data.split_fractions=[0.5, 'a', 0.5]", "data.split_fractions[1]: expected a number, got 'a'"),
     ("data.augment=3", "data.augment: expected a mapping, got 3"),
-    ("scoring.window_s=10", "scoring.window_s must be 20..30 s, got 10.0"),
+    ("scoring.window_s=4", "scoring.window_s must be 5..60 s, got 4.0"),
     ("scoring.use_gpu=yes please", "scoring.use_gpu: expected true or false"),
     ("score.use_gpu=true", "unknown config key score (known: aggregate_weights, data, dimensions, model, name, "
                            "scoring, train)"),

@@ -82,7 +82,8 @@ def test_bad_files_become_one_error_row_each(library):
 
 def test_mert_runs_once_per_span_and_matches_window_by_window_scoring(library, tmp_path, monkeypatch):
     ckpt = save_checkpoint(tmp_path / "both", audio_encoder="both")
-    config = _config("scoring.span_windows=8", "model.audio_encoder=both", "scoring.max_duration_s=100")
+    config = _config("scoring.span_windows=8", "scoring.window_s=25", "model.audio_encoder=both",
+                     "scoring.max_duration_s=100")
     entry = _entry(library, "bad/long")                            # 68 s: 5 windows in one span
     from pipelines.io.model_files import read_checkpoint_meta
     flags = model_flags(read_checkpoint_meta(str(ckpt))["config"])
