@@ -66,6 +66,28 @@ def segment_notes(score: Score, perf: Performance, alignment, attrs: np.ndarray,
     return tokens_by_offset[offset][idx], attrs[idx], times
 
 
+def copy_clean_pseudo_labels(clean_rows: list[dict], aug_rows: list[dict]) -> None:
+    """Give each augmented row the pseudo-labels of the matching clean segment (in place).
+
+    The labels describe the playing, which augmentation does not change, so they are computed on the clean
+    variant only (noise or MP3 artefacts must not lower tone, a time stretch must not move rhythm).
+    Segments match by index when both variants have as many; otherwise (a time stretch changes the
+    windows) by the most overlapping score bars when both have bars, and NaN labels when nothing matches.
+    """
+    nan = dumps_labels({})
+    if len(clean_rows) == len(aug_rows):
+        for clean, aug in zip(clean_rows, aug_rows):
+            aug["pseudo_json"] = clean["pseudo_json"]
+        return
+    for aug in aug_rows:
+        best, best_overlap = None, 0
+        for clean in clean_rows:
+            overlap = min(aug["bar_end"], clean["bar_end"]) - max(aug["bar_start"], clean["bar_start"]) + 1
+            if aug["bar_start"] >= 0 and clean["bar_start"] >= 0 and overlap > best_overlap:
+                best, best_overlap = clean, overlap
+        aug["pseudo_json"] = best["pseudo_json"] if best is not None else nan
+
+
 class RecordingProcessor:
     """Callable: record dict -> list of feature-row dicts (see pipelines/features/rows.py)."""
 
@@ -134,8 +156,8 @@ class RecordingProcessor:
                                aug_perf, aug_score, augment=info.describe()))
         return out
 
-    def segment_rows(self, record: dict, variant: Variant, content_hash: str) -> list[dict]:
-        """Align, segment and pack one variant into rows."""
+    def segment_rows(self, record: dict, variant: Variant, content_hash: str, with_pseudo: bool = True) -> list[dict]:
+        """Align, segment and pack one variant into rows (pseudo-labels left empty unless with_pseudo)."""
         from pipelines.features import align as A
         from pipelines.features import pseudo_labels as L
         from pipelines.features import segment as S
@@ -185,6 +207,9 @@ class RecordingProcessor:
                                                              tokens_by_offset)
                 row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(seg_attrs, "f4"),
                            note_times=pack_array(times, "f4"), n_notes=len(seg_tokens))
+            if not with_pseudo:
+                pseudo = {}
+            elif alignment is not None:
                 pseudo = L.pseudo_labels(score, perf, alignment, attrs, audio_features, note_mask=seg.token_mask)
             elif perf is not None:
                 pseudo = L.pseudo_labels(None, perf, None, None, audio_features, note_mask=seg.token_mask)
@@ -232,13 +257,19 @@ class RecordingProcessor:
         except Exception as exc:
             raise _stage(uri, "augmentation", exc) from None
         rows: list[dict] = []
+        clean_rows: list[dict] = []
         for variant in variants:
             try:
-                rows.extend(self.segment_rows(record, variant, content_hash))
+                variant_rows = self.segment_rows(record, variant, content_hash, with_pseudo=not variant.augment)
             except Exception as exc:
                 raise _stage(record.get("score_uri") or uri,
                              f"alignment/segmentation{' of ' + variant.augment if variant.augment else ''}",
                              exc) from None
+            if variant.augment:
+                copy_clean_pseudo_labels(clean_rows, variant_rows)
+            else:
+                clean_rows = variant_rows
+            rows.extend(variant_rows)
         return rows
 
     def __call__(self, record: dict) -> list[dict]:

@@ -77,3 +77,31 @@ def test_a_recording_too_long_to_align_is_an_error_row_not_a_long_wait(records):
     assert len(rows) == 1 and rows[0]["status"] == "error"
     assert "too many notes to align" in rows[0]["error"] and "data.max_alignment_cells" in rows[0]["error"]
     assert "\n" not in rows[0]["error"]
+
+
+def test_augmented_copies_carry_the_clean_segments_pseudo_labels(records, processor):
+    rows = processor(dict(records[1], split="train"))
+    clean = [r for r in rows if not r["augment"]]
+    augmented = [r for r in rows if r["augment"]]
+    assert augmented and any(json.loads(r["pseudo_json"]) for r in clean)
+    for copy in {r["augment"] for r in augmented}:
+        aug = [r for r in augmented if r["augment"] == copy]
+        if len(aug) == len(clean):                      # same windows: the same labels, segment by segment
+            assert [r["pseudo_json"] for r in aug] == [r["pseudo_json"] for r in clean]
+        else:                                           # a time stretch: a clean segment's labels, or none
+            assert all(r["pseudo_json"] in {c["pseudo_json"] for c in clean} | {"{}"} for r in aug)
+
+
+def test_copy_clean_pseudo_labels_matches_by_index_then_by_bars():
+    from pipelines.features.processor import copy_clean_pseudo_labels
+
+    clean = [{"pseudo_json": f'{{"tone": {k}}}', "bar_start": 4 * k, "bar_end": 4 * k + 5} for k in range(3)]
+    same = [{"pseudo_json": "{}", "bar_start": 0, "bar_end": 0} for _ in range(3)]
+    copy_clean_pseudo_labels(clean, same)
+    assert [r["pseudo_json"] for r in same] == [c["pseudo_json"] for c in clean]
+    stretched = [{"pseudo_json": "{}", "bar_start": b, "bar_end": e} for b, e in ((0, 3), (7, 13))]
+    copy_clean_pseudo_labels(clean, stretched)
+    assert [r["pseudo_json"] for r in stretched] == [clean[0]["pseudo_json"], clean[2]["pseudo_json"]]
+    scoreless = [{"pseudo_json": '{"tone": 3}', "bar_start": -1, "bar_end": -1}]
+    copy_clean_pseudo_labels(clean, scoreless)
+    assert scoreless[0]["pseudo_json"] == "{}"                 # nothing to match: no label rather than a wrong one
