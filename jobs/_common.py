@@ -41,7 +41,14 @@ def training_config(args: argparse.Namespace):
         overrides.append(f"train.num_workers={args.num_workers}")
     if args.gpu:
         overrides.append("train.use_gpu=true")
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    if config.train.stage == "pseudo" and not config.schema().pseudo_names:
+        # pseudo-labels exist for seed10's technical dimensions only: a pseudo stage under another schema
+        # trains those, and its checkpoint initialises the expert run across schemas (--init)
+        print(f"pseudo stage: {config.schema().name} has no pseudo-labelled dimensions; training seed10's "
+              "technical ones (the expert run's --init carries the trunk over to its schema)", flush=True)
+        config = load_config(args.config, [*overrides, "dimensions=seed10"])
+    return config
 
 
 def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
