@@ -15,39 +15,58 @@ note_accuracy (needs a score)
 rhythmic_precision (needs a score)
     e = RMS over score onsets of the median deviation (seconds) of their performed onsets from the
     local-tempo fit (each clipped at TIMING_CLIP_S; grace notes left out); c = RMS within-onset spread
-    (chord asynchrony). penalty = excess(e, TIMING_TOL_S) / TIMING_SCALE_S
-    + excess(c, CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S. Seconds rather than beats: within a
-    passage played by several pianists, e tracks the raters' "timing stable <-> unstable" (Spearman
-    +0.51) better than deviations in beats (+0.48) or relative to the IOI (+0.43).
+    (chord asynchrony); d = tempo drift against the score: the Theil-Sen slope of log seconds-per-beat of
+    successive TEMPO_SPAN_BEATS spans (each a least-squares fit of time on written beat) against time,
+    times the window's length (+ dragging, - rushing; the local-tempo fit follows a drift, so e cannot
+    see it). penalty = excess(e, TIMING_TOL_S) / TIMING_SCALE_S + excess(c, CHORD_SPREAD_TOL_S) /
+    CHORD_SPREAD_SCALE_S + excess(|d|, DRIFT_TOL) / DRIFT_SCALE. Rubato that comes back (phrase arches)
+    leaves d near 0. Seconds rather than beats for e: within a passage played by several pianists, e
+    tracks the raters' "timing stable <-> unstable" (Spearman +0.57) better than deviations in beats.
 dynamics_control (score optional)
     Streams are the score voices (without a score or with one voice: notes above / below the median
     pitch); each stream's line is its highest note per onset group. j = robust std of the line's
-    velocities around their Gaussian smoothing over DYNAMICS_SMOOTH_S (note-to-note jitter);
-    r = std over time of the smoothed curves (phrase-level shaping). penalty =
-    excess(j, JITTER_TOL) / JITTER_SCALE + SHAPING_WEIGHT * excess(1 - r / SHAPING_REF):
-    erratic and flat dynamics both lose points.
+    velocities around their Gaussian smoothing over DYNAMICS_SMOOTH_S, less (with a score) the mean
+    residual of each bar position (a regular metrical accent is shaping, not jitter); r = std over time
+    of the smoothed curves (phrase-level shaping). penalty = excess(j, JITTER_TOL) / JITTER_SCALE +
+    SHAPING_WEIGHT * excess(1 - r / SHAPING_REF): erratic and flat dynamics both lose points.
 articulation (needs a score)
     log duration ratio (key-down time / written duration at the local tempo) of matched notes
-    released with the sustain pedal up (all matched notes if fewer than MIN_NOTES are): bias
-    b = median, spread s = robust std. penalty = excess(|b - ARTIC_CENTRE|, ARTIC_BIAS_TOL) /
-    ARTIC_BIAS_SCALE + excess(s, ARTIC_SPREAD_TOL) / ARTIC_SPREAD_SCALE. Score MIDI carries no
-    staccato marks, so the band around the human median is wide.
+    released with the sustain pedal up (all matched notes if fewer than MIN_NOTES are), in time order:
+    bias b = median; spread s = robust std around the running median of ARTIC_NEIGHBOURS notes either
+    side (note-to-note inconsistency, not a deliberate change of touch between passages). penalty =
+    excess(|b - ARTIC_CENTRE|, ARTIC_BIAS_TOL) / ARTIC_BIAS_SCALE + excess(s, ARTIC_SPREAD_TOL) /
+    ARTIC_SPREAD_SCALE: the band 0.53x .. 1.06x of the written length is normal touch, staccato far
+    shorter and smeared legato far longer lose points.
 pedaling (score optional; NaN for a transcription without pedal events)
-    blur = fraction of performed onset groups at which a note held only by the sustain pedal (key
-    released, pedal down ever since, struck less than PEDAL_HOLD_HORIZON_S ago) is 1-2 semitones
-    (any octave) from a note held by key; gaps (with a score) = fraction of written-legato transitions
-    followed by a silence (no key, no pedal) longer than SILENCE_GAP_S. penalty =
-    excess(blur, BLUR_TOL) / BLUR_SCALE + gaps / GAP_SCALE.
+    CC64 is continuous: damping(v) = 1 at or below HALF_PEDAL_LOW, 0 at or above HALF_PEDAL_HIGH, linear
+    between (half-pedal); a note's sound after its key is up falls by exp(-damping seconds / DAMP_TIME_S)
+    and naturally by exp(-age / NATURAL_DECAY_S). Harmonic spans: the score cut at bar lines (and mid-bar
+    in bars of >= 2 x HARMONY_STEP_BEATS quarters), placed in time by the local tempo, each with the pitch
+    classes written in it (without a score: SCORELESS_SPAN_S performed seconds and the pitch classes
+    struck). blur = at every harmony change (a pitch class of the old span absent from the new one), the
+    sound CLEAR_S after the change of the earlier notes (struck within PEDAL_HOLD_HORIZON_S) whose pitch
+    class is foreign to the new span, as pedalled, over the same sound with no damping (summed over the
+    changes: 1 = pedal held through, ~0.1 = a legato change). dry = over spans weighted by their sustain
+    need (share of leaps >= NEED_LEAP semitones between successive onsets of the upper and lower lines,
+    i.e. broken chords and arpeggios rather than runs; 0 under NEED_MIN_ONSETS onsets), the share of
+    the span's time without sustain (1 - mean of 1 - damping). penalty = excess(blur, BLUR_TOL) /
+    BLUR_SCALE + excess(dry, DRY_TOL) / DRY_SCALE: pedal held across harmony changes and no pedal where
+    broken harmonies ask for it both lose points; sevenths or suspensions inside one span do not.
 tone (score optional)
-    u = mean over chords (>= 3 notes within ONSET_GROUP_S) of the velocity std of all notes but the
-    top one (voicing the melody is not unevenness); h = fraction of notes with velocity >=
-    HARSH_VELOCITY; with audio_features {"cqt": log-magnitude [frames, bins]}, n = mean spectral
-    flatness of the louder half of the frames (noisy, unfocused sound). penalty =
-    excess(u, UNEVEN_TOL) / UNEVEN_SCALE + h / HARSH_SCALE + excess(n, NOISE_FLATNESS_TOL) / NOISE_SCALE.
+    Chords are the notes of one written onset (without a score: of one performed onset group). u = mean
+    over chords of >= 3 notes of the velocity std of all notes but the top one (voicing the melody is not
+    unevenness); v = median over chords of the top note's lead over the mean of the others (needs
+    MIN_CHORDS chords); h = fraction of notes with velocity >= HARSH_VELOCITY; l = mean velocity excess
+    over LOUD_FROM (forced tone); with audio_features {"cqt": log-magnitude [frames, bins]}, n = mean
+    spectral flatness of the louder half of the frames (noisy, unfocused sound; computed on the clean
+    recording, never on an augmented copy). penalty = excess(u, UNEVEN_TOL) / UNEVEN_SCALE +
+    excess(VOICING_TOL - v) / VOICING_SCALE + h / HARSH_SCALE + l / LOUD_SCALE +
+    excess(n, NOISE_FLATNESS_TOL) / NOISE_SCALE.
 
-Measured on the 982 human PercePiano segments (median label): 85 / 88 / 100 / 100 / 86 / 100 in the
-order above; on K265: 98 / 84 / 92 / 91 / 81 / 100. Within a passage, rhythmic_precision vs the
-"timing unstable" rating: Spearman -0.46; pedaling vs "pedal blurred": -0.26.
+Measured on 400 of the human PercePiano segments (median label): 84 / 85 / 100 / 99 / 95 / 100 in the
+order above; on K265: 98 / 84 / 78 / 98 / 100 / 88. Within a passage, rhythmic_precision vs the
+"timing unstable" rating: Spearman -0.50; the blur statistic vs "pedal blurred" +0.2 and the dry
+statistic -0.48 (both track the raters; the two-sided label itself is not a clean <-> blurred scale).
 
 `note_mask` (bool over alignment tokens, or over performed notes without a score) restricts every
 statistic to the notes of one window (`pseudo_labels_window` takes a `segment.Segment`); the tempo fit
@@ -55,6 +74,7 @@ and the pedal and key state still come from the whole performance, so a window k
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -75,32 +95,51 @@ TIMING_SCALE_S = 0.08
 CHORD_ONSET_TOL_S = 0.08        # performed notes of one score onset further apart are not "a chord"
 CHORD_SPREAD_TOL_S = 0.025      # melody lead / rolled-chord spread that is normal
 CHORD_SPREAD_SCALE_S = 0.08
+TEMPO_SPAN_BEATS = 4.0          # quarters per span of the tempo-drift fit
+DRIFT_TOL = 0.1                 # |log tempo change| across a window that rubato and phrase endings give
+DRIFT_SCALE = 0.2
 # --- dynamics --------------------------------------------------------------------------------------
 DYNAMICS_SMOOTH_S = 0.75        # std of the Gaussian smoothing of velocity over time
-JITTER_TOL = 9.0                # velocity steps of note-to-note jitter that is normal (human median 7.4)
-JITTER_SCALE = 8.0
+JITTER_TOL = 7.0                # velocity steps of note-to-note jitter that is normal (human median 6.7)
+JITTER_SCALE = 5.0
 SHAPING_REF = 3.0               # phrase-level velocity std (steps) from which shaping costs nothing
 SHAPING_WEIGHT = 1.5            # penalty of perfectly flat dynamics
 MIN_NOTES = 4                   # fewer notes: the dimension is NaN
+ACCENT_MIN_NOTES = 4            # a bar position needs this many line notes for its mean accent to count
 # --- articulation ----------------------------------------------------------------------------------
-ARTIC_CENTRE = math.log(0.65)   # median performed/written key-down ratio of human notes released dry
-ARTIC_BIAS_TOL = 0.6            # |log ratio - centre| that is still a normal touch (0.36x .. 1.18x)
-ARTIC_BIAS_SCALE = 0.5
-ARTIC_SPREAD_TOL = 0.5          # robust std of log ratios that is normal (human median 0.45)
+ARTIC_CENTRE = math.log(0.75)   # centre of the normal performed/written key-down ratio of notes released dry
+ARTIC_BIAS_TOL = 0.35           # |log ratio - centre| that is still a normal touch (0.53x .. 1.06x)
+ARTIC_BIAS_SCALE = 0.35
+ARTIC_NEIGHBOURS = 3            # local articulation: median of this many notes either side (time order)
+ARTIC_SPREAD_TOL = 0.5          # robust std of log ratios around the local median that is normal (human median 0.33)
 ARTIC_SPREAD_SCALE = 0.5
-# --- pedal -----------------------------------------------------------------------------------------
-PEDAL_HOLD_HORIZON_S = 2.0      # a pedal-held note older than this has decayed enough not to blur
+# --- pedal ---------------------------------------------------------------------------------------
+HALF_PEDAL_LOW = 40.0           # CC64 at or below: dampers fully on the strings
+HALF_PEDAL_HIGH = 64.0          # CC64 at or above: strings free (between: half-pedal, partial damping)
+DAMP_TIME_S = 0.03              # e-folding time of a string's sound under fully applied dampers
+NATURAL_DECAY_S = 3.0           # e-folding time of an undamped piano note (a mid-register average)
+PEDAL_HOLD_HORIZON_S = 4.0      # notes struck longer ago than this no longer count as carried over
+CLEAR_S = 0.25                  # a harmony change should be clear of the old harmony this long after it
+HARMONY_STEP_BEATS = 2.0        # harmonic spans: bar lines, and mid-bar in bars of twice this many quarters
+NEED_LEAP = 3                   # semitones: successive notes this far apart outline a harmony
+NEED_MIN_ONSETS = 3             # a span with fewer written onsets does not ask for sustain
+SCORELESS_SPAN_S = 1.0          # without a score, harmonic spans are this many performed seconds
 ONSET_GROUP_S = 0.05            # performed onsets closer than this form one group
-BLUR_TOL = 0.1                  # blurred-onset fraction that pedalled passing notes normally give
-BLUR_SCALE = 0.4
-SILENCE_GAP_S = 0.08
-GAP_SCALE = 0.5
+BLUR_TOL = 0.15                 # carried-over share at harmony changes that legato pedalling leaves
+BLUR_SCALE = 0.2
+DRY_TOL = 0.6                   # unsustained share of sustain-asking spans human pianists leave (0.43; K265 0.6)
+DRY_SCALE = 0.25
 # --- tone ------------------------------------------------------------------------------------------
 HARSH_VELOCITY = 112
+LOUD_FROM = 100.0               # velocity steps above this count as forcing the tone
+LOUD_SCALE = 6.0                # mean steps above LOUD_FROM that cost one penalty unit
+VOICING_TOL = 6.0               # median lead of a chord's top note over the others below this is weak voicing
+VOICING_SCALE = 8.0
+MIN_CHORDS = 8                  # fewer chords (onset groups of two or more notes): voicing is not judged
 UNEVEN_TOL = 6.0
 UNEVEN_SCALE = 10.0
 HARSH_SCALE = 0.3
-NOISE_FLATNESS_TOL = 0.25
+NOISE_FLATNESS_TOL = 0.5       # clean piano renderings measure 0.36 .. 0.47
 NOISE_SCALE = 0.25
 
 
@@ -132,7 +171,8 @@ def _note_accuracy_penalty(st: dict[str, float]) -> float:
 
 def _rhythm_penalty(st: dict[str, float]) -> float:
     return (_excess(st["timing_rms_s"], TIMING_TOL_S) / TIMING_SCALE_S
-            + _excess(st["chord_spread_s"], CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S)
+            + _excess(st["chord_spread_s"], CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S
+            + _zero_if_nan(_excess(abs(st["tempo_drift"]), DRIFT_TOL)) / DRIFT_SCALE)
 
 
 def _dynamics_penalty(st: dict[str, float]) -> float:
@@ -146,11 +186,12 @@ def _articulation_penalty(st: dict[str, float]) -> float:
 
 
 def _pedaling_penalty(st: dict[str, float]) -> float:
-    return _excess(st["pedal_blur"], BLUR_TOL) / BLUR_SCALE + _zero_if_nan(st["legato_gaps"]) / GAP_SCALE
+    return _excess(st["pedal_blur"], BLUR_TOL) / BLUR_SCALE + _excess(st["pedal_dry"], DRY_TOL) / DRY_SCALE
 
 
 def _tone_penalty(st: dict[str, float]) -> float:
     return (_excess(st["chord_unevenness"], UNEVEN_TOL) / UNEVEN_SCALE + st["harsh_fraction"] / HARSH_SCALE
+            + st["loud_excess"] / LOUD_SCALE + _zero_if_nan(_excess(VOICING_TOL - st["voicing_lead"])) / VOICING_SCALE
             + _zero_if_nan(_excess(st["noise_flatness"], NOISE_FLATNESS_TOL)) / NOISE_SCALE)
 
 
@@ -180,17 +221,17 @@ def technical_statistics(score: Score | None, perf: Performance, alignment=None,
                          ) -> dict[str, float]:
     """The interpretable statistics behind the pseudo-labels (NaN where not computable).
 
-    error_rate; timing_rms_s, chord_spread_s (seconds); velocity_jitter, velocity_shaping (MIDI
-    steps); duration_bias, duration_spread (log ratio); pedal_blur, legato_gaps (fractions);
-    chord_unevenness (MIDI steps), harsh_fraction; noise_flatness (0..1).
+    error_rate; timing_rms_s, chord_spread_s (seconds), tempo_drift (log tempo change); velocity_jitter,
+    velocity_shaping (MIDI steps); duration_bias, duration_spread (log ratio); pedal_blur, pedal_dry (0..1);
+    chord_unevenness, voicing_lead, loud_excess (MIDI steps), harsh_fraction; noise_flatness (0..1).
     """
     view = _NoteView.build(score, perf, alignment, note_mask)
     stats = {"error_rate": view.error_rate()}
     stats.update(_timing_statistics(score, perf, alignment, view))
-    stats.update(_dynamics_statistics(view))
+    stats.update(_dynamics_statistics(view, score))
     stats.update(_articulation_statistics(score, perf, alignment, attrs, view))
     stats.update(_pedal_statistics(score, perf, alignment, view))
-    stats.update(_tone_statistics(view, audio_features))
+    stats.update(_tone_statistics(view, audio_features, score))
     return stats
 
 
@@ -262,7 +303,7 @@ def _fill_extra_voices(voice: np.ndarray, pitch: np.ndarray) -> np.ndarray:
 
 def _timing_statistics(score: Score | None, perf: Performance, alignment, view: _NoteView) -> dict[str, float]:
     """RMS deviation (s) of per-onset median performed time from the local tempo, and chord spread (s)."""
-    nan = {"timing_rms_s": math.nan, "chord_spread_s": math.nan}
+    nan = {"timing_rms_s": math.nan, "chord_spread_s": math.nan, "tempo_drift": math.nan}
     if view.tokens is None:
         return nan
     from pipelines.features.align import is_grace, local_tempo
@@ -282,43 +323,105 @@ def _timing_statistics(score: Score | None, perf: Performance, alignment, view: 
         if len(d) >= 2 and np.ptp(d) < CHORD_ONSET_TOL_S * 4:
             spreads.append(np.std(d))
     group_dev = np.clip(np.asarray(group_dev), -TIMING_CLIP_S, TIMING_CLIP_S)
+    group_t = np.array([np.median(onsets[beats == b]) for b in np.unique(beats)])
     return {"timing_rms_s": float(np.sqrt(np.mean(group_dev ** 2))),
-            "chord_spread_s": float(np.sqrt(np.mean(np.square(spreads)))) if spreads else 0.0}
+            "chord_spread_s": float(np.sqrt(np.mean(np.square(spreads)))) if spreads else 0.0,
+            "tempo_drift": _tempo_drift(np.unique(beats), group_t)}
 
 
-def _dynamics_statistics(view: _NoteView) -> dict[str, float]:
+def _tempo_drift(beats: np.ndarray, times: np.ndarray) -> float:
+    """Change of log tempo across the window: the Theil-Sen slope of log seconds-per-beat of successive
+    spans of TEMPO_SPAN_BEATS (each a least-squares fit of performed time on written beat) against their
+    mid time, times the window's length. + dragging, - rushing; 0 with fewer than three spans."""
+    edges = np.arange(beats[0], beats[-1] + TEMPO_SPAN_BEATS, TEMPO_SPAN_BEATS)
+    mids, log_spb = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        sel = (beats >= a) & (beats <= b)
+        if sel.sum() >= 3 and np.ptp(beats[sel]) >= TEMPO_SPAN_BEATS / 2:
+            spb = np.polyfit(beats[sel], times[sel], 1)[0]
+            if spb > 0:
+                mids.append(float(np.mean(times[sel])))
+                log_spb.append(math.log(spb))
+    if len(mids) < 3:
+        return 0.0
+    mids, log_spb = np.asarray(mids), np.asarray(log_spb)
+    i, j = np.triu_indices(len(mids), 1)
+    slope = float(np.median((log_spb[j] - log_spb[i]) / np.maximum(mids[j] - mids[i], 1e-6)))
+    return slope * float(mids[-1] - mids[0])
+
+
+def _dynamics_statistics(view: _NoteView, score: Score | None = None) -> dict[str, float]:
     """Note-to-smooth velocity jitter of each stream's top line and phrase-level shaping, MIDI steps.
 
     Per stream, the line is the highest note of each onset group (so voicing inside a chord is not
-    jitter); jitter = robust std of the line's velocity around its Gaussian-smoothed curve; shaping =
-    std over time of the smoothed curves (each centred on its own mean).
+    jitter); jitter = robust std of the line's velocity around its Gaussian-smoothed curve, less (with a
+    score) the mean residual of its position in the bar (a regular metrical accent is not jitter);
+    shaping = std over time of the smoothed curves (each centred on its own mean).
     """
     notes = view.notes
     nan = {"velocity_jitter": math.nan, "velocity_shaping": math.nan}
     if len(notes) < MIN_NOTES:
         return nan
-    residuals, curves = [], []
+    position = _bar_positions(view, score)
+    residuals, positions, curves = [], [], []
     for v in np.unique(view.voice):
-        line = _top_line(notes[view.voice == v])
+        idx = np.flatnonzero(view.voice == v)
+        line = idx[_top_line(notes[idx])]
         if len(line) < 3:
             continue
-        t, vel = line["onset_s"], line["velocity"].astype(float)
+        t, vel = notes["onset_s"][line], notes["velocity"][line].astype(float)
         smooth = _gaussian_smooth(t, vel, DYNAMICS_SMOOTH_S)
         residuals.append(vel - smooth)
+        positions.append(position[line])
         curves.append(smooth - smooth.mean())
     if not residuals:
         return nan
-    residual = np.concatenate(residuals)
+    residual = _remove_metrical_accent(np.concatenate(residuals), np.concatenate(positions))
     return {"velocity_jitter": float(1.4826 * np.median(np.abs(residual - np.median(residual)))),
             "velocity_shaping": float(np.std(np.concatenate(curves)))}
 
 
+def _bar_positions(view: _NoteView, score: Score | None) -> np.ndarray:
+    """f8 [k]: written position in the bar (quarters) of each played note of the view; NaN if unknown."""
+    return _score_field(view, score, "position_beat")
+
+
+def _score_field(view: _NoteView, score: Score | None, field: str) -> np.ndarray:
+    """f8 [k]: a score-note field of each played note of the view (rounded), NaN for extra notes or no score."""
+    out = np.full(len(view.perf_index), np.nan)
+    if view.tokens is None or score is None:
+        return out
+    sidx = np.full(len(view.perf.notes), -1, dtype=np.int64)
+    tok = view.tokens[view.tokens["perf_index"] >= 0]
+    sidx[tok["perf_index"]] = tok["score_index"]
+    known = sidx[view.perf_index] >= 0
+    out[known] = np.round(score.notes[field][sidx[view.perf_index][known]], 3)
+    return out
+
+
+def _written_onsets(view: _NoteView, score: Score | None) -> np.ndarray:
+    """f8 [k]: written onset (quarters) of each played note of the view; NaN if unknown."""
+    return _score_field(view, score, "onset_beat")
+
+
+def _remove_metrical_accent(residual: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Residuals less the mean residual of their bar position (positions with >= ACCENT_MIN_NOTES notes)."""
+    out = residual.copy()
+    for pos in np.unique(position[~np.isnan(position)]):
+        sel = position == pos
+        if sel.sum() >= ACCENT_MIN_NOTES:
+            out[sel] -= residual[sel].mean()
+    return out
+
+
 def _top_line(notes: np.ndarray) -> np.ndarray:
-    """The highest note of each onset group (onsets closer than ONSET_GROUP_S), in time order."""
-    notes = notes[np.argsort(notes["onset_s"], kind="stable")]
-    group = np.cumsum(np.concatenate([[True], np.diff(notes["onset_s"]) > ONSET_GROUP_S])) if len(notes) else notes
-    keep = [np.flatnonzero(group == g)[np.argmax(notes["pitch"][group == g])] for g in np.unique(group)]
-    return notes[np.asarray(keep, dtype=np.int64)]
+    """Indices (into notes) of the highest note of each onset group (onsets closer than ONSET_GROUP_S),
+    in time order."""
+    order = np.argsort(notes["onset_s"], kind="stable")
+    onsets, pitch = notes["onset_s"][order], notes["pitch"][order]
+    group = np.cumsum(np.concatenate([[True], np.diff(onsets) > ONSET_GROUP_S]))
+    return np.asarray([order[np.flatnonzero(group == g)[np.argmax(pitch[group == g])]] for g in np.unique(group)],
+                      dtype=np.int64)
 
 
 def _gaussian_smooth(t: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
@@ -353,115 +456,186 @@ def _articulation_statistics(score: Score | None, perf: Performance, alignment, 
         ldr = np.asarray(attrs)[rows, ATTR_INDEX["log_duration_ratio"]]
     else:
         ldr = matched_timing(score, perf, matched, local_tempo(score, perf, alignment))["log_duration_ratio"]
-    dry = ~pedal_down_at(perf.pedal, perf.notes["offset_s"][matched["perf_index"]], CC_SUSTAIN)
+    order = np.argsort(perf.notes["onset_s"][matched["perf_index"]], kind="stable")
+    ldr = ldr[order]
+    dry = ~pedal_down_at(perf.pedal, perf.notes["offset_s"][matched["perf_index"]], CC_SUSTAIN)[order]
     if dry.sum() >= MIN_NOTES:
         ldr = ldr[dry]
     centre = float(np.median(ldr))
-    return {"duration_bias": centre, "duration_spread": float(1.4826 * np.median(np.abs(ldr - centre)))}
+    local = np.array([np.median(ldr[max(i - ARTIC_NEIGHBOURS, 0): i + ARTIC_NEIGHBOURS + 1]) for i in range(len(ldr))])
+    residual = ldr - local
+    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
+    return {"duration_bias": centre, "duration_spread": float(spread)}
 
 
 def _pedal_statistics(score: Score | None, perf: Performance, alignment, view: _NoteView) -> dict[str, float]:
-    """Fraction of onset groups blurred by pedal-held clashing notes; fraction of legato gaps."""
+    """Harmony-aware blur and missing sustain over the window's harmonic spans (see the module docstring)."""
+    nan = {"pedal_blur": math.nan, "pedal_dry": math.nan}
     if len(perf.pedal) == 0 and perf.source == "transcription":
-        return {"pedal_blur": math.nan, "legato_gaps": math.nan}
-    notes = view.notes
-    if len(notes) < MIN_NOTES:
-        return {"pedal_blur": math.nan, "legato_gaps": math.nan}
-    from pipelines.io.performance import pedal_intervals
-
-    all_notes = perf.notes
-    intervals = pedal_intervals(perf.pedal, CC_SUSTAIN, end_s=perf.duration_s + 10.0)
-    group_times = _onset_groups(notes["onset_s"])
-    blurred = [_blur_at(t, all_notes, intervals) for t in group_times]
-    gaps = math.nan
-    if view.tokens is not None:
-        gaps = _legato_gap_fraction(score, perf, view, intervals)
-    return {"pedal_blur": float(np.mean(blurred)) if blurred else math.nan, "legato_gaps": gaps}
-
-
-def _onset_groups(onsets: np.ndarray) -> np.ndarray:
-    """First onset of each run of onsets closer than ONSET_GROUP_S [g] (input sorted or not)."""
-    onsets = np.sort(onsets)
-    if len(onsets) == 0:
-        return onsets
-    starts = np.concatenate([[True], np.diff(onsets) > ONSET_GROUP_S])
-    return onsets[starts]
+        return nan
+    if len(view.notes) < MIN_NOTES:
+        return nan
+    damper = _Damper(perf.pedal)
+    spans = _score_spans(score, perf, alignment, view) if view.tokens is not None else _performed_spans(view)
+    if not spans:
+        return nan
+    carried, possible = np.array([_carry_over(perf.notes, damper, spans[k - 1], spans[k])
+                                  for k in range(1, len(spans))] or [(0.0, 0.0)]).T
+    need = np.array([s.need for s in spans])
+    dry = np.array([1.0 - damper.mean_sustain(s.start_s, s.end_s) for s in spans])
+    return {"pedal_blur": float(carried.sum() / possible.sum()) if possible.sum() > 0 else 0.0,
+            "pedal_dry": float(np.sum(need * dry) / need.sum()) if need.sum() > 0 else 0.0}
 
 
-def _pedal_down_throughout(intervals: np.ndarray, start: np.ndarray, end: float) -> np.ndarray:
-    """bool [n]: the sustain pedal is down over all of [start_i, end]."""
-    if len(intervals) == 0:
-        return np.zeros(len(start), dtype=bool)
-    k = np.searchsorted(intervals[:, 0], start, side="right") - 1
-    ok = k >= 0
-    kk = np.maximum(k, 0)
-    return ok & (intervals[kk, 0] <= start) & (intervals[kk, 1] >= end)
+class _Damper:
+    """The sustain pedal (CC64) as a continuous damping function of time.
+
+    damping(v) = 1 at or below HALF_PEDAL_LOW (dampers on the strings), 0 at or above HALF_PEDAL_HIGH
+    (strings free), linear in between (half-pedalling); no event yet = damped. `integral(t)` is the
+    cumulative damping seconds up to t (piecewise linear), so a note whose key is up from r keeps
+    exp(-(integral(t) - integral(r)) / DAMP_TIME_S) of its sound at t.
+    """
+
+    def __init__(self, pedal: np.ndarray):
+        events = pedal[pedal["controller"] == CC_SUSTAIN]
+        events = events[np.argsort(events["time_s"], kind="stable")]
+        times = np.concatenate([[-1e6], events["time_s"].astype(float)])
+        damping = np.concatenate([[1.0], np.clip((HALF_PEDAL_HIGH - events["value"].astype(float))
+                                                  / (HALF_PEDAL_HIGH - HALF_PEDAL_LOW), 0.0, 1.0)])
+        self.times, self.damping = times, damping
+        self.knots = np.concatenate([[0.0], np.cumsum(damping[:-1] * np.diff(times))])
+
+    def integral(self, t: np.ndarray | float) -> np.ndarray:
+        t = np.asarray(t, dtype=np.float64)
+        k = np.searchsorted(self.times, t, side="right") - 1
+        return self.knots[k] + self.damping[k] * (t - self.times[k])
+
+    def mean_sustain(self, t0: float, t1: float) -> float:
+        """Mean of 1 - damping over [t0, t1] (1 = pedal fully down throughout)."""
+        if t1 <= t0:
+            return float(1.0 - self.damping[np.searchsorted(self.times, t0, side="right") - 1])
+        return float(1.0 - (self.integral(t1) - self.integral(t0)) / (t1 - t0))
 
 
-def _blur_at(t: float, notes: np.ndarray, intervals: np.ndarray) -> bool:
-    """Whether a pedal-held recent note clashes (1-2 semitones, any octave) with a key-held note at t."""
-    group_end = t + ONSET_GROUP_S
-    key_held = (notes["onset_s"] <= group_end) & (notes["offset_s"] > group_end)
-    released = (notes["offset_s"] <= t) & (notes["onset_s"] > t - PEDAL_HOLD_HORIZON_S)
-    if not key_held.any() or not released.any():
-        return False
-    held_by_pedal = released.copy()
-    held_by_pedal[released] = _pedal_down_throughout(intervals, notes["offset_s"][released], group_end)
-    if not held_by_pedal.any():
-        return False
-    ringing = np.unique(notes["pitch"][held_by_pedal] % 12)
-    sounding = np.unique(notes["pitch"][key_held] % 12)
-    interval = (ringing[:, None] - sounding[None, :]) % 12
-    return bool(np.isin(interval, (1, 2, 10, 11)).any())
+@dataclasses.dataclass
+class _Span:
+    """One harmonic span: performed start and end (s), the pitch classes written in it, its sustain need."""
+    start_s: float
+    end_s: float
+    pitch_classes: frozenset
+    need: float
 
 
-def _legato_gap_fraction(score: Score, perf: Performance, view: _NoteView, intervals: np.ndarray) -> float:
-    """Of the window's score onsets whose written notes reach the next onset, the fraction followed by an
-    audible silence (no key and no pedal holding any note) longer than SILENCE_GAP_S before the next
-    performed onset."""
-    matched = view.tokens[view.tokens["kind"] == MATCHED]
-    if len(matched) < 2:
-        return math.nan
-    sn = score.notes[matched["score_index"]]
-    pn = perf.notes[matched["perf_index"]]
-    beats = np.unique(sn["onset_beat"])
-    written_end = np.array([np.max(sn["onset_beat"][sn["onset_beat"] == b] + sn["duration_beat"][sn["onset_beat"] == b])
-                            for b in beats])
-    all_notes = perf.notes
-    legato, gaps = 0, 0
-    for b, end_b, next_b in zip(beats[:-1], written_end[:-1], beats[1:]):
-        if end_b + 1e-6 < next_b:
+def _span_need(pitch: np.ndarray, onsets: np.ndarray) -> float:
+    """0..1: how much a span's written notes ask for sustain: the share of leaps (>= NEED_LEAP semitones)
+    between successive onsets of its upper and lower lines (a broken chord or arpeggio rather than a scale
+    run or repeated notes), over at least NEED_MIN_ONSETS onsets."""
+    times = np.unique(onsets)
+    if len(times) < NEED_MIN_ONSETS:
+        return 0.0
+    split = np.median(pitch)
+    shares = []
+    for line in (pitch >= split, pitch < split):
+        if line.sum() < 2:
             continue
-        legato += 1
-        last_release = float(pn["offset_s"][sn["onset_beat"] == b].max())
-        next_onset = float(pn["onset_s"][sn["onset_beat"] == next_b].min())
-        if next_onset - last_release <= SILENCE_GAP_S:
+        top = np.array([pitch[line & (onsets == t)].max() for t in times if (line & (onsets == t)).any()])
+        steps = np.abs(np.diff(top))
+        steps = steps[steps > 0]
+        if len(steps) >= 2:
+            shares.append(float(np.mean(steps >= NEED_LEAP)))
+    return max(shares) if shares else 0.0
+
+
+def _score_spans(score: Score, perf: Performance, alignment, view: _NoteView) -> list[_Span]:
+    """The window's harmonic spans: the score cut at every bar line and every HARMONY_STEP_BEATS within a
+    bar, placed in time by the local tempo; pitch classes of every written note sounding in the span."""
+    from pipelines.features.align import local_tempo
+
+    sn = score.notes
+    played = view.tokens[view.tokens["score_index"] >= 0]["score_index"]
+    if len(played) < MIN_NOTES or alignment.n_matched < 2:
+        return []
+    lo, hi = float(sn["onset_beat"][played].min()), float(sn["onset_beat"][played].max())
+    end = float((sn["onset_beat"] + sn["duration_beat"]).max())
+    bars = np.append(score.bar_starts_beat, end)
+    steps = [(b - a) / 2 if b - a >= 2 * HARMONY_STEP_BEATS else b - a for a, b in zip(bars[:-1], bars[1:])]
+    cuts = np.unique(np.concatenate([np.arange(a, b - 1e-6, max(st, 0.5))
+                                     for a, b, st in zip(bars[:-1], bars[1:], steps)] + [[end]]))
+    first = max(int(np.searchsorted(cuts, lo, side="right")) - 1, 0)     # the span holding the first note ..
+    last = min(int(np.searchsorted(cuts, hi, side="right")), len(cuts) - 1)   # .. to the end of the last one
+    cuts = cuts[first:last + 1]
+    times = local_tempo(score, perf, alignment).time_at(cuts)
+    spans = []
+    for a, b, ta, tb in zip(cuts[:-1], cuts[1:], times[:-1], times[1:]):
+        sounding = (sn["onset_beat"] < b - 1e-6) & (sn["onset_beat"] + sn["duration_beat"] > a + 1e-6)
+        struck = (sn["onset_beat"] >= a - 1e-6) & (sn["onset_beat"] < b - 1e-6)
+        if not struck.any():
             continue
-        mid = (last_release + next_onset) / 2
-        keys = ((all_notes["onset_s"] < mid) & (all_notes["offset_s"] > mid)).any()
-        pedal = _pedal_down_throughout(intervals, np.array([last_release]), mid)[0]
-        gaps += int(not keys and not pedal)
-    return gaps / legato if legato else math.nan
+        spans.append(_Span(float(ta), float(tb), frozenset((sn["pitch"][sounding] % 12).tolist()),
+                           _span_need(sn["pitch"][struck], sn["onset_beat"][struck])))
+    return spans
 
 
-def _tone_statistics(view: _NoteView, audio_features: dict | None) -> dict[str, float]:
-    """Velocity unevenness inside chords (std without the top note), harsh-velocity fraction, noise."""
+def _performed_spans(view: _NoteView) -> list[_Span]:
+    """Without a score: spans of SCORELESS_SPAN_S performed seconds, pitch classes of the notes struck in
+    them (a coarse stand-in for the harmony)."""
     notes = view.notes
-    out = {"chord_unevenness": math.nan, "harsh_fraction": math.nan,
+    t0, t1 = float(notes["onset_s"].min()), float(notes["onset_s"].max())
+    cuts = np.arange(t0, t1 + SCORELESS_SPAN_S, SCORELESS_SPAN_S)
+    spans = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        struck = (notes["onset_s"] >= a) & (notes["onset_s"] < b)
+        if struck.any():
+            spans.append(_Span(float(a), float(b), frozenset((notes["pitch"][struck] % 12).tolist()),
+                               _span_need(notes["pitch"][struck], np.round(notes["onset_s"][struck], 2))))
+    return spans
+
+
+def _carry_over(notes: np.ndarray, damper: _Damper, before: _Span, after: _Span) -> tuple[float, float]:
+    """(carried, possible) at a harmony change: the sound, CLEAR_S after the change, of the released notes
+    whose pitch class is foreign to the new span, with the dampers as pedalled and without any damping
+    (velocity / 127 x natural decay). (0, 0) when the harmony does not change."""
+    if not (before.pitch_classes - after.pitch_classes):
+        return 0.0, 0.0
+    t = min(after.start_s + CLEAR_S, max(after.end_s, after.start_s + ONSET_GROUP_S))
+    change = after.start_s - ONSET_GROUP_S
+    old = (notes["onset_s"] < change) & (notes["onset_s"] > change - PEDAL_HOLD_HORIZON_S)
+    old &= ~np.isin(notes["pitch"] % 12, list(after.pitch_classes))
+    sound = notes["velocity"][old].astype(float) / 127.0 * np.exp(-(t - notes["onset_s"][old]) / NATURAL_DECAY_S)
+    released = np.minimum(notes["offset_s"][old], t)           # a key still down at t holds its note itself
+    survives = np.exp(-(damper.integral(t) - damper.integral(released)) / DAMP_TIME_S)
+    return float(np.sum(sound * survives)), float(np.sum(sound))
+
+
+def _tone_statistics(view: _NoteView, audio_features: dict | None, score: Score | None = None) -> dict[str, float]:
+    """Chord unevenness (velocity std without the top note), the top note's lead, loudness, noise.
+
+    Chords are the notes of one written onset (with a score) or of one performed onset group."""
+    notes = view.notes
+    out = {"chord_unevenness": math.nan, "harsh_fraction": math.nan, "loud_excess": math.nan, "voicing_lead": math.nan,
            "noise_flatness": _noise_flatness(audio_features)}
     if len(notes) < MIN_NOTES:
         return out
     order = np.argsort(notes["onset_s"], kind="stable")
     onsets, pitch, vel = notes["onset_s"][order], notes["pitch"][order], notes["velocity"][order].astype(float)
     group = np.cumsum(np.concatenate([[True], np.diff(onsets) > ONSET_GROUP_S]))
-    spreads = []
+    written = _written_onsets(view, score)[order]
+    known = ~np.isnan(written)
+    if known.any():         # a written onset is one chord however spread its notes are played
+        group = group.copy()
+        group[known] = np.unique(written[known], return_inverse=True)[1] - len(onsets) - 1
+    spreads, leads = [], []
     for g in np.unique(group):
         sel = group == g
+        by_pitch = vel[sel][np.argsort(pitch[sel])]
+        if sel.sum() >= 2:
+            leads.append(by_pitch[-1] - by_pitch[:-1].mean())
         if sel.sum() >= 3:
-            inner = vel[sel][np.argsort(pitch[sel])][:-1]
-            spreads.append(np.std(inner))
+            spreads.append(np.std(by_pitch[:-1]))
     out["chord_unevenness"] = float(np.mean(spreads)) if spreads else 0.0
     out["harsh_fraction"] = float(np.mean(vel >= HARSH_VELOCITY))
+    out["loud_excess"] = float(np.mean(np.maximum(vel - LOUD_FROM, 0.0)))
+    out["voicing_lead"] = float(np.median(leads)) if len(leads) >= MIN_CHORDS else math.nan
     return out
 
 

@@ -55,8 +55,9 @@ def test_dimensions_are_the_technical_seed10_ones_and_in_range():
 
 
 def test_clean_expressive_performance_scores_high():
-    labels = labels_of(vary(rubato=0.2))
-    assert min(labels.values()) >= 95.0, labels
+    labels = labels_of(vary(rubato=0.2, pedal="bar"))
+    # the random synthetic harmony also changes inside the bar, where a once-a-bar pedal blurs a little
+    assert labels.pop("pedaling") >= 70.0 and min(labels.values()) >= 95.0, labels
 
 
 def test_note_accuracy_falls_with_more_wrong_missed_and_extra_notes():
@@ -67,8 +68,13 @@ def test_note_accuracy_falls_with_more_wrong_missed_and_extra_notes():
 
 def test_rhythmic_precision_falls_with_onset_jitter_but_not_with_rubato():
     assert_falls(dimension("rhythmic_precision", [vary(jitter_s=j) for j in (0.005, 0.03, 0.06, 0.1)]), drop=50)
-    steady, rubato, drift = dimension("rhythmic_precision", [vary(rubato=0.0), vary(rubato=0.25), vary(drift=0.3)])
-    assert rubato >= 95.0 and drift >= 95.0 and steady >= 95.0
+    steady, rubato = dimension("rhythmic_precision", [vary(rubato=0.0), vary(rubato=0.25)])
+    assert rubato >= 95.0 and steady >= 95.0
+
+
+def test_rhythmic_precision_falls_with_tempo_drift_against_the_score():
+    assert_falls(dimension("rhythmic_precision", [vary(drift=d) for d in (0.0, 0.1, 0.2, 0.3, 0.4)]), drop=40)
+    assert dimension("rhythmic_precision", [vary(drift=-0.3)])[0] < 70.0            # rushing as well as dragging
 
 
 def test_dynamics_control_penalises_flat_and_erratic_dynamics():
@@ -85,12 +91,21 @@ def test_articulation_falls_when_durations_depart_from_the_score():
     assert_falls(dimension("articulation", [vary(articulation_jitter=j) for j in (0.05, 0.6, 1.0)]), drop=20)
 
 
-def test_pedaling_penalises_blur_and_unpedalled_gaps():
-    clean, changed, held = dimension("pedaling", [vary(pedal="none"), vary(pedal="bar"), vary(pedal="held")])
-    assert clean >= 95.0 and held < changed < clean
-    dry_gaps, pedalled_gaps = dimension("pedaling", [vary(articulation=0.3, pedal="none"),
-                                                     vary(articulation=0.3, pedal="bar")])
-    assert dry_gaps < pedalled_gaps and dry_gaps < 50.0
+def test_pedaling_is_two_sided_blur_and_missing_sustain():
+    dry, changed, held = dimension("pedaling", [vary(pedal="none"), vary(pedal="bar"), vary(pedal="held")])
+    assert held < changed and dry < changed and held < 20.0 and dry < 50.0
+
+
+def test_half_pedal_damps_partially():
+    from pipelines.features.pseudo_labels import _Damper
+    from pipelines.io.notes import PEDAL_DTYPE
+
+    pedal = np.zeros(3, dtype=PEDAL_DTYPE)
+    pedal["time_s"], pedal["controller"], pedal["value"] = [1.0, 2.0, 3.0], 64, [127, 52, 0]
+    damper = _Damper(pedal)
+    assert damper.mean_sustain(1.0, 2.0) == pytest.approx(1.0)
+    assert damper.mean_sustain(2.0, 3.0) == pytest.approx(0.5)
+    assert damper.mean_sustain(3.0, 4.0) == pytest.approx(0.0) and damper.mean_sustain(0.0, 0.5) == 0.0
 
 
 def test_tone_falls_with_uneven_chords_and_harsh_velocities():
@@ -156,7 +171,7 @@ def test_human_k265_performance_scores_high():
     score, perf, _ = k265_example()
     al = align(score, perf)
     labels = pseudo_labels(score, perf, al, note_attributes(score, perf, al))
-    # measured: 97.7 / 83.9 / 92.0 / 90.6 / 81.2 / 100; 75 leaves room for a retuned constant, not for a collapse
+    # measured: 97.7 / 83.9 / 92.0 / 100 / 100 / 100; 75 leaves room for a retuned constant, not for a collapse
     assert min(labels.values()) >= 75.0, labels
 
 
@@ -197,3 +212,29 @@ def test_percepiano_humans_score_high_and_timing_label_tracks_raters(percepiano_
             y.extend((b - b.mean()) / (b.std() + 1e-9))
     rho = spearmanr(x, y).correlation
     assert rho < -0.3, rho            # measured -0.46
+
+
+# --- properties: each label falls with its own fault and stays put when another dimension's fault grows ---
+PEDALLED = vary(pedal="bar")
+FAULTS = {   # dimension -> styles with a growing fault of that dimension, on a pedalled performance
+    "rhythmic_precision": [dataclasses.replace(PEDALLED, jitter_s=j) for j in (0.005, 0.03, 0.06)]
+    + [dataclasses.replace(PEDALLED, drift=d) for d in (0.0, 0.2, 0.4)],
+    "dynamics_control": [dataclasses.replace(PEDALLED, velocity_jitter=v) for v in (4, 14, 25)],
+    "articulation": [dataclasses.replace(PEDALLED, articulation=a) for a in (0.9, 0.45, 0.2)]
+    + [dataclasses.replace(PEDALLED, articulation=a) for a in (0.9, 1.6, 2.5)],
+    "pedaling": [vary(pedal=p) for p in ("bar", "held")],
+}
+COUPLED = {"dynamics_control": {"tone"},    # velocity noise is also uneven tone, as in the demo corpus truth
+           "articulation": {"pedaling"}}      # keys held across a harmony change blur it like the pedal
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_each_label_falls_with_its_own_fault_and_only_its_own(name):
+    styles = FAULTS[name]
+    runs = [styles[i:i + 3] for i in range(0, len(styles), 3)]
+    for run in runs:
+        labels = [labels_of(s) for s in run]
+        assert_falls([x[name] for x in labels], drop=20)
+        for other in set(TECHNICAL_DIMENSIONS) - {name} - COUPLED.get(name, set()):
+            values = [x[other] for x in labels]
+            assert max(values) - min(values) <= 8.0, (other, values)
