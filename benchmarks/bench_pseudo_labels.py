@@ -1,5 +1,9 @@
 """Pseudo-labels against the demo corpus's known ground truth: Pearson / Spearman per technical
-dimension, over recordings (labels computed on each recording's whole aligned performance)."""
+dimension, over recordings (labels computed on each recording's whole aligned performance); and, as
+outside evidence, against the expert ratings of real human PercePiano performances (within passage).
+
+Run: `python -m benchmarks.bench_pseudo_labels [--percepiano N]` (N rated human segments, sampled with a
+fixed seed; 0 skips the table; default 400, about half a minute)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +14,72 @@ import numpy as np
 from benchmarks.common import markdown_table
 
 
-def main(pieces: int = 6, takes: int = 6, seed: int = 1) -> dict:
+PERCEPIANO_DIR = "/work/shared/data/percepiano"
+# (pseudo-label, PercePiano rating, sign that makes "better" agree: -1 where the rating's high end is worse)
+PERCEPIANO_PAIRS = (
+    ("rhythmic_precision", "timing", -1),                 # stable <-> unstable
+    ("pedaling", "pedal_clarity", -1),                    # clean <-> blurred
+    ("pedaling", "pedal_amount", +1),                     # sparse/dry <-> saturated/wet (descriptive)
+    ("articulation", "articulation_length", +1),          # short <-> long (descriptive)
+    ("articulation", "articulation_touch", +1),           # soft/cushioned <-> hard/solid (descriptive)
+    ("dynamics_control", "dynamic_range", +1),            # little <-> large range
+    ("tone", "dynamic_sophistication", -1),               # sophisticated/mellow <-> raw/crude
+)
+# (statistic of `technical_statistics`, rating, sign): the fault measures behind the two-sided pedaling label
+PERCEPIANO_STATISTICS = (
+    ("pedal_blur", "pedal_clarity", +1),
+    ("pedal_dry", "pedal_clarity", -1),
+    ("pedal_dry", "pedal_amount", -1),
+    ("timing_rms_s", "timing", +1),
+    ("tempo_drift", "timing", +1),
+)
+
+
+def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0) -> dict:
+    """Within-passage Spearman of each pseudo-label against its matching PercePiano rating over n sampled
+    rated human segments (each passage's mean removed from both; passages with >= 3 sampled players)."""
+    from collections import defaultdict
+
+    from scipy.stats import spearmanr
+
+    from pipelines.features import align as A
+    from pipelines.features import pseudo_labels as L
+    from pipelines.io.corpora import read_corpus
+    from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
+
+    recs = [r for r in read_corpus(root, layout="percepiano")
+            if r.labels and r.score_uri and not r.extra["player"].startswith("Score")]
+    recs = [recs[i] for i in np.random.default_rng(seed).permutation(len(recs))[:n]]
+    by_passage = defaultdict(list)
+    for rec in recs:
+        score, perf = load_score(rec.score_uri), load_performance(rec.midi_uri)
+        stats = L.technical_statistics(score, perf, A.align(score, perf))
+        stats = {k: abs(v) if k == "tempo_drift" else v for k, v in stats.items()}
+        labels = {d: L.score_from_penalty(penalty(stats)) for d, penalty in L.PENALTIES.items()}
+        by_passage[rec.piece_id].append(({**stats, **labels}, rec.labels))
+    rows = []
+    for label, rating, sign in PERCEPIANO_PAIRS + PERCEPIANO_STATISTICS:
+        x, y = [], []
+        for pairs in by_passage.values():
+            pts = np.array([(p[label], r[rating]) for p, r in pairs if not np.isnan(p[label])])
+            if len(pts) >= 3:
+                x.extend(pts[:, 0] - pts[:, 0].mean())
+                y.extend(pts[:, 1] - pts[:, 1].mean())
+        rho = spearmanr(x, y)[0] if len(x) > 2 else float("nan")
+        kind = "label" if (label, rating, sign) in PERCEPIANO_PAIRS else "statistic (a fault: + = worse)"
+        rows.append([label, kind, rating, rho, sign * rho, len(x)])
+    labels = [p for v in by_passage.values() for p, _ in v]
+    medians = {d: float(np.nanmedian([p[d] for p in labels])) for d in L.TECHNICAL_DIMENSIONS}
+    table = markdown_table(["pseudo-label / statistic", "kind", "PercePiano rating", "Spearman rho (within passage)",
+                            "agreement (sign-oriented)", "segments"], rows)
+    md = (f"### Pseudo-labels vs PercePiano expert ratings ({len(recs)} rated human segments, seed {seed})\n\n"
+          f"{table}\n\nMedian label of these human segments: "
+          + ", ".join(f"{d} {v:.0f}" for d, v in medians.items()) + ".\n")
+    return {"markdown": md, "rows": rows, "medians": medians}
+
+
+def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     from model.schema import SEED10
@@ -68,8 +137,17 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1) -> dict:
           "a wrong note counts as one missed and one extra note): missed notes found "
           f"{found['missed'][0]} of {found['missed'][1]} inserted, extra notes found {found['extra'][0]} of "
           f"{found['extra'][1]} inserted.\n")
-    return {"markdown": md, "rows": rows}
+    out = {"markdown": md, "rows": rows}
+    if percepiano > 0 and os.path.isdir(PERCEPIANO_DIR):
+        human = percepiano_table(percepiano)
+        out["markdown"] += "\n" + human["markdown"]
+        out["percepiano_rows"] = human["rows"]
+    return out
 
 
 if __name__ == "__main__":
-    print(main()["markdown"])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--percepiano", type=int, default=400, help="rated human PercePiano segments (0: skip)")
+    print(main(percepiano=parser.parse_args().percepiano)["markdown"])
