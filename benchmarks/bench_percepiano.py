@@ -156,6 +156,7 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
             rows.append(f"| {protocol} | {system} | all {len(folds)} | "
                         + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
         variants = {**model_folds(runs, protocol), **scored_folds(runs, protocol, table)} if runs else {}
+        compared: set[tuple[int, ...]] = set()      # fold sets whose baseline rows are in the table already
         for variant, by_fold in variants.items():
             raw[protocol][f"model: {variant}"] = by_fold
             ks = sorted(by_fold)
@@ -163,7 +164,8 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
                 f"fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}"
             rows.append(f"| {protocol} | **model: {variant}** | {which} | "
                         + " | ".join(_cell([by_fold[k][m] for k in ks]) for m in COLUMNS) + " |")
-            if len(ks) < n_folds:        # the baselines on the same folds, for a fair comparison
+            if len(ks) < n_folds and tuple(ks) not in compared:     # the baselines on the same folds, once
+                compared.add(tuple(ks))
                 for system in ("mean", "gradient boosting"):
                     rows.append(f"| {protocol} | {system}, same folds | {which} | "
                                 + " | ".join(_cell([systems[system][k][m] for k in ks]) for m in COLUMNS) + " |")
