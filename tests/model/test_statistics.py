@@ -50,7 +50,7 @@ def test_the_model_reads_the_statistics_only_when_asked():
     schema = load_schema("percepiano19")
     notes, attrs, times = (torch.stack(x) for x in zip(_window(12, 0.5, 0.4, 16), _window(12, 0.25, 0.8, 16)))
     batch = {"notes": notes, "note_attrs": attrs, "note_times": times, "note_lengths": torch.tensor([12, 12])}
-    plain = build_model(load_config("percepiano").model, schema)
+    plain = build_model(load_config("percepiano", ["model.input_statistics=false"]).model, schema)
     assert plain.input_stats is None
     torch.manual_seed(0)
     model = build_model(load_config("percepiano", ["model.input_statistics=true"]).model, schema).eval()
