@@ -71,20 +71,21 @@ def copy_clean_pseudo_labels(clean_rows: list[dict], aug_rows: list[dict]) -> No
 
     The labels describe the playing, which augmentation does not change, so they are computed on the clean
     variant only (noise or MP3 artefacts must not lower tone, a time stretch must not move rhythm).
-    Segments match by index when both variants have as many; otherwise (a time stretch changes the
-    windows) by the most overlapping score bars when both have bars, and NaN labels when nothing matches.
+    A segment with score bars matches the clean segment of most overlapping bars (a time stretch moves the
+    windows over the music); one without bars matches by index when both variants have as many segments;
+    anything else gets NaN labels rather than another segment's.
     """
     nan = dumps_labels({})
-    if len(clean_rows) == len(aug_rows):
-        for clean, aug in zip(clean_rows, aug_rows):
-            aug["pseudo_json"] = clean["pseudo_json"]
-        return
-    for aug in aug_rows:
+    by_index = len(clean_rows) == len(aug_rows)
+    for k, aug in enumerate(aug_rows):
         best, best_overlap = None, 0
-        for clean in clean_rows:
-            overlap = min(aug["bar_end"], clean["bar_end"]) - max(aug["bar_start"], clean["bar_start"]) + 1
-            if aug["bar_start"] >= 0 and clean["bar_start"] >= 0 and overlap > best_overlap:
-                best, best_overlap = clean, overlap
+        if aug["bar_start"] >= 0:
+            for clean in clean_rows:
+                overlap = min(aug["bar_end"], clean["bar_end"]) - max(aug["bar_start"], clean["bar_start"]) + 1
+                if clean["bar_start"] >= 0 and overlap > best_overlap:
+                    best, best_overlap = clean, overlap
+        elif by_index and clean_rows[k]["bar_start"] < 0:
+            best = clean_rows[k]
         aug["pseudo_json"] = best["pseudo_json"] if best is not None else nan
 
 

@@ -92,16 +92,21 @@ def test_augmented_copies_carry_the_clean_segments_pseudo_labels(records, proces
             assert all(r["pseudo_json"] in {c["pseudo_json"] for c in clean} | {"{}"} for r in aug)
 
 
-def test_copy_clean_pseudo_labels_matches_by_index_then_by_bars():
+def test_copy_clean_pseudo_labels_matches_by_bars_then_by_index():
     from pipelines.features.processor import copy_clean_pseudo_labels
 
     clean = [{"pseudo_json": f'{{"tone": {k}}}', "bar_start": 4 * k, "bar_end": 4 * k + 5} for k in range(3)]
-    same = [{"pseudo_json": "{}", "bar_start": 0, "bar_end": 0} for _ in range(3)]
-    copy_clean_pseudo_labels(clean, same)
-    assert [r["pseudo_json"] for r in same] == [c["pseudo_json"] for c in clean]
+    shifted = [{"pseudo_json": "{}", "bar_start": b, "bar_end": e} for b, e in ((6, 9), (0, 3), (8, 14))]
+    copy_clean_pseudo_labels(clean, shifted)            # as many segments, but a stretch moved them over the bars
+    assert [r["pseudo_json"] for r in shifted] == [clean[1]["pseudo_json"], clean[0]["pseudo_json"],
+                                                  clean[2]["pseudo_json"]]
     stretched = [{"pseudo_json": "{}", "bar_start": b, "bar_end": e} for b, e in ((0, 3), (7, 13))]
     copy_clean_pseudo_labels(clean, stretched)
     assert [r["pseudo_json"] for r in stretched] == [clean[0]["pseudo_json"], clean[2]["pseudo_json"]]
+    no_bars = [{"pseudo_json": f'{{"tone": {k}}}', "bar_start": -1, "bar_end": -1} for k in range(2)]
+    copied = [{"pseudo_json": "{}", "bar_start": -1, "bar_end": -1} for _ in range(2)]
+    copy_clean_pseudo_labels(no_bars, copied)            # no score: by index
+    assert [r["pseudo_json"] for r in copied] == [r["pseudo_json"] for r in no_bars]
     scoreless = [{"pseudo_json": '{"tone": 3}', "bar_start": -1, "bar_end": -1}]
     copy_clean_pseudo_labels(clean, scoreless)
     assert scoreless[0]["pseudo_json"] == "{}"                 # nothing to match: no label rather than a wrong one
