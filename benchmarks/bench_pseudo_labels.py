@@ -7,6 +7,7 @@ fixed seed; 0 skips the table; default 400, about half a minute)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import tempfile
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from benchmarks.common import markdown_table
 
 
-PERCEPIANO_DIR = "/work/shared/data/percepiano"
+PERCEPIANO_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "percepiano")   # as bench_percepiano
 # (pseudo-label, PercePiano rating, sign that makes "better" agree: -1 where the rating's high end is worse)
 PERCEPIANO_PAIRS = (
     ("rhythmic_precision", "timing", -1),                 # stable <-> unstable
