@@ -126,8 +126,10 @@ class DataConfig(_Section):
     infer_window_s: Float = C.INFER_WINDOW_S
     window_overlap: Float = C.WINDOW_OVERLAP
     max_notes: Int = C.MAX_NOTES_PER_WINDOW
-    # where performed notes come from: MIDI when present (auto), always MIDI, or always transcription
-    performance_source: Literal["auto", "midi", "transcribe"] = "auto"
+    # where the model's notes come from. auto: what scoring will see (a recording with audio is transcribed,
+    # its performance MIDI only labels it; a MIDI-only recording gives its MIDI); prefer_midi: the MIDI
+    # whenever there is one; midi: always the MIDI; transcribe: always the audio's transcription
+    performance_source: Literal["auto", "prefer_midi", "midi", "transcribe"] = "auto"
     # transcription backend: pipelines.features.transcribe.Transcriber.BACKENDS (a test keeps them equal)
     transcriber: Literal["basic-pitch", "transkun"] = "basic-pitch"
     store_audio: Bool = True           # keep 24 kHz waveform per segment (needed by MERT)

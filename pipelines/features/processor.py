@@ -34,6 +34,7 @@ class Variant:
     perf: Performance | None
     score: Score | None
     augment: str = ""
+    label_perf: Performance | None = None   # performance MIDI for the pseudo-labels when `perf` is transcribed
 
 
 def _stage(uri: str, what: str, exc: BaseException) -> Exception:
@@ -89,6 +90,30 @@ def copy_clean_pseudo_labels(clean_rows: list[dict], aug_rows: list[dict]) -> No
         aug["pseudo_json"] = best["pseudo_json"] if best is not None else nan
 
 
+def _midi_labeller(score: Score | None, label_perf: Performance, spans: list[tuple[float, float]]):
+    """seg, audio_features -> pseudo-labels of the performance MIDI's notes in the window's time span.
+
+    Used when the model's notes are transcribed: the labels describe the playing, which the MIDI records
+    exactly (the transcription's dropped and false notes would otherwise read as wrong notes and smeared
+    rhythm). The MIDI is aligned to the score on its own; windows are the same time spans."""
+    from pipelines.features import align as A
+    from pipelines.features import pseudo_labels as L
+    from pipelines.features.attributes import note_attributes
+    from pipelines.features.segment import onset_masks
+
+    if score is not None:
+        alignment = A.align(score, label_perf)
+        attrs = note_attributes(score, label_perf, alignment)
+        masks = onset_masks(alignment.tokens["perf_onset_s"], spans)
+    else:
+        alignment = attrs = None
+        masks = onset_masks(label_perf.notes["onset_s"], spans)
+
+    def label(seg, audio_features):
+        return L.pseudo_labels(score, label_perf, alignment, attrs, audio_features, note_mask=masks[seg.index])
+    return label
+
+
 class RecordingProcessor:
     """Callable: record dict -> list of feature-row dicts (see pipelines/features/rows.py)."""
 
@@ -123,21 +148,46 @@ class RecordingProcessor:
                                    max_seconds=self.data.max_duration_s), C.CQT_SAMPLE_RATE_HZ
         raise PreprocessError(f"{record.get('recording_id')}: the record has neither audio nor performance MIDI")
 
-    def performance(self, record: dict, audio_44k: np.ndarray) -> Performance | None:
-        source = self.data.performance_source
-        midi_uri = record.get("midi_uri")
-        if midi_uri and source in ("auto", "midi"):
-            from pipelines.io.performance import load_performance
-            return load_performance(midi_uri)
+    def notes_source(self, record: dict) -> str:
+        """Where this recording's model notes come from: "midi" or "transcription".
+
+        `auto` gives the model what the scoring job will see for such a recording: a recording with audio is
+        scored from its transcription (a library holds audio, not MIDI), so its notes are transcribed and
+        its performance MIDI only labels it; a MIDI-only recording (PercePiano, a digital piano) is scored
+        from its MIDI. `prefer_midi` takes the MIDI whenever there is one (the earlier default)."""
+        source, midi_uri = self.data.performance_source, record.get("midi_uri")
         if source == "midi":
-            raise PreprocessError(f"{record.get('audio_uri')}: data.performance_source is 'midi' but the "
-                                  "recording has no performance MIDI")
+            if not midi_uri:
+                raise PreprocessError(f"{record.get('audio_uri')}: data.performance_source is 'midi' but the "
+                                      "recording has no performance MIDI")
+            return "midi"
+        if source == "transcribe" or not midi_uri:
+            return "transcription"
+        if source == "prefer_midi":
+            return "midi"
+        return "transcription" if record.get("audio_uri") else "midi"      # auto
+
+    def performance(self, record: dict, audio_44k: np.ndarray) -> Performance | None:
+        if self.notes_source(record) == "midi":
+            from pipelines.io.performance import load_performance
+            return load_performance(record["midi_uri"])
         return self.transcriber(audio_44k, C.CQT_SAMPLE_RATE_HZ)
 
-    def variants(self, record: dict, decoded, perf: Performance | None, score: Score | None) -> list[Variant]:
-        """The original recording and, on the training split, its seeded augmented copies."""
+    def label_performance(self, record: dict, perf: Performance | None) -> Performance | None:
+        """The performance MIDI that labels transcribed notes (None: the notes label themselves)."""
+        if not record.get("midi_uri") or perf is None or perf.source != "transcription":
+            return None
+        from pipelines.io.performance import load_performance
+        return load_performance(record["midi_uri"])
+
+    def variants(self, record: dict, decoded, perf: Performance | None, score: Score | None,
+                 label_perf: Performance | None = None) -> list[Variant]:
+        """The original recording and, on the training split, its seeded augmented copies.
+
+        Transcribed notes are transcribed again from each augmented copy (noise, reverb and MP3 change what
+        the transcriber hears, as they would at scoring time); MIDI notes are transformed with the audio."""
         from pipelines.io.audio import resample
-        out = [Variant(decoded.mert, decoded.cqt, perf, score)]
+        out = [Variant(decoded.mert, decoded.cqt, perf, score, label_perf=label_perf)]
         if self.augmenter is None or record.get("split") != "train":
             return out
         from pipelines.features.augment import transform_pedal, transform_perf_notes, transform_score_notes
@@ -149,8 +199,11 @@ class RecordingProcessor:
                     break
             else:
                 continue
-            aug_perf = None if perf is None else dataclasses.replace(
-                perf, notes=transform_perf_notes(perf.notes, info), pedal=transform_pedal(perf.pedal, info))
+            if perf is not None and perf.source == "transcription":
+                aug_perf = self.transcriber(y_aug, C.CQT_SAMPLE_RATE_HZ)
+            else:
+                aug_perf = None if perf is None else dataclasses.replace(
+                    perf, notes=transform_perf_notes(perf.notes, info), pedal=transform_pedal(perf.pedal, info))
             aug_score = None if score is None else dataclasses.replace(
                 score, notes=transform_score_notes(score.notes, info))
             out.append(Variant(resample(y_aug, C.CQT_SAMPLE_RATE_HZ, C.MERT_SAMPLE_RATE_HZ), y_aug,
@@ -184,6 +237,9 @@ class RecordingProcessor:
             "perf_source": perf.source if perf is not None else "none",
             "labels_json": dumps_labels(record.get("labels")), "augment": variant.augment,
         }
+        labeller = None
+        if with_pseudo and variant.label_perf is not None and len(variant.label_perf.notes):
+            labeller = _midi_labeller(score, variant.label_perf, [(s.start_s, s.end_s) for s in segments])
         rows = []
         tokens_by_offset: dict[int, np.ndarray] = {}   # OctupleMIDI bars are relative to the window's first bar
         for seg in segments:
@@ -210,6 +266,8 @@ class RecordingProcessor:
                            note_times=pack_array(times, "f4"), n_notes=len(seg_tokens))
             if not with_pseudo:
                 pseudo = {}
+            elif labeller is not None:
+                pseudo = labeller(seg, audio_features)
             elif alignment is not None:
                 pseudo = L.pseudo_labels(score, perf, alignment, attrs, audio_features, note_mask=seg.token_mask)
             elif perf is not None:
@@ -254,7 +312,11 @@ class RecordingProcessor:
                                       f"x {len(score.notes)} written: {cells:.3g} cells > data.max_alignment_cells "
                                       f"{self.data.max_alignment_cells:.3g})")
         try:
-            variants = self.variants(record, decoded, perf, score)
+            label_perf = self.label_performance(record, perf)
+        except Exception as exc:
+            raise _stage(record.get("midi_uri") or uri, "performance MIDI (labels)", exc) from None
+        try:
+            variants = self.variants(record, decoded, perf, score, label_perf)
         except Exception as exc:
             raise _stage(uri, "augmentation", exc) from None
         rows: list[dict] = []

@@ -110,3 +110,35 @@ def test_copy_clean_pseudo_labels_matches_by_bars_then_by_index():
     scoreless = [{"pseudo_json": '{"tone": 3}', "bar_start": -1, "bar_end": -1}]
     copy_clean_pseudo_labels(clean, scoreless)
     assert scoreless[0]["pseudo_json"] == "{}"                 # nothing to match: no label rather than a wrong one
+
+
+def test_a_recording_with_audio_trains_on_its_transcription_labelled_by_its_midi(records):
+    """The default gives the model what the scoring job sees (audio is transcribed), while the pseudo-labels
+    still come from the performance MIDI: the same labels, window by window, as when the MIDI is the notes."""
+    record = dict(records[0], split="val")
+    assert record["audio_uri"] and record["midi_uri"]
+    auto = RecordingProcessor(load_config("tiny", ["data.augment.copies=0"]))(record)
+    midi = RecordingProcessor(load_config("tiny", ["data.augment.copies=0",
+                                                   "data.performance_source=prefer_midi"]))(record)
+    assert {r["perf_source"] for r in auto} == {"transcription"} and {r["perf_source"] for r in midi} == {"midi"}
+    assert [(r["start_s"], r["end_s"]) for r in auto] == [(r["start_s"], r["end_s"]) for r in midi]
+    assert any(json.loads(r["pseudo_json"]) for r in auto)
+    assert [r["pseudo_json"] for r in auto] == [r["pseudo_json"] for r in midi]
+    scratch = RecordingProcessor(load_config("tiny", ["data.augment.copies=0", "data.performance_source=transcribe"]))
+    assert scratch.label_performance(record, None) is None
+    midi_only = dict(record, audio_uri=None)            # rendered from its MIDI: scored from the MIDI too
+    assert auto and RecordingProcessor(load_config("tiny")).notes_source(midi_only) == "midi"
+    assert scratch.notes_source(midi_only) == "transcription"
+
+
+def test_augmented_copies_of_a_transcribed_recording_are_transcribed_again(records, monkeypatch):
+    processor = RecordingProcessor(load_config("tiny", ["data.augment.copies=1"]))
+    rows = processor(dict(records[1], split="train"))
+    augmented = [r for r in rows if r["augment"]]
+    assert augmented and {r["perf_source"] for r in rows} == {"transcription"}
+    calls = []
+    cls = type(processor.transcriber)
+    real = cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda self, y, sr: calls.append(len(y)) or real(self, y, sr))
+    processor(dict(records[1], split="train"))
+    assert len(calls) == 2                               # the recording and its one augmented copy
