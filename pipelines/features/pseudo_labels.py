@@ -17,11 +17,12 @@ rhythmic_precision (needs a score)
     local-tempo fit (each clipped at TIMING_CLIP_S; grace notes left out); c = RMS within-onset spread
     (chord asynchrony); d = tempo drift against the score: the Theil-Sen slope of log seconds-per-beat of
     successive TEMPO_SPAN_BEATS spans (each a least-squares fit of time on written beat) against time,
-    times the window's length (+ dragging, - rushing; the local-tempo fit follows a drift, so e cannot
-    see it). penalty = excess(e, TIMING_TOL_S) / TIMING_SCALE_S + excess(c, CHORD_SPREAD_TOL_S) /
-    CHORD_SPREAD_SCALE_S + excess(|d|, DRIFT_TOL) / DRIFT_SCALE. Rubato that comes back (phrase arches)
-    leaves d near 0. Seconds rather than beats for e: within a passage played by several pianists, e
-    tracks the raters' "timing stable <-> unstable" (Spearman +0.57) better than deviations in beats.
+    times the window's length from first to last onset (+ dragging, - rushing; the local-tempo fit
+    follows a drift, so e cannot see it). penalty = excess(e, TIMING_TOL_S) / TIMING_SCALE_S +
+    excess(c, CHORD_SPREAD_TOL_S) / CHORD_SPREAD_SCALE_S + excess(|d|, DRIFT_TOL) / DRIFT_SCALE. Rubato
+    that comes back (phrase arches) leaves d near 0. Seconds rather than beats for e: within a passage
+    played by several pianists, e tracks the raters' "timing stable <-> unstable" (Spearman +0.57) better
+    than deviations in beats.
 dynamics_control (score optional)
     Streams are the score voices (without a score or with one voice: notes above / below the median
     pitch); each stream's line is its highest note per onset group. j = robust std of the line's
@@ -63,9 +64,9 @@ tone (score optional)
     excess(VOICING_TOL - v) / VOICING_SCALE + h / HARSH_SCALE + l / LOUD_SCALE +
     excess(n, NOISE_FLATNESS_TOL) / NOISE_SCALE.
 
-Measured on 400 of the human PercePiano segments (median label): 84 / 85 / 100 / 99 / 95 / 100 in the
+Measured on 400 of the human PercePiano segments (median label): 84 / 82 / 100 / 99 / 95 / 100 in the
 order above; on K265: 98 / 84 / 78 / 98 / 100 / 88. Within a passage, rhythmic_precision vs the
-"timing unstable" rating: Spearman -0.50; the blur statistic vs "pedal blurred" +0.2 and the dry
+"timing unstable" rating: Spearman -0.51; the blur statistic vs "pedal blurred" +0.2 and the dry
 statistic -0.48 (both track the raters; the two-sided label itself is not a clean <-> blurred scale).
 
 `note_mask` (bool over alignment tokens, or over performed notes without a score) restricts every
@@ -93,7 +94,7 @@ TIMING_CLIP_S = 0.25            # a single onset deviation counts at most this m
 TIMING_TOL_S = 0.02             # RMS onset deviation below this costs nothing
 TIMING_SCALE_S = 0.08
 CHORD_ONSET_TOL_S = 0.08        # performed notes of one score onset further apart are not "a chord"
-CHORD_SPREAD_TOL_S = 0.025      # melody lead / rolled-chord spread that is normal
+CHORD_SPREAD_TOL_S = 0.012      # chord asynchrony (melody lead included) of the median human: PercePiano 0.012 s
 CHORD_SPREAD_SCALE_S = 0.08
 TEMPO_SPAN_BEATS = 4.0          # quarters per span of the tempo-drift fit
 DRIFT_TOL = 0.1                 # |log tempo change| across a window that rubato and phrase endings give
@@ -332,7 +333,8 @@ def _timing_statistics(score: Score | None, perf: Performance, alignment, view: 
 def _tempo_drift(beats: np.ndarray, times: np.ndarray) -> float:
     """Change of log tempo across the window: the Theil-Sen slope of log seconds-per-beat of successive
     spans of TEMPO_SPAN_BEATS (each a least-squares fit of performed time on written beat) against their
-    mid time, times the window's length. + dragging, - rushing; 0 with fewer than three spans."""
+    mid time, times the window's length (first to last onset: the whole change, not only that between the
+    first and last spans' mid times). + dragging, - rushing; 0 with fewer than three spans."""
     edges = np.arange(beats[0], beats[-1] + TEMPO_SPAN_BEATS, TEMPO_SPAN_BEATS)
     mids, log_spb = [], []
     for a, b in zip(edges[:-1], edges[1:]):
@@ -347,7 +349,7 @@ def _tempo_drift(beats: np.ndarray, times: np.ndarray) -> float:
     mids, log_spb = np.asarray(mids), np.asarray(log_spb)
     i, j = np.triu_indices(len(mids), 1)
     slope = float(np.median((log_spb[j] - log_spb[i]) / np.maximum(mids[j] - mids[i], 1e-6)))
-    return slope * float(mids[-1] - mids[0])
+    return slope * float(times[-1] - times[0])
 
 
 def _dynamics_statistics(view: _NoteView, score: Score | None = None) -> dict[str, float]:

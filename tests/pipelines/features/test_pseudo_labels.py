@@ -77,6 +77,30 @@ def test_rhythmic_precision_falls_with_tempo_drift_against_the_score():
     assert dimension("rhythmic_precision", [vary(drift=-0.3)])[0] < 70.0            # rushing as well as dragging
 
 
+def test_tempo_drift_is_the_log_tempo_change_across_the_whole_window():
+    """Log tempo rising steadily in time by log(1 + r) over the window (rushing): the drift is that full
+    change of log seconds-per-beat, -log(1 + r), not the smaller change between the first and last spans'
+    mid times."""
+    from pipelines.features.pseudo_labels import _tempo_drift
+
+    beats = np.arange(0.0, 64.0, 0.5)
+    for r in (0.1, 0.2, 0.35):
+        total = 40.0                                    # seconds at the start tempo for the whole window
+        t = np.linspace(0.0, total, 20001)
+        ratio = np.exp(np.log1p(r) * t / t[-1])
+        played_beats = np.cumsum(np.concatenate([[0.0], ratio[:-1] * np.diff(t)]))
+        played_beats *= beats[-1] / played_beats[-1]
+        times = np.interp(beats, played_beats, t)
+        drift = _tempo_drift(beats, times)
+        assert drift == pytest.approx(-np.log1p(r), rel=0.05), (r, drift)
+
+
+def test_rhythmic_precision_falls_with_chord_asynchrony_beyond_the_human_norm():
+    values = dimension("rhythmic_precision", [vary(chord_spread_s=c) for c in (0.004, 0.03, 0.06)])
+    assert values[0] >= 95.0
+    assert_falls(values, drop=30)
+
+
 def test_dynamics_control_penalises_flat_and_erratic_dynamics():
     shaped = labels_of()["dynamics_control"]
     flat = labels_of(vary(dynamics_depth=0.0, velocity_jitter=0.0, melody_boost=0.0))["dynamics_control"]
