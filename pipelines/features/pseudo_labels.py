@@ -28,8 +28,12 @@ dynamics_control (score optional)
     pitch); each stream's line is its highest note per onset group. j = robust std of the line's
     velocities around their Gaussian smoothing over DYNAMICS_SMOOTH_S, less (with a score) the mean
     residual of each bar position (a regular metrical accent is shaping, not jitter); r = std over time
-    of the smoothed curves (phrase-level shaping). penalty = excess(j, JITTER_TOL) / JITTER_SCALE +
-    SHAPING_WEIGHT * excess(1 - r / SHAPING_REF): erratic and flat dynamics both lose points.
+    of the smoothed curves (phrase-level shaping). penalty = excess(j / clip(r, SHAPING_REF, SHAPING_CAP),
+    JITTER_RATIO_TOL) / JITTER_RATIO_SCALE + SHAPING_WEIGHT * excess(1 - r / SHAPING_REF): erratic and flat
+    dynamics both lose points. Jitter counts against the shaping (a dynamics signal-to-noise ratio): the
+    same note-to-note unevenness is erratic in a level passage and minor inside phrase swells. The floor
+    keeps a flat passage from dividing by ~0 (its flatness has its own term), the cap keeps very wide
+    swells from excusing any jitter.
 articulation (needs a score)
     log duration ratio (key-down time / written duration at the local tempo) of matched notes
     released with the sustain pedal up (all matched notes if fewer than MIN_NOTES are), in time order:
@@ -67,7 +71,8 @@ tone (score optional)
 Measured on 400 of the human PercePiano segments (median label): 84 / 82 / 100 / 99 / 95 / 100 in the
 order above; on K265: 98 / 84 / 78 / 98 / 100 / 88. Within a passage, rhythmic_precision vs the
 "timing unstable" rating: Spearman -0.51; the blur statistic vs "pedal blurred" +0.2 and the dry
-statistic -0.48 (both track the raters; the two-sided label itself is not a clean <-> blurred scale).
+statistic -0.48 (both track the raters; the two-sided label itself is not a clean <-> blurred scale);
+dynamics_control vs "dynamic range little <-> large" +0.14.
 
 `note_mask` (bool over alignment tokens, or over performed notes without a score) restricts every
 statistic to the notes of one window (`pseudo_labels_window` takes a `segment.Segment`); the tempo fit
@@ -101,8 +106,9 @@ DRIFT_TOL = 0.1                 # |log tempo change| across a window that rubato
 DRIFT_SCALE = 0.2
 # --- dynamics --------------------------------------------------------------------------------------
 DYNAMICS_SMOOTH_S = 0.75        # std of the Gaussian smoothing of velocity over time
-JITTER_TOL = 7.0                # velocity steps of note-to-note jitter that is normal (human median 6.7)
-JITTER_SCALE = 5.0
+JITTER_RATIO_TOL = 1.25         # jitter / shaping that is normal: a little above the human median (1.06; K265 1.49)
+JITTER_RATIO_SCALE = 1.0        # each further shaping's worth of jitter costs one penalty unit
+SHAPING_CAP = 8.7               # human upper quartile of shaping: wider swells excuse no more jitter
 SHAPING_REF = 3.0               # phrase-level velocity std (steps) from which shaping costs nothing
 SHAPING_WEIGHT = 1.5            # penalty of perfectly flat dynamics
 MIN_NOTES = 4                   # fewer notes: the dimension is NaN
@@ -177,7 +183,8 @@ def _rhythm_penalty(st: dict[str, float]) -> float:
 
 
 def _dynamics_penalty(st: dict[str, float]) -> float:
-    return (_excess(st["velocity_jitter"], JITTER_TOL) / JITTER_SCALE
+    ratio = st["velocity_jitter"] / min(max(st["velocity_shaping"], SHAPING_REF), SHAPING_CAP)
+    return (_excess(ratio, JITTER_RATIO_TOL) / JITTER_RATIO_SCALE
             + SHAPING_WEIGHT * _excess(1.0 - st["velocity_shaping"] / SHAPING_REF))
 
 

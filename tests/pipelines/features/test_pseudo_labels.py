@@ -108,6 +108,16 @@ def test_dynamics_control_penalises_flat_and_erratic_dynamics():
     assert_falls(dimension("dynamics_control", [vary(velocity_jitter=v) for v in (4, 12, 25)]), drop=50)
 
 
+def test_dynamics_jitter_counts_against_the_phrase_shaping():
+    """The same note-to-note velocity jitter is erratic in a level passage and minor inside phrase swells;
+    very wide swells do not excuse large jitter."""
+    level, swelling, wide = dimension("dynamics_control", [vary(velocity_jitter=10, dynamics_depth=6),
+                                                           vary(velocity_jitter=10, dynamics_depth=18),
+                                                           vary(velocity_jitter=25, dynamics_depth=50)])
+    assert swelling >= 95.0 and level <= swelling - 20, (level, swelling)
+    assert wide < 40.0, wide
+
+
 def test_articulation_falls_when_durations_depart_from_the_score():
     assert labels_of()["articulation"] >= 95.0
     assert_falls(dimension("articulation", [vary(articulation=a) for a in (0.9, 0.4, 0.2)]), drop=20)
