@@ -86,6 +86,8 @@ class MultiTaskLoss(nn.Module):
         else:                                                                # predictions detached in the nll
             nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
             per_dim = 0.5 * mse + nll.sum(dim=0) / denom                     # (D,)
+            if task is not None:         # unused here, but an output: DDP waits for its gradient otherwise
+                log_sigma = log_sigma + 0.0 * task.float()
         present = count > 0
         # the zero terms keep every output in the graph (no labels -> zero loss that still back-propagates)
         loss = per_dim[present].sum() + 0.0 * (pred.sum() + log_sigma.sum())

@@ -81,6 +81,17 @@ def test_equal_weighting_weights_the_scores_equally_and_still_trains_sigma():
     assert float(out.log_sigma.grad[1, 1]) == 0.0                          # no label there
 
 
+@pytest.mark.parametrize("weighting", ["uncertainty", "equal"])
+def test_every_output_reaches_the_loss_so_ddp_finds_its_gradient(weighting):
+    """DDP (find_unused_parameters) waits for a gradient of every parameter an output depends on: an output
+    the loss leaves out (the per-item model's task sigma under equal weighting) made training fail."""
+    out = _output([[60.0, 20.0]], [[0.5, -1.0]])
+    out.task_log_sigma = torch.tensor([0.1, 0.2], requires_grad=True)
+    loss, _ = MultiTaskLoss(2, weighting, label_smoothing=0.0)(out, torch.tensor([[50.0, 30.0]]))
+    loss.backward()
+    assert out.task_log_sigma.grad is not None and out.scores.grad is not None
+
+
 def test_per_item_log_sigma_weights_each_item_by_its_own_sigma():
     labels = torch.tensor([[50.0], [50.0]])
     out = _output([[60.0], [60.0]], [[-2.0], [0.0]])                       # same error, different sigma
