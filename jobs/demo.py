@@ -148,8 +148,9 @@ EXPERT_EPOCHS = 16
 # The demo trains on its recordings' MIDI notes, not the default transcription (data.performance_source=auto,
 # which PercePiano favours: R² 0.166 against -0.008 on transcribed test audio). The demo's labels are mostly
 # its inserted wrong, missed and extra notes, which 24 training recordings of transcription (22 % of the
-# tokens lost notes, 10 % added ones) do not teach: on the same transcribed test recordings, trained on MIDI r 0.413, pairwise 0.691;
-# trained on transcription r -0.488, pairwise 0.307 (benchmarks/RESULTS.md, "demo"). --set overrides it.
+# tokens lost notes, 10 % added ones) do not teach: on the same transcribed test recordings, trained on
+# MIDI r 0.413, pairwise 0.691; trained on transcription r -0.488, pairwise 0.307 (benchmarks/RESULTS.md,
+# "demo"). --set overrides it.
 DEMO_NOTES = "data.performance_source=prefer_midi"
 LIBRARY_PIECE = 7                  # the demo piece the library's two takes play (7 bars)
 LIBRARY_EXPRESSION_SEED = 11

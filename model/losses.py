@@ -82,14 +82,14 @@ class MultiTaskLoss(nn.Module):
             weighted = torch.where(valid, 0.5 * torch.exp(-2.0 * task) * sq_err + task, 0.0)
             nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
             per_dim = (weighted + nll).sum(dim=0) / denom                    # (D,)
-            log_sigma = log_sigma + 0.0 * task                               # keeps t in the graph below
         else:                                                                # predictions detached in the nll
             nll = torch.where(valid, 0.5 * torch.exp(-2.0 * log_sigma) * sq_err.detach() + log_sigma, 0.0)
             per_dim = 0.5 * mse + nll.sum(dim=0) / denom                     # (D,)
-            if task is not None:         # unused here, but an output: DDP waits for its gradient otherwise
-                log_sigma = log_sigma + 0.0 * task.float()
         present = count > 0
-        # the zero terms keep every output in the graph (no labels -> zero loss that still back-propagates)
-        loss = per_dim[present].sum() + 0.0 * (pred.sum() + log_sigma.sum())
+        # the zero terms keep every output in the graph (no labels -> zero loss that still back-propagates; an
+        # output a weighting leaves out, like the task sigma under equal weights, still gets the gradient DDP
+        # waits for)
+        outputs = pred.sum() + log_sigma.sum() + (task.float().sum() if task is not None else 0.0)
+        loss = per_dim[present].sum() + 0.0 * outputs
         details = {name: mse[i].detach() for i, name in enumerate(self.names) if bool(present[i])}
         return loss, details

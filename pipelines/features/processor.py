@@ -199,11 +199,13 @@ class RecordingProcessor:
                     break
             else:
                 continue
-            if perf is not None and perf.source == "transcription":
+            if perf is None:
+                aug_perf = None
+            elif perf.source == "transcription":
                 aug_perf = self.transcriber(y_aug, C.CQT_SAMPLE_RATE_HZ)
             else:
-                aug_perf = None if perf is None else dataclasses.replace(
-                    perf, notes=transform_perf_notes(perf.notes, info), pedal=transform_pedal(perf.pedal, info))
+                aug_perf = dataclasses.replace(perf, notes=transform_perf_notes(perf.notes, info),
+                                               pedal=transform_pedal(perf.pedal, info))
             aug_score = None if score is None else dataclasses.replace(
                 score, notes=transform_score_notes(score.notes, info))
             out.append(Variant(resample(y_aug, C.CQT_SAMPLE_RATE_HZ, C.MERT_SAMPLE_RATE_HZ), y_aug,
@@ -305,16 +307,17 @@ class RecordingProcessor:
                 score = load_score(record["score_uri"])
             except Exception as exc:
                 raise _stage(record["score_uri"], "score reading", exc) from None
-        if score is not None and perf is not None:    # bound the note DTW before any variant is aligned
-            cells = float(len(perf.notes)) * float(len(np.unique(score.notes["onset_beat"])))
-            if cells > self.data.max_alignment_cells:
-                raise PreprocessError(f"{record['score_uri']}: too many notes to align ({len(perf.notes)} performed "
-                                      f"x {len(score.notes)} written: {cells:.3g} cells > data.max_alignment_cells "
-                                      f"{self.data.max_alignment_cells:.3g})")
         try:
             label_perf = self.label_performance(record, perf)
         except Exception as exc:
             raise _stage(record.get("midi_uri") or uri, "performance MIDI (labels)", exc) from None
+        if score is not None and perf is not None:    # bound the note DTWs before any variant is aligned
+            performed = max(len(perf.notes), len(label_perf.notes) if label_perf is not None else 0)
+            cells = float(performed) * float(len(np.unique(score.notes["onset_beat"])))
+            if cells > self.data.max_alignment_cells:
+                raise PreprocessError(f"{record['score_uri']}: too many notes to align ({performed} performed "
+                                      f"x {len(score.notes)} written: {cells:.3g} cells > data.max_alignment_cells "
+                                      f"{self.data.max_alignment_cells:.3g})")
         try:
             variants = self.variants(record, decoded, perf, score, label_perf)
         except Exception as exc:
