@@ -6,6 +6,7 @@ Run: `python -m benchmarks.bench_pseudo_labels [--percepiano N]` (N rated human 
 fixed seed; 0 skips the table; default 400, about half a minute)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 import tempfile
@@ -33,6 +34,9 @@ PERCEPIANO_STATISTICS = (
     ("pedal_dry", "pedal_amount", -1),
     ("timing_rms_s", "timing", +1),
     ("tempo_drift", "timing", +1),
+    ("pedal_written_dry", "pedal_clarity", -1),       # only segments whose score marks the pedal
+    ("pedal_written_dry", "pedal_amount", -1),
+    ("pedal_written_held", "pedal_clarity", +1),
 )
 
 
@@ -100,9 +104,10 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) 
 
     from pipelines.io import storage
 
-    counts = {r["recording_id"]: r["counts"] for r in json.loads(storage.read_text(f"{out}/manifest.json"))["recordings"]}
+    manifest = json.loads(storage.read_text(f"{out}/manifest.json"))
+    counts = {r["recording_id"]: r["counts"] for r in manifest["recordings"]}
     cqt = CQTExtractor()
-    truth, with_audio, symbolic = [], [], []
+    truth, with_audio, symbolic, unmarked = [], [], [], []
     found = {"missed": [0, 0], "extra": [0, 0]}       # [found by the alignment, inserted by the generator]
     for rec in read_corpus(out):
         score, perf = load_score(rec.score_uri), load_performance(rec.midi_uri)
@@ -117,12 +122,13 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) 
         feats = {"cqt": cqt(audio.cqt)[0]}
         with_audio.append(L.pseudo_labels(score, perf, alignment, attrs, feats))
         symbolic.append(L.pseudo_labels(score, perf, alignment, attrs, None))
+        unmarked.append(L.pseudo_labels(dataclasses.replace(score, pedal_beats=None), perf, alignment, attrs, None))
         truth.append(rec.labels)
     rows = []
     for dim in SEED10.pseudo_names:
         t = np.array([x[dim] for x in truth])
         row = [dim]
-        for preds in (with_audio, symbolic):
+        for preds in (with_audio, symbolic, unmarked):
             p = np.array([x[dim] for x in preds])
             ok = ~np.isnan(p)
             if ok.sum() > 2 and np.std(p[ok]) > 0 and np.std(t[ok]) > 0:
@@ -131,7 +137,8 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) 
                 row += [float("nan"), float("nan")]
         rows.append(row)
     table = markdown_table(["dimension", "Pearson r", "Spearman rho", "Pearson r (no audio features)",
-                            "Spearman rho (no audio features)"], rows)
+                            "Spearman rho (no audio features)", "Pearson r (pedal marks ignored)",
+                            "Spearman rho (pedal marks ignored)"], rows)
     md = (f"### Pseudo-labels vs the demo corpus's ground truth ({len(truth)} recordings, "
           f"{pieces} pieces x {takes} takes, seed {seed})\n\n{table}\n\n"
           "Alignment on the same recordings against the errors the generator inserted (totals over recordings; "

@@ -44,7 +44,7 @@ from pipelines.demo_corpus.pieces import (
     human_tempo_qpm,
     piece_arrays,
 )
-from pipelines.demo_corpus.renditions import MIN_NOTE_S, human_rendition, natural_rendition
+from pipelines.demo_corpus.renditions import MIN_NOTE_S, human_rendition, natural_rendition, written_pedal
 from pipelines.io import storage
 from pipelines.io.notes import Score
 
@@ -52,6 +52,7 @@ DEFAULT_MAX_SECONDS = 40.0
 HUMAN_PERFORMER = "k265-human"          # the pianist of parangonar's K265 recording
 DEMO_YEAR = 2025                        # MAESTRO's `year` column for generated recordings
 AUDIO_FORMAT = "flac"
+WRITTEN_RELEASE_LEAD_BEATS = 1 / 64     # a written '*' sounds just before the next 'Ped.' of a change
 RENDER_THREADS = 2                      # FluidSynth renders in parallel (it releases the GIL)
 
 
@@ -77,6 +78,10 @@ def score_midi_bytes(score: Score) -> bytes:
         start = float(note["onset_s"])
         piano.notes.append(pretty_midi.Note(int(note["velocity"]), int(note["pitch"]), start,
                                             start + max(float(note["duration_s"]), MIN_NOTE_S)))
+    for down, up in (score.pedal_beats if score.pedal_beats is not None else []):
+        piano.control_changes.append(pretty_midi.ControlChange(C.CC_SUSTAIN, 127, float(down * sec_per_beat)))
+        release = max(float(up) - WRITTEN_RELEASE_LEAD_BEATS, float(down) + WRITTEN_RELEASE_LEAD_BEATS)
+        piano.control_changes.append(pretty_midi.ControlChange(C.CC_SUSTAIN, 0, release * sec_per_beat))
     pm.instruments.append(piano)
     return _midi_bytes(pm)
 
@@ -121,6 +126,8 @@ def plan_piece(spec: PieceSpec, piece_index: int, n_takes: int, seed: int, max_s
     first, last = excerpt_bars(arrays, tempo, max_seconds)
     score = build_score(arrays, first, last, tempo)
     human = human_rendition(arrays, first, last, score) if spec.source == "match" else None
+    if human is None:                   # the edition marks the pedal that the natural renditions follow
+        score.pedal_beats = written_pedal(score, spec.pedal_beats)
     rng = np.random.default_rng([seed, piece_index])
     severities = take_severities(n_takes, rng)
     takes, expression_seeds = [], []

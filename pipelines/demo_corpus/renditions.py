@@ -106,6 +106,12 @@ def pedal_change_beats(score: Score, pedal_beats: float | None) -> np.ndarray:
     return np.asarray(changes + [end])
 
 
+def written_pedal(score: Score, pedal_beats: float | None) -> np.ndarray:
+    """f8 [k, 2]: the pedal marks ('Ped.' at each change, '*' at the next) that `natural_rendition` follows."""
+    changes = pedal_change_beats(score, pedal_beats)
+    return np.stack([changes[:-1], changes[1:]], axis=1).astype(np.float64)
+
+
 def natural_rendition(score: Score, expression_seed: int = 0, pedal_beats: float | None = None) -> Rendition:
     """A correct, expressive performance of `score`: rubato, dynamic arches, accents, voicing, pedalling.
 

@@ -12,6 +12,8 @@ seconds at the written tempo.
   bars included), tied notes are merged, grace notes have duration 0, `voice` is the MusicXML
   voice, velocities are 64 (MusicXML has none); repeats are not unfolded. Seconds follow the tempo
   marks (120 quarter notes per minute before the first one, when the score has none).
+- Written sustain pedal (`Score.pedal_beats`, (down, up) quarter-note intervals): MusicXML 'Ped.' .. '*'
+  marks, or a score MIDI's CC64 (at or above PEDAL_MARK_DOWN = down); None when the score has none.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.constants import MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
+from pipelines.constants import CC_SUSTAIN, MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
 from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
@@ -31,6 +33,7 @@ DEFAULT_VELOCITY = 64
 DEFAULT_TIME_SIGNATURE = (4, 4)
 MIDI_TEMPO_DECIMALS = 3       # written tempo of a MIDI score, rounded (qpm)
 _BAR_EPS_BEAT = 1e-6          # onsets this close before a bar line belong to the next bar
+PEDAL_MARK_DOWN = 64           # a score MIDI's CC64 at or above this is a written 'Ped.'
 MAX_SCORE_BARS = 100_000      # a score MIDI spanning more bars is refused (an absurd tick, tempo or time signature)
 
 
@@ -142,7 +145,29 @@ def score_from_pretty_midi(pm, name: str = "<midi>") -> Score:
     notes["bar"], notes["position_beat"] = bar, onset_beat - bar_starts[bar]
     notes["ts_num"], notes["ts_den"] = bar_num[bar], bar_den[bar]
     # MIDI stores whole microseconds per quarter: 90 qpm reads back as 90.00009
-    return _finish_score(notes, bar_starts, round(float(qpm[0]), MIDI_TEMPO_DECIMALS), "midi")
+    score = _finish_score(notes, bar_starts, round(float(qpm[0]), MIDI_TEMPO_DECIMALS), "midi")
+    pedal = [(cc.time, cc.value >= PEDAL_MARK_DOWN) for inst in pm.instruments if not inst.is_drum
+             for cc in inst.control_changes if cc.number == CC_SUSTAIN]
+    if pedal:
+        times, down = zip(*sorted(pedal, key=lambda e: e[0]))
+        score.pedal_beats = pedal_intervals(to_beats(times), np.asarray(down), float(end_beat.max()))
+    return score
+
+
+def pedal_intervals(beats: np.ndarray, down: np.ndarray, end_beat: float) -> np.ndarray | None:
+    """f8 [k, 2] (down, up) intervals from time-ordered sustain events (beats [m], down: bool [m]); a press
+    never released lasts to end_beat; None when the pedal is never down."""
+    intervals, start = [], None
+    for beat, is_down in zip(np.asarray(beats, np.float64), np.asarray(down, bool)):
+        if is_down and start is None:
+            start = float(beat)
+        elif not is_down and start is not None:
+            if beat > start:
+                intervals.append((start, float(beat)))
+            start = None
+    if start is not None and end_beat > start:
+        intervals.append((start, float(end_beat)))
+    return np.asarray(intervals, np.float64).reshape(-1, 2) if intervals else None
 
 
 def score_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Score:
@@ -221,7 +246,25 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     score = _finish_score(notes, bar_starts, float(qpm[0]), "musicxml")
     if len(numbers) == score.n_bars:
         score.bar_numbers = numbers
+    score.pedal_beats = _musicxml_pedal(parts, origin, float(end.max()))
     return score
+
+
+def _musicxml_pedal(parts, origin: float, end_beat: float) -> np.ndarray | None:
+    """Written sustain pedal ('Ped.' .. '*' marks, partitura's SustainPedalDirection) of every part as (down,
+    up) quarter-note intervals from the score's origin; a mark without an end lasts to end_beat."""
+    import partitura.score as pscore
+
+    marks = []
+    for part in parts:
+        for mark in part.iter_all(pscore.SustainPedalDirection):
+            start = float(part.quarter_map(mark.start.t)) - origin
+            stop = float(part.quarter_map(mark.end.t)) - origin if mark.end is not None else end_beat
+            if stop > start:
+                marks.append((start, stop))
+    if not marks:
+        return None
+    return _clean_beats(np.asarray(sorted(marks), np.float64))
 
 
 def _measure_number(measure, k: int) -> int:
@@ -293,8 +336,15 @@ def slice_bars(score: Score, first_bar: int, last_bar: int) -> Score:
     notes["onset_beat"] -= start_beat
     notes["onset_s"] -= start_s
     numbers = score.bar_numbers[first_bar:last_bar + 1] if score.bar_numbers is not None else None
+    pedal = None
+    if score.pedal_beats is not None:
+        stop_beat = float(score.bar_starts_beat[last_bar + 1]) if last_bar + 1 < score.n_bars else math.inf
+        clipped = np.clip(score.pedal_beats, start_beat, stop_beat) - start_beat
+        clipped = clipped[clipped[:, 1] > clipped[:, 0]]
+        pedal = clipped if len(clipped) else None
     return Score(notes=notes, bar_starts_beat=score.bar_starts_beat[first_bar:last_bar + 1] - start_beat,
-                 tempo_qpm=score.tempo_qpm, source_format=score.source_format, bar_numbers=numbers)
+                 tempo_qpm=score.tempo_qpm, source_format=score.source_format, bar_numbers=numbers,
+                 pedal_beats=pedal)
 
 
 def _time_at_beat(score: Score, beat: float) -> float:

@@ -54,6 +54,8 @@ class Score:
     tempo_qpm: float = 120.0               # first written tempo, quarter notes per minute
     source_format: str = "midi"            # midi | musicxml
     bar_numbers: np.ndarray | None = None  # i8 [n_bars]: printed bar numbers (MusicXML); None = index + 1
+    pedal_beats: np.ndarray | None = None  # f8 [k, 2]: written sustain pedal (down, up) in quarter notes
+                                           # (MusicXML pedal marks, a score MIDI's CC64); None = no marks
 
     @property
     def n_bars(self) -> int:

@@ -49,6 +49,25 @@ def test_clean_take_is_highest_on_every_technical_dimension():
         assert min(min(t.labels[d] for d in TECHNICAL) for t in planned.takes[1:]) < 80.0
 
 
+def test_score_marks_the_pedal_its_natural_renditions_follow():
+    """A generated piece's score MIDI carries its edition's 'Ped.' marks (CC64), read back as written pedal;
+    the clean take's pedal follows them. The human K265 score marks none (its pianist chose the pedal)."""
+    from pipelines.demo_corpus.renditions import written_pedal
+    from pipelines.io.notation import score_from_midi_bytes
+
+    spec = DEMO_PIECES[2]
+    planned = corpus.plan_piece(spec, 2, 2, seed=0, max_seconds=20.0)
+    written = written_pedal(planned.score, spec.pedal_beats)
+    np.testing.assert_allclose(planned.score.pedal_beats, written)
+    read = score_from_midi_bytes(corpus.score_midi_bytes(planned.score)).pedal_beats
+    assert read.shape == written.shape
+    np.testing.assert_allclose(read[:, 0], written[:, 0], atol=1e-3)
+    np.testing.assert_allclose(read[:, 1], written[:, 1] - corpus.WRITTEN_RELEASE_LEAD_BEATS, atol=0.01)
+    human = corpus.plan_piece(DEMO_PIECES[0], 0, 1, seed=0, max_seconds=10.0)
+    assert human.score.pedal_beats is None
+    assert score_from_midi_bytes(corpus.score_midi_bytes(human.score)).pedal_beats is None
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 def _midi_bytes(notes, pedal=()) -> bytes:

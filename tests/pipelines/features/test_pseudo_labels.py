@@ -130,6 +130,52 @@ def test_pedaling_is_two_sided_blur_and_missing_sustain():
     assert held < changed and dry < changed and held < 20.0 and dry < 50.0
 
 
+def _written_pedal_run(pedal: str = "bar", drop_every: int = 0, hold_every: int = 0, seed: int = 0):
+    """A pedalled synthetic performance of a score that marks 'Ped.' .. '*' in every bar; every
+    `drop_every`-th bar's press dropped, every `hold_every`-th change held through. Returns its statistics
+    and pedaling label."""
+    from pipelines.io.notes import PEDAL_DTYPE
+
+    rng = np.random.default_rng(seed)
+    sp = render_performance(synthetic_score(rng, n_bars=16), vary(pedal=pedal), rng)
+    bars = np.append(sp.score.bar_starts_beat, sp.score.notes["onset_beat"].max() + 4.0)
+    sp.score.pedal_beats = np.stack([bars[:-1], bars[1:] - 1 / 64], axis=1)
+    events = sp.perf.pedal[np.argsort(sp.perf.pedal["time_s"], kind="stable")]
+    presses, releases = np.flatnonzero(events["value"] > 0), np.flatnonzero(events["value"] == 0)
+    drop = [presses[k] for k in range(len(presses)) if drop_every and k % drop_every == 0]
+    held = [releases[k - 1] for k in range(1, len(presses)) if hold_every and k % hold_every == 0]
+    events = np.delete(events, drop + held)
+    perf = dataclasses.replace(sp.perf, pedal=np.asarray(events, dtype=PEDAL_DTYPE))
+    al = align(sp.score, perf)
+    stats = technical_statistics(sp.score, perf, al)
+    return stats, pseudo_labels(sp.score, perf, al)["pedaling"]
+
+
+def test_written_pedal_is_the_reference_when_the_score_marks_it():
+    """With 'Ped.' marks in the score, the performed pedal is judged against them: following them scores
+    high, leaving marked bars dry or holding through marked changes loses points, more for more."""
+    stats, followed = _written_pedal_run("bar")
+    assert stats["pedal_written_dry"] < 0.1 and stats["pedal_written_held"] == pytest.approx(0.0, abs=0.05)
+    assert followed == pytest.approx(labels_of(vary(pedal="bar"))["pedaling"])   # the marks cost nothing
+    assert followed >= 75.0
+    dry = [_written_pedal_run("bar", drop_every=k) for k in (8, 3, 2, 1)]
+    assert_falls([label for _, label in dry], drop=40)
+    assert [s["pedal_written_dry"] for s, _ in dry] == sorted(s["pedal_written_dry"] for s, _ in dry)
+    never, none_label = _written_pedal_run("none")
+    assert never["pedal_written_dry"] > 0.95 and none_label < 20.0
+    held = [_written_pedal_run("bar", hold_every=k) for k in (8, 2, 1)]
+    assert [s["pedal_written_held"] for s, _ in held] == sorted(s["pedal_written_held"] for s, _ in held)
+    assert_falls([label for _, label in held], drop=40)
+
+
+def test_without_written_pedal_the_written_statistics_are_nan():
+    rng = np.random.default_rng(0)
+    sp = render_performance(synthetic_score(rng, n_bars=8), vary(pedal="bar"), rng)
+    stats = technical_statistics(sp.score, sp.perf, align(sp.score, sp.perf))
+    assert math.isnan(stats["pedal_written_dry"]) and math.isnan(stats["pedal_written_held"])
+    assert stats["pedal_dry"] >= 0.0
+
+
 def test_half_pedal_damps_partially():
     from pipelines.features.pseudo_labels import _Damper
     from pipelines.io.notes import PEDAL_DTYPE

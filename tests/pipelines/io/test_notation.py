@@ -177,6 +177,58 @@ def test_percepiano_musicxml_and_midi_twins_agree(percepiano_dir):
         assert xml.tempo_qpm > 0 and midi.tempo_qpm > 0
 
 
+PEDAL_MUSICXML = """<?xml version="1.0" encoding="UTF-8"?>
+<score-partwise version="3.1">
+  <part-list><score-part id="P1"><part-name>Piano</part-name></score-part></part-list>
+  <part id="P1">
+    <measure number="1">
+      <attributes><divisions>2</divisions><time><beats>4</beats><beat-type>4</beat-type></time></attributes>
+      <direction><direction-type><pedal type="start" line="yes"/></direction-type></direction>
+      <note><pitch><step>C</step><octave>4</octave></pitch><duration>4</duration><voice>1</voice></note>
+      <note><pitch><step>E</step><octave>4</octave></pitch><duration>3</duration><voice>1</voice></note>
+      <direction><direction-type><pedal type="stop" line="yes"/></direction-type></direction>
+      <note><pitch><step>G</step><octave>4</octave></pitch><duration>1</duration><voice>1</voice></note>
+    </measure>
+    <measure number="2">
+      <direction><direction-type><pedal type="start" line="yes"/></direction-type></direction>
+      <note><pitch><step>C</step><octave>5</octave></pitch><duration>8</duration><voice>1</voice></note>
+      <direction><direction-type><pedal type="stop" line="yes"/></direction-type></direction>
+    </measure>
+  </part>
+</score-partwise>
+"""
+
+
+def test_written_pedal_from_musicxml_marks_and_score_midi_cc64(tmp_path):
+    """'Ped.' .. '*' marks and a score MIDI's CC64 both give (down, up) intervals in quarters; slicing bars
+    clips and rebases them; a score without any pedal says nothing (None), not 'never pedal'."""
+    xml = tmp_path / "pedal.musicxml"
+    xml.write_text(PEDAL_MUSICXML)
+    score = load_score(str(xml))
+    np.testing.assert_allclose(score.pedal_beats, [[0.0, 3.5], [4.0, 8.0]])
+    np.testing.assert_allclose(slice_bars(score, 1, 1).pedal_beats, [[0.0, 4.0]])
+
+    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)       # 0.5 s a quarter
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(70, 60, 0.0, 2.0), pretty_midi.Note(70, 64, 2.0, 4.0)]
+    piano.control_changes += [pretty_midi.ControlChange(64, v, t) for t, v in
+                              [(0.0, 127), (1.0, 100), (1.9, 0), (2.0, 127), (2.5, 30)]]   # 100: still down
+    pm.instruments.append(piano)
+    midi = tmp_path / "pedal.mid"
+    pm.write(str(midi))
+    np.testing.assert_allclose(load_score(str(midi)).pedal_beats, [[0.0, 3.8], [4.0, 5.0]])
+    assert load_score(str(write_generated_midi(tmp_path / "plain.mid"))).pedal_beats is None
+
+
+def test_percepiano_written_pedal_agrees_between_musicxml_and_midi(percepiano_dir):
+    """PercePiano's marked scores (Schubert D960 mvt. 2): the MusicXML marks and the MIDI twin's CC64 agree."""
+    xml_path = sorted((percepiano_dir / "scores_xml").glob("Schubert_D960_mv2_8bars_Score_*.musicxml"))[0]
+    xml, midi = load_score(str(xml_path)), load_score(str(percepiano_dir / "scores_midi" / f"{xml_path.stem}.mid"))
+    assert xml.pedal_beats is not None and midi.pedal_beats is not None
+    assert len(xml.pedal_beats) == len(midi.pedal_beats) >= 4
+    np.testing.assert_allclose(midi.pedal_beats, xml.pedal_beats, atol=0.02)
+
+
 @pytest.mark.parametrize("suffix, content, cause", [
     (".mid", b"MThd\x00\x00\x00\x06garbage", "not a readable MIDI"),
     (".mid", b"", "not a readable MIDI"),
