@@ -77,7 +77,7 @@ tone (score optional)
     excess(VOICING_TOL - v) / VOICING_SCALE + h / HARSH_SCALE + l / LOUD_SCALE +
     excess(n, NOISE_FLATNESS_TOL) / NOISE_SCALE.
 
-Measured on 400 of the human PercePiano segments (median label): 84 / 82 / 100 / 99 / 95 / 100 in the
+Measured on 400 of the human PercePiano segments (median label): 84 / 82 / 100 / 99 / 86 / 100 in the
 order above; on K265: 98 / 84 / 78 / 98 / 100 / 88. Within a passage, rhythmic_precision vs the
 "timing unstable" rating: Spearman -0.51; the blur statistic vs "pedal blurred" +0.2 and the dry
 statistic -0.48 (both track the raters; the two-sided label itself is not a clean <-> blurred scale);
