@@ -544,9 +544,8 @@ def _written_pedal_statistics(score: Score, perf: Performance, alignment, view: 
     length = np.maximum(t1 - t0, 0.0)
     sustain = np.array([damper.mean_sustain(a, b) for a, b in zip(t0, t1)])
     dry = float(np.sum(length * (1.0 - sustain)) / length.sum()) if length.sum() > 0 else math.nan
-    releases = score.pedal_beats[:-1, 1]
-    changes = releases[(releases >= lo) & (releases <= hi)
-                       & (score.pedal_beats[1:, 0] - releases <= WRITTEN_CHANGE_BEATS)]
+    releases, gap = score.pedal_beats[:-1, 1], score.pedal_beats[1:, 0] - score.pedal_beats[:-1, 1]
+    changes = releases[(releases >= lo) & (releases <= hi) & (gap >= 0.0) & (gap <= WRITTEN_CHANGE_BEATS)]
     held = math.nan
     if len(changes):
         at = tempo.time_at(changes)

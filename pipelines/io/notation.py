@@ -264,7 +264,7 @@ def _musicxml_pedal(parts, origin: float, end_beat: float) -> np.ndarray | None:
                 marks.append((start, stop))
     if not marks:
         return None
-    return _clean_beats(np.asarray(sorted(marks), np.float64))
+    return np.unique(_clean_beats(np.asarray(marks, np.float64)), axis=0)   # both staves may mark the same pedal
 
 
 def _measure_number(measure, k: int) -> int:
