@@ -88,16 +88,20 @@ def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float
 
 
 def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float]]]:
-    """{variant: {fold k: metrics}} from DIR/<protocol>/<variant>/fold<k>/evaluation.json."""
+    """{variant: {fold k: metrics}} from DIR/<protocol>/<variant>/fold<k>/evaluation.json (jobs/evaluate.py
+    --out) or DIR/<protocol>/<variant>/fold<k>/evaluation/evaluation.json (jobs/train.py's own evaluation)."""
     found: dict[str, dict[int, dict[str, float]]] = {}
     base = Path(runs) / protocol
     for path in sorted(base.glob("**/evaluation.json")):
-        variant = str(path.parent.parent.relative_to(base)) if path.parent.parent != base else "ours"
+        fold_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
+        if not fold_dir.name.startswith("fold"):
+            continue
+        variant = str(fold_dir.parent.relative_to(base)) if fold_dir.parent != base else "ours"
         summary = json.loads(path.read_text())
         result = summary["results"]["model"]["mean"]
         calibration = summary.get("calibration") or {}
         ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
-        k = int(path.parent.name.removeprefix("fold"))
+        k = int(fold_dir.name.removeprefix("fold"))
         found.setdefault(variant, {})[k] = \
             {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
     return found
