@@ -13,7 +13,7 @@ seconds at the written tempo.
   voice, velocities are 64 (MusicXML has none); repeats are not unfolded. Seconds follow the tempo
   marks (120 quarter notes per minute before the first one, when the score has none).
 - Written sustain pedal (`Score.pedal_beats`, (down, up) quarter-note intervals): MusicXML 'Ped.' .. '*'
-  marks, or a score MIDI's CC64 (at or above PEDAL_MARK_DOWN = down); None when the score has none.
+  marks, or a score MIDI's CC64 (down at or above PEDAL_DOWN_THRESHOLD); None when the score has none.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import numpy as np
 from pipelines.constants import CC_SUSTAIN, MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
 from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
+from pipelines.io.performance import pedal_events_from_pretty_midi, pedal_intervals
 from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
 
 DEFAULT_TEMPO_QPM = 120.0
@@ -33,7 +34,6 @@ DEFAULT_VELOCITY = 64
 DEFAULT_TIME_SIGNATURE = (4, 4)
 MIDI_TEMPO_DECIMALS = 3       # written tempo of a MIDI score, rounded (qpm)
 _BAR_EPS_BEAT = 1e-6          # onsets this close before a bar line belong to the next bar
-PEDAL_MARK_DOWN = 64           # a score MIDI's CC64 at or above this is a written 'Ped.'
 MAX_SCORE_BARS = 100_000      # a score MIDI spanning more bars is refused (an absurd tick, tempo or time signature)
 
 
@@ -146,28 +146,11 @@ def score_from_pretty_midi(pm, name: str = "<midi>") -> Score:
     notes["ts_num"], notes["ts_den"] = bar_num[bar], bar_den[bar]
     # MIDI stores whole microseconds per quarter: 90 qpm reads back as 90.00009
     score = _finish_score(notes, bar_starts, round(float(qpm[0]), MIDI_TEMPO_DECIMALS), "midi")
-    pedal = [(cc.time, cc.value >= PEDAL_MARK_DOWN) for inst in pm.instruments if not inst.is_drum
-             for cc in inst.control_changes if cc.number == CC_SUSTAIN]
-    if pedal:
-        times, down = zip(*sorted(pedal, key=lambda e: e[0]))
-        score.pedal_beats = pedal_intervals(to_beats(times), np.asarray(down), float(end_beat.max()))
+    down_s = pedal_intervals(pedal_events_from_pretty_midi(pm), CC_SUSTAIN, end_s=float(end_s.max()))
+    marks = to_beats(down_s.ravel()).reshape(-1, 2) if len(down_s) else down_s
+    marks = marks[marks[:, 1] > marks[:, 0]]
+    score.pedal_beats = marks if len(marks) else None
     return score
-
-
-def pedal_intervals(beats: np.ndarray, down: np.ndarray, end_beat: float) -> np.ndarray | None:
-    """f8 [k, 2] (down, up) intervals from time-ordered sustain events (beats [m], down: bool [m]); a press
-    never released lasts to end_beat; None when the pedal is never down."""
-    intervals, start = [], None
-    for beat, is_down in zip(np.asarray(beats, np.float64), np.asarray(down, bool)):
-        if is_down and start is None:
-            start = float(beat)
-        elif not is_down and start is not None:
-            if beat > start:
-                intervals.append((start, float(beat)))
-            start = None
-    if start is not None and end_beat > start:
-        intervals.append((start, float(end_beat)))
-    return np.asarray(intervals, np.float64).reshape(-1, 2) if intervals else None
 
 
 def score_from_midi_bytes(data: bytes, name: str = "<midi bytes>") -> Score:
