@@ -2,8 +2,10 @@
 dimension, over recordings (labels computed on each recording's whole aligned performance); and, as
 outside evidence, against the expert ratings of real human PercePiano performances (within passage).
 
-Run: `python -m benchmarks.bench_pseudo_labels [--percepiano N]` (N rated human segments, sampled with a
-fixed seed; 0 skips the table; default 400, about half a minute)."""
+Run: `python -m benchmarks.bench_pseudo_labels [--percepiano N] [--percepiano-scores musicxml] [--pieces 0]`
+(N rated human segments, sampled with a fixed seed; 0 skips the table; default 400, about half a minute;
+`--percepiano-scores musicxml` reads PercePiano's MusicXML scores, with their slurs and staccato marks,
+instead of its score MIDIs; `--pieces 0` skips the demo corpus)."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,22 +40,30 @@ PERCEPIANO_STATISTICS = (
     ("pedal_written_dry", "pedal_amount", -1),
     ("pedal_written_held", "pedal_clarity", +1),
 )
+# (statistic, rating, +1): descriptive touch statistics (log key-down / written length; + = longer) against
+# "articulation short <-> long"; the written ones need MusicXML scores (slurs, staccato marks)
+PERCEPIANO_DESCRIPTIVE = (
+    ("duration_bias", "articulation_length", +1),
+    ("legato_ratio", "articulation_length", +1),
+    ("staccato_ratio", "articulation_length", +1),
+)
 
 
-def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0) -> dict:
+def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0, scores: str = "midi") -> dict:
     """Within-passage Spearman of each pseudo-label against its matching PercePiano rating over n sampled
-    rated human segments (each passage's mean removed from both; passages with >= 3 sampled players)."""
+    rated human segments (each passage's mean removed from both; passages with >= 3 sampled players).
+    scores: "midi" (the corpus's score MIDIs) or "musicxml" (its MusicXML scores, with articulation marks)."""
     from collections import defaultdict
 
     from scipy.stats import spearmanr
 
     from pipelines.features import align as A
     from pipelines.features import pseudo_labels as L
-    from pipelines.io.corpora import read_corpus
+    from pipelines.io.corpora import read_percepiano
     from pipelines.io.notation import load_score
     from pipelines.io.performance import load_performance
 
-    recs = [r for r in read_corpus(root, layout="percepiano")
+    recs = [r for r in read_percepiano(root, use_xml_scores=scores == "musicxml")
             if r.labels and r.score_uri and not r.extra["player"].startswith("Score")]
     recs = [recs[i] for i in np.random.default_rng(seed).permutation(len(recs))[:n]]
     by_passage = defaultdict(list)
@@ -64,7 +74,7 @@ def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0) -> dict:
         labels = {d: L.score_from_penalty(penalty(stats)) for d, penalty in L.PENALTIES.items()}
         by_passage[rec.piece_id].append(({**stats, **labels}, rec.labels))
     rows = []
-    for label, rating, sign in PERCEPIANO_PAIRS + PERCEPIANO_STATISTICS:
+    for label, rating, sign in PERCEPIANO_PAIRS + PERCEPIANO_STATISTICS + PERCEPIANO_DESCRIPTIVE:
         x, y = [], []
         for pairs in by_passage.values():
             pts = np.array([(p[label], r[rating]) for p, r in pairs if not np.isnan(p[label])])
@@ -72,19 +82,22 @@ def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0) -> dict:
                 x.extend(pts[:, 0] - pts[:, 0].mean())
                 y.extend(pts[:, 1] - pts[:, 1].mean())
         rho = spearmanr(x, y)[0] if len(x) > 2 else float("nan")
-        kind = "label" if (label, rating, sign) in PERCEPIANO_PAIRS else "statistic (a fault: + = worse)"
+        kind = ("label" if (label, rating, sign) in PERCEPIANO_PAIRS else "statistic (a fault: + = worse)"
+                if (label, rating, sign) not in PERCEPIANO_DESCRIPTIVE else "statistic (descriptive: + = longer)")
         rows.append([label, kind, rating, rho, sign * rho, len(x)])
     labels = [p for v in by_passage.values() for p, _ in v]
     medians = {d: float(np.nanmedian([p[d] for p in labels])) for d in L.TECHNICAL_DIMENSIONS}
     table = markdown_table(["pseudo-label / statistic", "kind", "PercePiano rating", "Spearman rho (within passage)",
                             "agreement (sign-oriented)", "segments"], rows)
-    md = (f"### Pseudo-labels vs PercePiano expert ratings ({len(recs)} rated human segments, seed {seed})\n\n"
+    md = (f"### Pseudo-labels vs PercePiano expert ratings ({len(recs)} rated human segments, seed {seed}, "
+          f"{'MusicXML' if scores == 'musicxml' else 'score MIDI'} scores)\n\n"
           f"{table}\n\nMedian label of these human segments: "
           + ", ".join(f"{d} {v:.0f}" for d, v in medians.items()) + ".\n")
     return {"markdown": md, "rows": rows, "medians": medians}
 
 
-def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) -> dict:
+def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400,
+         percepiano_scores: str = "midi") -> dict:
     from scipy.stats import pearsonr, spearmanr
 
     from model.schema import SEED10
@@ -98,6 +111,9 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) 
     from pipelines.io.notation import load_score
     from pipelines.io.performance import load_performance
 
+    if pieces <= 0:
+        human = percepiano_table(percepiano, scores=percepiano_scores)
+        return {"markdown": human["markdown"], "rows": [], "percepiano_rows": human["rows"]}
     out = os.path.join(tempfile.mkdtemp(prefix="bench-pseudo-"), "corpus")
     make_corpus(out, pieces=pieces, takes=takes, seed=seed)
     import json
@@ -147,7 +163,7 @@ def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400) 
           f"{found['extra'][1]} inserted.\n")
     out = {"markdown": md, "rows": rows}
     if percepiano > 0 and os.path.isdir(PERCEPIANO_DIR):
-        human = percepiano_table(percepiano)
+        human = percepiano_table(percepiano, scores=percepiano_scores)
         out["markdown"] += "\n" + human["markdown"]
         out["percepiano_rows"] = human["rows"]
     return out
@@ -158,4 +174,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--percepiano", type=int, default=400, help="rated human PercePiano segments (0: skip)")
-    print(main(percepiano=parser.parse_args().percepiano)["markdown"])
+    parser.add_argument("--percepiano-scores", choices=("midi", "musicxml"), default="midi",
+                        help="PercePiano's score MIDIs or its MusicXML scores (with articulation marks)")
+    parser.add_argument("--pieces", type=int, default=6, help="demo corpus pieces (0: skip the demo corpus)")
+    args = parser.parse_args()
+    print(main(pieces=args.pieces, percepiano=args.percepiano, percepiano_scores=args.percepiano_scores)["markdown"])

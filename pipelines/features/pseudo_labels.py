@@ -41,7 +41,18 @@ articulation (needs a score)
     side (note-to-note inconsistency, not a deliberate change of touch between passages). penalty =
     excess(|b - ARTIC_CENTRE|, ARTIC_BIAS_TOL) / ARTIC_BIAS_SCALE + excess(s, ARTIC_SPREAD_TOL) /
     ARTIC_SPREAD_SCALE: the band 0.53x .. 1.06x of the written length is normal touch, staccato far
-    shorter and smeared legato far longer lose points.
+    shorter and smeared legato far longer lose points. That band is for a score MIDI, whose lengths are
+    often played back (PercePiano's halve staccato notes); a MusicXML score's notated lengths are played
+    shorter (human median 0.46x), so there the band is NOTATED_CENTRE +- NOTATED_TOL.
+    When the score writes the touch (MusicXML slurs and staccato marks: `Score.notes["mark"]`), each
+    written touch has its own reference: legato = median over slurred notes (all but a slur's last),
+    staccato = median over staccato notes, both whatever the pedal; b and s are then over the unmarked
+    notes (s within each touch). penalty = excess(|b - NOTATED_CENTRE|, NOTATED_TOL) / ARTIC_BIAS_SCALE +
+    the spread term + excess(LEGATO_CENTRE - legato, LEGATO_SHORT_TOL) / LEGATO_SCALE (detached) +
+    excess(legato - LEGATO_CENTRE, LEGATO_LONG_TOL) / LEGATO_SCALE (smeared) + excess(staccato -
+    STACCATO_CENTRE, STACCATO_TOL) / STACCATO_SCALE (held), a touch with fewer than MIN_MARKED notes not
+    judged. The references are human: on 400 rated PercePiano segments read with their MusicXML scores,
+    slurred notes median 0.86x (quartiles 0.68 .. 0.99), staccato 0.23x (0.18 .. 0.33), unmarked 0.46x.
 pedaling (score optional; NaN for a transcription without pedal events)
     CC64 is continuous: damping(v) = 1 at or below HALF_PEDAL_LOW, 0 at or above HALF_PEDAL_HIGH, linear
     between (half-pedal); a note's sound after its key is up falls by exp(-damping seconds / DAMP_TIME_S)
@@ -96,7 +107,7 @@ import numpy as np
 
 from model.schema import SEED10
 from pipelines.constants import CC_SUSTAIN
-from pipelines.io.notes import EXTRA, MATCHED, MISSED, Performance, Score
+from pipelines.io.notes import EXTRA, MARK_LEGATO, MARK_NONE, MARK_STACCATO, MATCHED, MISSED, Performance, Score
 
 TECHNICAL_DIMENSIONS = tuple(SEED10.pseudo_names)
 
@@ -129,6 +140,16 @@ ARTIC_BIAS_SCALE = 0.35
 ARTIC_NEIGHBOURS = 3            # local articulation: median of this many notes either side (time order)
 ARTIC_SPREAD_TOL = 0.5          # robust std of log ratios around the local median that is normal (human median 0.33)
 ARTIC_SPREAD_SCALE = 0.5
+MIN_MARKED = 4                  # fewer notes of a written touch (legato, staccato): that touch is not judged
+NOTATED_CENTRE = math.log(0.5)   # the same for a MusicXML score's notated lengths (human median 0.46, quartiles
+NOTATED_TOL = 0.7               # 0.31 .. 0.67); a score MIDI's lengths are often played back (staccato halved)
+LEGATO_CENTRE = math.log(0.86)  # slurred notes (MusicXML): human median 0.86, lower quartile 0.68
+LEGATO_SHORT_TOL = 0.3          # detached below 0.64x
+LEGATO_LONG_TOL = 0.3           # smeared above 1.16x (human upper decile 1.06)
+LEGATO_SCALE = 0.3
+STACCATO_CENTRE = math.log(0.23)  # staccato notes: human median 0.23, upper quartile 0.33, decile 0.46
+STACCATO_TOL = 0.5              # held too long above 0.38x
+STACCATO_SCALE = 0.4
 # --- pedal ---------------------------------------------------------------------------------------
 HALF_PEDAL_LOW = 40.0           # CC64 at or below: dampers fully on the strings
 HALF_PEDAL_HIGH = 64.0          # CC64 at or above: strings free (between: half-pedal, partial damping)
@@ -204,8 +225,17 @@ def _dynamics_penalty(st: dict[str, float]) -> float:
 
 
 def _articulation_penalty(st: dict[str, float]) -> float:
-    return (_excess(abs(st["duration_bias"] - ARTIC_CENTRE), ARTIC_BIAS_TOL) / ARTIC_BIAS_SCALE
-            + _excess(st["duration_spread"], ARTIC_SPREAD_TOL) / ARTIC_SPREAD_SCALE)
+    legato, staccato = st.get("legato_ratio", math.nan), st.get("staccato_ratio", math.nan)
+    if math.isnan(legato) and math.isnan(staccato):     # no written touch: the normal band of human touch
+        notated = st.get("notated_lengths") == 1.0
+        centre, tol = (NOTATED_CENTRE, NOTATED_TOL) if notated else (ARTIC_CENTRE, ARTIC_BIAS_TOL)
+        return (_excess(abs(st["duration_bias"] - centre), tol) / ARTIC_BIAS_SCALE
+                + _excess(st["duration_spread"], ARTIC_SPREAD_TOL) / ARTIC_SPREAD_SCALE)
+    return (_zero_if_nan(_excess(abs(st["duration_bias"] - NOTATED_CENTRE), NOTATED_TOL)) / ARTIC_BIAS_SCALE
+            + _zero_if_nan(_excess(st["duration_spread"], ARTIC_SPREAD_TOL)) / ARTIC_SPREAD_SCALE
+            + _zero_if_nan(_excess(LEGATO_CENTRE - legato, LEGATO_SHORT_TOL)) / LEGATO_SCALE
+            + _zero_if_nan(_excess(legato - LEGATO_CENTRE, LEGATO_LONG_TOL)) / LEGATO_SCALE
+            + _zero_if_nan(_excess(staccato - STACCATO_CENTRE, STACCATO_TOL)) / STACCATO_SCALE)
 
 
 def _pedaling_penalty(st: dict[str, float]) -> float:
@@ -249,7 +279,8 @@ def technical_statistics(score: Score | None, perf: Performance, alignment=None,
     """The interpretable statistics behind the pseudo-labels (NaN where not computable).
 
     error_rate; timing_rms_s, chord_spread_s (seconds), tempo_drift (log tempo change); velocity_jitter,
-    velocity_shaping (MIDI steps); duration_bias, duration_spread (log ratio); pedal_blur, pedal_dry,
+    velocity_shaping (MIDI steps); duration_bias, duration_spread, legato_ratio, staccato_ratio (log ratio;
+    the last two NaN without slurs / staccato marks), notated_lengths (1.0 for a MusicXML score); pedal_blur, pedal_dry,
     pedal_written_dry, pedal_written_held (0..1; the written ones NaN without pedal marks in the score);
     chord_unevenness, voicing_lead, loud_excess (MIDI steps), harsh_fraction; noise_flatness (0..1).
     """
@@ -463,12 +494,15 @@ def _gaussian_smooth(t: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
 
 def _articulation_statistics(score: Score | None, perf: Performance, alignment, attrs, view: _NoteView
                              ) -> dict[str, float]:
-    """Median and robust std of the log duration ratio of matched notes released with the pedal up.
+    """Articulation statistics of the matched notes' log duration ratios (see the module docstring).
 
-    Under the sustain pedal a key's release is not heard, so those notes are left out unless fewer than
-    MIN_NOTES remain (then all matched notes count).
+    Unmarked notes count only when released with the pedal up (under the sustain pedal a key's release
+    is not heard), unless fewer than MIN_NOTES remain; notes the score marks legato or staccato count
+    however the pedal is (the mark asks for the key's action).
     """
-    nan = {"duration_bias": math.nan, "duration_spread": math.nan}
+    nan = {"duration_bias": math.nan, "duration_spread": math.nan, "legato_ratio": math.nan,
+           "staccato_ratio": math.nan,
+           "notated_lengths": float(score is not None and score.source_format == "musicxml")}
     if view.tokens is None:
         return nan
     from pipelines.features.align import is_grace, local_tempo
@@ -487,14 +521,31 @@ def _articulation_statistics(score: Score | None, perf: Performance, alignment, 
         ldr = matched_timing(score, perf, matched, local_tempo(score, perf, alignment))["log_duration_ratio"]
     order = np.argsort(perf.notes["onset_s"][matched["perf_index"]], kind="stable")
     ldr = ldr[order]
+    mark = score.notes["mark"][matched["score_index"]][order]
     dry = ~pedal_down_at(perf.pedal, perf.notes["offset_s"][matched["perf_index"]], CC_SUSTAIN)[order]
-    if dry.sum() >= MIN_NOTES:
-        ldr = ldr[dry]
-    centre = float(np.median(ldr))
-    local = np.array([np.median(ldr[max(i - ARTIC_NEIGHBOURS, 0): i + ARTIC_NEIGHBOURS + 1]) for i in range(len(ldr))])
-    residual = ldr - local
-    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
-    return {"duration_bias": centre, "duration_spread": float(spread)}
+    out = dict(nan)
+    for key, kind in (("legato_ratio", MARK_LEGATO), ("staccato_ratio", MARK_STACCATO)):
+        if (mark == kind).sum() >= MIN_MARKED:
+            out[key] = float(np.median(ldr[mark == kind]))
+    plain = mark == MARK_NONE
+    if plain.sum() >= MIN_NOTES:
+        plain_dry = plain & dry
+        counted = plain_dry if plain_dry.sum() >= MIN_NOTES else plain
+        out["duration_bias"] = float(np.median(ldr[counted]))
+    residuals = []                      # note-to-note inconsistency within each kind of written touch
+    for kind in (MARK_NONE, MARK_LEGATO, MARK_STACCATO):
+        sel = mark == kind
+        if kind == MARK_NONE and (sel & dry).sum() >= MIN_NOTES:
+            sel = sel & dry
+        if sel.sum() >= MIN_NOTES:
+            x = ldr[sel]
+            local = np.array([np.median(x[max(i - ARTIC_NEIGHBOURS, 0): i + ARTIC_NEIGHBOURS + 1])
+                              for i in range(len(x))])
+            residuals.append(x - local)
+    if residuals:
+        r = np.concatenate(residuals)
+        out["duration_spread"] = float(1.4826 * np.median(np.abs(r - np.median(r))))
+    return out
 
 
 def _pedal_statistics(score: Score | None, perf: Performance, alignment, view: _NoteView) -> dict[str, float]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipelines.constants import CC_SUSTAIN, MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
-from pipelines.io.notes import SCORE_NOTE_DTYPE, Score
+from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO, SCORE_NOTE_DTYPE, Score
 from pipelines.io.performance import pedal_events_from_pretty_midi, pedal_intervals
 from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
 
@@ -207,6 +207,7 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
         raise ScoreError(f"{name}: score has no notes")
     end = np.concatenate([t[1] for t in tables])
     na = np.concatenate([t[2][["pitch", "voice", "ts_beats", "ts_beat_type"]] for t in tables])
+    marks = np.concatenate([_musicxml_marks(part, t[2]) for part, t in zip(parts, tables)])
     part = parts[0]
     measures = sorted(part.measures, key=lambda m: m.start.t)
     bar_starts = np.array([float(part.quarter_map(m.start.t)) for m in measures], dtype=np.float64)
@@ -226,6 +227,7 @@ def score_from_partitura(pscore_obj, name: str = "<musicxml>") -> Score:
     notes["pitch"], notes["velocity"], notes["voice"] = na["pitch"], DEFAULT_VELOCITY, na["voice"]
     notes["bar"], notes["position_beat"] = bar, _clean_beats(onset - bar_starts[bar])
     notes["ts_num"], notes["ts_den"] = na["ts_beats"], na["ts_beat_type"]
+    notes["mark"] = marks
     score = _finish_score(notes, bar_starts, float(qpm[0]), "musicxml")
     if len(numbers) == score.n_bars:
         score.bar_numbers = numbers
@@ -248,6 +250,36 @@ def _musicxml_pedal(parts, origin: float, end_beat: float) -> np.ndarray | None:
     if not marks:
         return None
     return np.unique(_clean_beats(np.asarray(marks, np.float64)), axis=0)   # both staves may mark the same pedal
+
+
+STACCATO_MARKS = frozenset({"staccato", "staccatissimo", "spiccato"})
+
+
+def _musicxml_marks(part, na: np.ndarray) -> np.ndarray:
+    """i1 [n]: the written articulation of each row of a part's note array (MARK_* of pipelines.io.notes).
+
+    A note is MARK_LEGATO when a slur of its voice covers its onset and it is not the slur's last note
+    (slurred staccato, portato, counts as legato); MARK_STACCATO when it carries a staccato-family mark
+    and no slur covers it."""
+    import partitura.score as pscore
+
+    staccato = {(int(n.start.t), int(n.midi_pitch), int(n.voice or 0)) for n in part.notes_tied
+                if STACCATO_MARKS.intersection(n.articulations or ())}
+    slurs = []
+    for slur in part.iter_all(pscore.Slur):
+        first, last = slur.start_note, slur.end_note
+        if slur.start is None or (last is None and slur.end is None):
+            continue
+        stop = last.start.t if last is not None else slur.end.t     # the last note itself is released
+        slurs.append((int(slur.start.t), int(stop), None if first is None or first.voice is None else int(first.voice)))
+    marks = np.zeros(len(na), dtype=np.int8)
+    onset, pitch, voice = na["onset_div"].astype(np.int64), na["pitch"].astype(np.int64), na["voice"].astype(np.int64)
+    for i in range(len(na)):
+        if any(s0 <= onset[i] < s1 and (v is None or v == voice[i]) for s0, s1, v in slurs):
+            marks[i] = MARK_LEGATO
+        elif (int(onset[i]), int(pitch[i]), int(voice[i])) in staccato:
+            marks[i] = MARK_STACCATO
+    return marks
 
 
 def _measure_number(measure, k: int) -> int:

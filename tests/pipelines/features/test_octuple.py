@@ -54,7 +54,7 @@ def random_score(rng: np.random.Generator, signatures: list[tuple[int, int]], no
     rows.sort(key=lambda r: (r[0], r[2]))
     notes = np.zeros(len(rows), dtype=SCORE_NOTE_DTYPE)
     for i, (onset, dur, pitch, vel, bar, pos, num, den) in enumerate(rows):
-        notes[i] = (onset, dur, onset * 60 / tempo_qpm, dur * 60 / tempo_qpm, pitch, vel, bar, pos, num, den, 0, i)
+        notes[i] = (onset, dur, onset * 60 / tempo_qpm, dur * 60 / tempo_qpm, pitch, vel, bar, pos, num, den, 0, i, 0)
     return Score(notes=notes, bar_starts_beat=bar_starts[:-1], tempo_qpm=tempo_qpm)
 
 

@@ -125,6 +125,51 @@ def test_articulation_falls_when_durations_depart_from_the_score():
     assert_falls(dimension("articulation", [vary(articulation_jitter=j) for j in (0.05, 0.6, 1.0)]), drop=20)
 
 
+def _marked_run(legato: float = 0.95, staccato: float = 0.25, seed: int = 0):
+    """A synthetic performance of a MusicXML-like score whose even bars are slurred and odd bars staccato,
+    its slurred notes played at `legato` and its staccato notes at `staccato` x the written length.
+    Returns its statistics and articulation label."""
+    from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO
+
+    rng = np.random.default_rng(seed)
+    sp = render_performance(synthetic_score(rng, n_bars=16), BASE, rng)
+    score = dataclasses.replace(sp.score, notes=sp.score.notes.copy(), source_format="musicxml")
+    score.notes["mark"] = np.where(score.notes["bar"] % 2 == 0, MARK_LEGATO, MARK_STACCATO)
+    notes = sp.perf.notes.copy()
+    for i, s in enumerate(sp.perf_score_index):
+        if s >= 0:
+            target = legato if score.notes["mark"][s] == MARK_LEGATO else staccato
+            length = notes["offset_s"][i] - notes["onset_s"][i]
+            notes["offset_s"][i] = notes["onset_s"][i] + length * target / BASE.articulation
+    perf = dataclasses.replace(sp.perf, notes=notes)
+    al = align(score, perf)
+    return technical_statistics(score, perf, al), pseudo_labels(score, perf, al)["articulation"]
+
+
+def test_written_articulation_is_the_reference_when_the_score_marks_it():
+    """Slurs and staccato marks (MusicXML): following them scores high, however different the two touches
+    are; detached slurred notes or held staccato notes lose points, more for more."""
+    stats, followed = _marked_run()
+    assert stats["legato_ratio"] == pytest.approx(math.log(0.95), abs=0.1)
+    assert stats["staccato_ratio"] == pytest.approx(math.log(0.25), abs=0.1)
+    assert followed >= 90.0
+    assert_falls([_marked_run(legato=x)[1] for x in (0.95, 0.55, 0.4, 0.25)], drop=40)
+    assert_falls([_marked_run(staccato=x)[1] for x in (0.25, 0.5, 0.7, 0.95)], drop=40)
+    assert _marked_run(legato=2.2)[1] < followed - 20          # smeared legato
+
+
+def test_musicxml_lengths_without_marks_are_judged_against_notated_lengths():
+    """A MusicXML score's lengths are the notated ones, which human pianists play shorter (median 0.46x on
+    PercePiano) than a score MIDI's, which are often played back: the same short touch is normal against a
+    MusicXML score and scores lower against a score MIDI."""
+    rng = np.random.default_rng(0)
+    sp = render_performance(synthetic_score(rng, n_bars=16), vary(articulation=0.4), rng)
+    al = align(sp.score, sp.perf)
+    as_midi = pseudo_labels(sp.score, sp.perf, al)["articulation"]
+    as_xml = pseudo_labels(dataclasses.replace(sp.score, source_format="musicxml"), sp.perf, al)["articulation"]
+    assert as_xml >= 95.0 and as_midi < as_xml - 10
+
+
 def test_pedaling_is_two_sided_blur_and_missing_sustain():
     dry, changed, held = dimension("pedaling", [vary(pedal="none"), vary(pedal="bar"), vary(pedal="held")])
     assert held < changed and dry < changed and held < 20.0 and dry < 50.0
@@ -292,6 +337,29 @@ def test_percepiano_humans_score_high_and_timing_label_tracks_raters(percepiano_
             y.extend((b - b.mean()) / (b.std() + 1e-9))
     rho = spearmanr(x, y).correlation
     assert rho < -0.3, rho            # measured -0.46
+
+
+def test_percepiano_humans_follow_written_articulation_and_score_high_on_musicxml(percepiano_dir):
+    """120 rated PercePiano segments read with their MusicXML scores (slurs, staccato): pianists hold slurred
+    notes about 3x as long as staccato ones, and the articulation label's human median stays high, as it
+    is with the score MIDIs."""
+    from pipelines.io.corpora import read_percepiano
+    from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
+
+    recs = [r for r in read_percepiano(str(percepiano_dir), use_xml_scores=True)
+            if r.labels and r.score_uri and not r.extra["player"].startswith("Score")]
+    recs = [recs[i] for i in np.random.default_rng(1).permutation(len(recs))[:120]]
+    stats, labels = [], []
+    for rec in recs:
+        score, perf = load_score(rec.score_uri), load_performance(rec.midi_uri)
+        al = align(score, perf)
+        stats.append(technical_statistics(score, perf, al))
+        labels.append(pseudo_labels(score, perf, al)["articulation"])
+    legato = np.nanmedian([s["legato_ratio"] for s in stats])
+    staccato = np.nanmedian([s["staccato_ratio"] for s in stats])
+    assert math.exp(legato - staccato) > 2.5, (legato, staccato)      # measured 0.86x against 0.23x
+    assert np.nanmedian(labels) >= 90.0, np.nanmedian(labels)         # measured 100 (score MIDIs: 99)
 
 
 # --- properties: each label falls with its own fault and stays put when another dimension's fault grows ---

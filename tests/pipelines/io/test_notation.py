@@ -220,6 +220,51 @@ def test_written_pedal_from_musicxml_marks_and_score_midi_cc64(tmp_path):
     assert load_score(str(write_generated_midi(tmp_path / "plain.mid"))).pedal_beats is None
 
 
+def _xml_note(step: str, duration: int, voice: int = 1, notations: str = "", chord: bool = False) -> str:
+    return (f"<note>{'<chord/>' if chord else ''}<pitch><step>{step}</step><octave>4</octave></pitch>"
+            f"<duration>{duration}</duration><voice>{voice}</voice>"
+            f"{f'<notations>{notations}</notations>' if notations else ''}</note>")
+
+
+ARTICULATION_MUSICXML = f"""<?xml version="1.0" encoding="UTF-8"?>
+<score-partwise version="3.1">
+  <part-list><score-part id="P1"><part-name>Piano</part-name></score-part></part-list>
+  <part id="P1">
+    <measure number="1">
+      <attributes><divisions>1</divisions><time><beats>4</beats><beat-type>4</beat-type></time></attributes>
+      {_xml_note("C", 1, notations='<slur type="start" number="1"/>')}
+      {_xml_note("D", 1)}
+      {_xml_note("E", 1, notations='<slur type="stop" number="1"/>')}
+      {_xml_note("F", 1, notations='<articulations><staccato/></articulations>')}
+      <backup><duration>4</duration></backup>
+      {_xml_note("A", 4, voice=2)}
+    </measure>
+    <measure number="2">
+      {_xml_note("G", 1, notations='<articulations><staccatissimo/></articulations>')}
+      {_xml_note("A", 1, notations='<slur type="start" number="1"/><articulations><staccato/></articulations>')}
+      {_xml_note("B", 2, notations='<slur type="stop" number="1"/>')}
+    </measure>
+  </part>
+</score-partwise>
+"""
+
+
+def test_musicxml_articulation_marks_become_note_marks(tmp_path):
+    """Slurred notes (all but a slur's last, slurred staccato included) are legato, staccato-family marks
+    outside slurs are staccato, the rest (another voice under the slur too) unmarked; a score MIDI marks
+    nothing; marks follow their notes through slicing."""
+    from pipelines.io.notes import MARK_LEGATO as L, MARK_NONE as N, MARK_STACCATO as S
+
+    xml = tmp_path / "marks.musicxml"
+    xml.write_text(ARTICULATION_MUSICXML)
+    score = load_score(str(xml))
+    by_onset = {(float(n["onset_beat"]), int(n["pitch"])): int(n["mark"]) for n in score.notes}
+    assert by_onset == {(0.0, 60): L, (0.0, 69): N, (1.0, 62): L, (2.0, 64): N, (3.0, 65): S,
+                        (4.0, 67): S, (5.0, 69): L, (6.0, 71): N}
+    assert list(slice_bars(score, 1, 1).notes["mark"]) == [S, L, N]
+    assert not load_score(str(write_generated_midi(tmp_path / "plain.mid"))).notes["mark"].any()
+
+
 def test_percepiano_written_pedal_agrees_between_musicxml_and_midi(percepiano_dir):
     """PercePiano's marked scores (Schubert D960 mvt. 2): the MusicXML marks and the MIDI twin's CC64 agree."""
     xml_path = sorted((percepiano_dir / "scores_xml").glob("Schubert_D960_mv2_8bars_Score_*.musicxml"))[0]
