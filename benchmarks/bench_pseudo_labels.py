@@ -96,6 +96,74 @@ def percepiano_table(n: int, root: str = PERCEPIANO_DIR, seed: int = 0, scores: 
     return {"markdown": md, "rows": rows, "medians": medians}
 
 
+def articulation_ceiling(corpora: int = 300, pieces: int = 6, takes: int = 6, seed: int = 0) -> dict:
+    """The best Pearson r any articulation label with this revision's human-calibrated constants can reach
+    against the demo corpus's articulation truth: takes drawn as `make_corpus` draws them (severities,
+    deviation families, the truth formula), and an oracle that measures each take's duration scale and
+    jitter exactly (no alignment, tempo or pedal noise) and feeds them to the label's own penalty, for
+    four scores: unmarked (the demo's score MIDIs, its renditions at 0.92x), all slurred (renditions
+    0.97x), half slurred and half staccato (0.97x / 0.30x), and all slurred with the short-legato
+    tolerance lowered until r reaches 0.80. Median r over `corpora` corpora of pieces x takes."""
+    import math
+
+    from scipy.stats import pearsonr
+
+    from pipelines.demo_corpus.deviations import sample_deviation_spec
+    from pipelines.demo_corpus.generate import take_severities
+    from pipelines.demo_corpus.labels import labels_from_measures
+    from pipelines.features import pseudo_labels as L
+
+    def penalty(scale: float, jitter: float, marks: str, short_tol: float) -> float:
+        st = {"duration_bias": math.nan, "duration_spread": jitter, "legato_ratio": math.nan,
+              "staccato_ratio": math.nan, "notated_lengths": float(marks != "none")}
+        if marks == "none":
+            st["duration_bias"] = math.log(0.92 * scale)
+            return L._articulation_penalty(st)
+        st["legato_ratio"] = math.log(0.97 * scale)
+        if marks == "mixed":
+            st["staccato_ratio"] = math.log(0.30 * scale)
+        saved = L.LEGATO_SHORT_TOL
+        L.LEGATO_SHORT_TOL = short_tol
+        try:
+            return L._articulation_penalty(st)
+        finally:
+            L.LEGATO_SHORT_TOL = saved
+
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(corpora):
+        corpus = []
+        for _piece in range(pieces):
+            for severity in take_severities(takes, rng):
+                spec = sample_deviation_spec(rng, severity, 0) if severity > 0 else None
+                scale = spec.duration_scale if spec else 1.0
+                jitter = spec.duration_jitter if spec else 0.0
+                truth = labels_from_measures({"duration_log_scale": abs(math.log(scale)),
+                                              "duration_log_jitter": jitter})["articulation"]
+                corpus.append((truth, scale, jitter))
+        draws.append(corpus)
+
+    def median_r(marks: str, short_tol: float) -> float:
+        rs = []
+        for corpus in draws:
+            t = np.array([c[0] for c in corpus])
+            p = np.array([L.score_from_penalty(penalty(c[1], c[2], marks, short_tol)) for c in corpus])
+            if np.std(p) > 0:
+                rs.append(pearsonr(t, p)[0])
+        return float(np.median(rs))
+
+    rows = [["unmarked (score MIDI)", "-", median_r("none", L.LEGATO_SHORT_TOL)],
+            ["all slurred", f"{L.LEGATO_SHORT_TOL:.2f}", median_r("legato", L.LEGATO_SHORT_TOL)],
+            ["half slurred, half staccato", f"{L.LEGATO_SHORT_TOL:.2f}", median_r("mixed", L.LEGATO_SHORT_TOL)]]
+    for tol in (0.2, 0.15, 0.1, 0.05, 0.0):
+        r = median_r("mixed", tol)
+        rows.append(["half slurred, half staccato", f"{tol:.2f}", r])
+        if r >= 0.8:
+            break
+    return {"rows": rows, "markdown": markdown_table(
+        ["score", "short-legato tolerance (log)", "median Pearson r, oracle label vs truth"], rows)}
+
+
 def main(pieces: int = 6, takes: int = 6, seed: int = 1, percepiano: int = 400,
          percepiano_scores: str = "midi") -> dict:
     from scipy.stats import pearsonr, spearmanr
@@ -177,5 +245,10 @@ if __name__ == "__main__":
     parser.add_argument("--percepiano-scores", choices=("midi", "musicxml"), default="midi",
                         help="PercePiano's score MIDIs or its MusicXML scores (with articulation marks)")
     parser.add_argument("--pieces", type=int, default=6, help="demo corpus pieces (0: skip the demo corpus)")
+    parser.add_argument("--articulation-ceiling", action="store_true",
+                        help="only the best r an articulation label with these constants can reach (seconds)")
     args = parser.parse_args()
+    if args.articulation_ceiling:
+        print(articulation_ceiling()["markdown"])
+        raise SystemExit(0)
     print(main(pieces=args.pieces, percepiano=args.percepiano, percepiano_scores=args.percepiano_scores)["markdown"])
