@@ -38,7 +38,8 @@ def own_step(features: str, overrides: list[str], batches: int = 12) -> dict[str
     torch.set_num_threads(1)
     config = load_config("tiny", overrides)
     schema, t = config.schema(), config.train
-    table = select_rows(read_segments_table(features, columns=columns_for(config.model.audio_encoder),
+    table = select_rows(read_segments_table(features, columns=columns_for(
+        config.model.audio_encoder, config.model.recording_statistics),
                                             filter_ok=False),
                         split="train", originals_only=False, stage=t.stage, names=schema.names)
     model = build_model(config.model, schema, pretrained=False)

@@ -29,7 +29,7 @@ from model.heads import AssessmentHeads
 from model.masks import lengths_to_mask
 from model.mert import MertEncoder
 from model.schema import DimensionSchema
-from model.statistics import InputStatistics
+from model.statistics import InputStatistics, RecordingStatistics
 from model.symbolic import SymbolicEncoder
 
 Batch = dict[str, torch.Tensor]
@@ -117,6 +117,8 @@ class PianoAssessor(nn.Module):
         self.aggregator = TemporalAggregator(cfg)
         self.input_stats = (InputStatistics(cfg.n_note_attrs, cfg.pooled_size, cfg.head_shared_size)
                             if cfg.input_statistics and cfg.symbolic_encoder else None)
+        self.recording_stats = (RecordingStatistics(cfg.n_note_attrs, cfg.pooled_size, cfg.head_shared_size)
+                                if cfg.recording_statistics and cfg.symbolic_encoder else None)
         self.heads = AssessmentHeads(cfg, len(schema))
 
     # --- forward ---------------------------------------------------------------------------------
@@ -142,6 +144,12 @@ class PianoAssessor(nn.Module):
         if self.input_stats is not None and score is not None:
             pooled = pooled + self.input_stats(batch["notes"], batch.get("note_attrs"), batch.get("note_times"),
                                                score.lengths).to(pooled.dtype)
+        if self.recording_stats is not None and score is not None:
+            if "recording_stats" not in batch:
+                raise KeyError("batch lacks 'recording_stats' (model.recording_statistics): remake the feature set "
+                               "with this revision's jobs/preprocess.py")
+            context = batch["recording_stats"].to(pooled.device)
+            pooled = pooled + self.recording_stats(context).to(pooled.dtype) * has_score.unsqueeze(1).to(pooled.dtype)
         logits, log_sigma, task_log_sigma = self.heads(pooled)               # (B, D), (B, D), (B, D) | None
         logits = logits.float()
         return AssessmentOutput(
@@ -267,7 +275,8 @@ class PianoAssessor(nn.Module):
         """{part: {"total": n, "trainable": n}} for each part present, plus "all"."""
         parts = {"mert": self.mert, "cqt": self.cqt, "symbolic": self.symbolic,
                  "projections": [self.mert_proj, self.cqt_proj, self.score_proj],
-                 "fusion": self.fusion, "aggregation": [self.aggregator, self.input_stats], "heads": self.heads}
+                 "fusion": self.fusion, "aggregation": [self.aggregator, self.input_stats, self.recording_stats],
+                 "heads": self.heads}
         counts = {}
         for name, modules in parts.items():
             modules = [m for m in (modules if isinstance(modules, list) else [modules]) if m is not None]

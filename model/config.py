@@ -26,7 +26,7 @@ MODEL_PARTS: dict[str, tuple[str, ...]] = {
     "audio_encoder": ("mert.", "mert_proj.", "cqt.", "cqt_proj."),
     "symbolic": ("symbolic.", "score_proj."),
     "fusion": ("fusion.",),
-    "aggregation": ("aggregator.", "input_stats."),
+    "aggregation": ("aggregator.", "input_stats.", "recording_stats."),
     "shared_head": ("heads.shared.",),
     "heads": ("heads.dims.", "heads.log_sigma_head.", "heads.task_log_sigma", "heads.log_sigma"),
 }
@@ -128,6 +128,10 @@ class ModelConfig:
     # input statistics (model/statistics.py): global descriptors of the window's notes (attribute means and
     # spreads, note density, absolute tempo, register) through a small MLP, added to the pooled vector
     input_statistics: bool = False
+    # recording statistics (model/statistics.py): the same descriptors over every window of the recording
+    # (their mean and spread across windows), computed by the preprocessing and the scoring job, through a
+    # small MLP added to the pooled vector: a window sees the whole performance's loudness range, pace and pedal
+    recording_statistics: bool = False
     # --- heads ---
     head_shared_size: int = 256
     head_hidden_size: int = 128

@@ -14,6 +14,12 @@ be remade:
   own median tempo) do not carry;
 - mean and spread of the pitch register, mean log written duration.
 
+`model.recording_statistics: true` adds a second MLP over the same descriptors taken over the whole
+recording: their mean and standard deviation across the recording's windows (`recording_statistics`,
+computed once per recording by the preprocessing and the scoring job and stored with every window as
+`recording_stats`). A window then knows the performance it belongs to: a 10 s window cannot see a
+recording's dynamic range or how its tempo moves between passages.
+
 Mean pooling of a transformer's outputs can blur such first-order statistics; measured on PercePiano they
 carry much of what the raters judge (loudness, pace, pedal; see benchmarks/RESULTS.md, section
 percepiano). A window without notes gives zeros.
@@ -87,6 +93,46 @@ def note_statistics(notes: torch.Tensor, attrs: torch.Tensor | None, times: torc
     d_mean, _ = _masked_mean_std(dur.unsqueeze(-1), written)
     out = torch.cat([a_mean, a_std, log_density.unsqueeze(1), log_spq.unsqueeze(1), p_mean, p_std, d_mean], 1)
     return torch.where(lengths.unsqueeze(1) > 0, out, torch.zeros_like(out)).clamp(-CLIP, CLIP)
+
+
+def n_recording_statistics(n_note_attrs: int) -> int:
+    return 2 * n_statistics(n_note_attrs)
+
+
+def recording_statistics(windows: list[tuple], n_note_attrs: int):
+    """[(tokens (N, 8), attrs (N, A), times (N,)) per window of one recording] -> float32 (2S,): the mean
+    and the standard deviation over the windows with notes of each window's `note_statistics` (zeros when
+    no window has notes; a one-window recording has zero spread)."""
+    import numpy as np
+
+    windows = [w for w in windows if len(w[0])]
+    size = n_recording_statistics(n_note_attrs)
+    if not windows:
+        return np.zeros(size, np.float32)
+    longest = max(len(w[0]) for w in windows)
+    notes = np.zeros((len(windows), longest, 8), np.int64)
+    attrs = np.zeros((len(windows), longest, n_note_attrs), np.float32)
+    times = np.zeros((len(windows), longest), np.float32)
+    for i, (tok, att, tim) in enumerate(windows):
+        notes[i, : len(tok)], attrs[i, : len(tok)], times[i, : len(tok)] = tok, att, tim
+    lengths = torch.tensor([len(w[0]) for w in windows])
+    with torch.no_grad():
+        stats = note_statistics(torch.from_numpy(notes), torch.from_numpy(attrs), torch.from_numpy(times), lengths,
+                                n_note_attrs)
+    out = torch.cat([stats.mean(0), stats.std(0, unbiased=False)])
+    return out.clamp(-CLIP, CLIP).numpy().astype(np.float32)
+
+
+class RecordingStatistics(nn.Module):
+    """recording_statistics (B, 2S) -> (B, P) added to the pooled vector."""
+
+    def __init__(self, n_note_attrs: int, pooled_size: int, hidden: int):
+        super().__init__()
+        self.size = n_recording_statistics(n_note_attrs)
+        self.mlp = nn.Sequential(nn.Linear(self.size, hidden), nn.GELU(), nn.Linear(hidden, pooled_size))
+
+    def forward(self, stats: torch.Tensor) -> torch.Tensor:
+        return self.mlp(stats.to(self.mlp[0].weight.dtype))
 
 
 class InputStatistics(nn.Module):

@@ -97,7 +97,8 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     from pipelines.io.splits_table import apply_splits
 
     encoder = config_dict["model"]["audio_encoder"]
-    table = assessable_rows(original_rows(apply_splits(read_segments_table(data_uri, columns=columns_for(encoder)),
+    table = assessable_rows(original_rows(apply_splits(read_segments_table(
+        data_uri, columns=columns_for(encoder, bool(config_dict["model"].get("recording_statistics")))),
                                                        splits), split), encoder)
     if labels_lookup is not None and label_col == "labels_json":
         table = _with_labels(table, labels_lookup)

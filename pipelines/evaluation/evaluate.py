@@ -164,7 +164,8 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     stage = target_for(extra, target)
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
-    columns = sorted(set(columns_for(audio_encoder)) | {"cqt", "cqt_frames"})
+    columns = sorted(set(columns_for(audio_encoder, bool(config_dict["model"].get("recording_statistics"))))
+                     | {"cqt", "cqt_frames"})
     table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
     test, train = assessable_rows(original_rows(table, split), audio_encoder), original_rows(table, "train")
     if test.num_rows == 0:

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipelines import constants as C
 from pipelines.config import Config
-from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array
+from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array, unpack_array
 from pipelines.io import storage
 from pipelines.io.errors import one_line
 from pipelines.io.notes import Performance, Score, empty_pedal, empty_perf_notes
@@ -278,6 +278,14 @@ class RecordingProcessor:
                 pseudo = {}
             row["pseudo_json"] = dumps_labels(pseudo)
             rows.append(row)
+        if alignment is not None:           # the whole recording's statistics, on each of its windows
+            from model.statistics import recording_statistics
+
+            context = pack_array(recording_statistics(
+                [(unpack_array(r["notes"], "i2", (8,)), unpack_array(r["note_attrs"], "f4", (C.N_PERF_ATTRS,)),
+                  unpack_array(r["note_times"], "f4")) for r in rows], C.N_PERF_ATTRS), "f4")
+            for row in rows:
+                row["recording_stats"] = context
         return rows
 
     # --- entry point -----------------------------------------------------------------------------

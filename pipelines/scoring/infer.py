@@ -64,6 +64,7 @@ class SpanModel:
         self.uses_audio = self.uses_mert or self.uses_cqt
         self.encoder_s = 0.0            # time spent in the MERT backbone (for benchmarks)
         self.audio_only = bool(getattr(cfg, "audio_only", False))
+        self.uses_recording_stats = getattr(model, "recording_stats", None) is not None
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -124,6 +125,8 @@ class SpanModel:
             if not self.uses_notes or self.audio_only:
                 notes, attrs, times = notes[:0], attrs[:0], times[:0]
             item.update(notes=notes, attrs=attrs, times=times)
+            if self.uses_recording_stats:
+                item["recording_stats"] = unpack_array(row.get("recording_stats") or b"", "f4")
             items.append(item)
         # a model that reads notes only has nothing to assess in a window without notes (a rest, silence):
         # that window gets NaN, which the recording's aggregate leaves out
@@ -157,6 +160,12 @@ class SpanModel:
         batch["notes"], batch["note_lengths"] = _pad_stack([it["notes"] for it in items], torch.long)
         batch["note_attrs"], _ = _pad_stack([it["attrs"] for it in items], torch.float32)
         batch["note_times"], _ = _pad_stack([it["times"] for it in items], torch.float32)
+        if self.uses_recording_stats:
+            from model.statistics import n_recording_statistics
+
+            size = n_recording_statistics(C.N_PERF_ATTRS)
+            batch["recording_stats"] = torch.as_tensor(np.stack(
+                [s if len(s) == size else np.zeros(size, np.float32) for s in (it["recording_stats"] for it in items)]))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.no_grad(), self._autocast():
             return self.model(batch)

@@ -52,6 +52,7 @@ SPAN_SCHEMA = pa.schema([
     ("win_notes", pa.list_(pa.binary())),    # int16 OctupleMIDI tokens (n, 8)
     ("win_attrs", pa.list_(pa.binary())),    # float32 (n, N_PERF_ATTRS)
     ("win_times", pa.list_(pa.binary())),    # float32 onsets, seconds from the window start
+    ("recording_stats", pa.binary()),        # float32 statistics of all the recording's windows (model/statistics.py)
     ("thumb", pa.binary()),                  # uint8 (frames, 88) CQT thumbnail for the report (thumbnail())
     ("thumb_first", pa.int32()),             # index of its first frame in the recording's thumbnail
     ("thumb_fps", pa.float64()),
@@ -106,7 +107,7 @@ def span_error(recording_id: str, kind: str, message: str, info: dict | None = N
     return {"recording_id": recording_id, "span_index": 0, "n_spans": 1, "status": "error", "error_kind": kind,
             "message": message, "info_json": json.dumps(info or {}), "span_start_s": 0.0, "span_end_s": 0.0,
             "audio": b"", "cqt": b"", "cqt_first_frame": 0, "win_index": [], "win_start_s": [], "win_end_s": [],
-            "win_notes": [], "win_attrs": [], "win_times": [], "prepare_s": 0.0}
+            "win_notes": [], "win_attrs": [], "win_times": [], "recording_stats": b"", "prepare_s": 0.0}
 
 
 def group_spans(windows: list[tuple[float, float]], per_span: int) -> list[list[int]]:
@@ -128,12 +129,13 @@ class SpanPreparer:
     """Callable: entry dict -> iterator of span rows (dicts of SPAN_SCHEMA). Heavy set-up once."""
 
     def __init__(self, config: Config, *, use_audio: bool, use_cqt: bool, use_notes: bool,
-                 soundfont: str | None = None) -> None:
+                 use_recording_stats: bool = False, soundfont: str | None = None) -> None:
         from pipelines.features.cqt import CQTExtractor
 
         self.config = config
         self.scoring = config.scoring
         self.use_audio, self.use_cqt, self.use_notes = use_audio, use_cqt, use_notes
+        self.use_recording_stats = use_recording_stats and use_notes
         self.cqt = CQTExtractor(device="cpu")          # the model's input (use_cqt) and the report's thumbnail
         self.soundfont = soundfont
         self._transcriber = None
@@ -265,6 +267,13 @@ class SpanPreparer:
         # the CQT of a span needs its frames' full support: ask for the span widened to its frame range
         request = [(min(a, f0 / fps), max(b, f1 / fps)) for (a, b), (f0, f1) in zip(bounds, cqt_bounds)]
         tokens_cache: dict[int, np.ndarray] = {}
+        context = b""
+        if segments is not None and self.use_recording_stats:
+            from model.statistics import recording_statistics
+            from pipelines.features.processor import segment_notes
+            context = pack_array(recording_statistics(
+                [segment_notes(score, perf, alignment, attrs, seg, self.config.data.max_notes, tokens_cache)
+                 for seg in segments], C.N_PERF_ATTRS), "f4")
         info_json = json.dumps(info)
         head_json = json.dumps({**info, **extra_first}) if extra_first else info_json   # bars: first span only
         pool = thumb_pool(duration)
@@ -310,7 +319,7 @@ class SpanPreparer:
                     times.append(b"")
             row.update(win_index=list(group), win_start_s=[windows[w][0] for w in group],
                        win_end_s=[windows[w][1] for w in group], win_notes=notes, win_attrs=attrs_, win_times=times,
-                       prepare_s=time.monotonic() - started)
+                       recording_stats=context, prepare_s=time.monotonic() - started)
             yield row
             started = time.monotonic()          # the time spent downstream while suspended is not ours
 

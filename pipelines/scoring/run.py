@@ -55,7 +55,8 @@ def model_flags(config_dict: dict) -> dict[str, bool]:
     audio_only = bool(config_dict.get("train", {}).get("audio_only", False))
     return {"use_audio": m["audio_encoder"] in ("mert", "both"),
             "use_cqt": m["audio_encoder"] in ("cqt", "both", "none"),
-            "use_notes": bool(m.get("symbolic_encoder")) and not audio_only}
+            "use_notes": bool(m.get("symbolic_encoder")) and not audio_only,
+            "use_recording_stats": bool(m.get("symbolic_encoder") and m.get("recording_statistics")) and not audio_only}
 
 
 class Aggregator:

@@ -19,11 +19,11 @@ BASE_COLUMNS = ["recording_id", "segment_index", "split", "piece_id", "performer
                 "labels_json", "pseudo_json", "augment", "status"]
 
 
-def columns_for(audio_encoder: str) -> list[str]:
-    """The Parquet columns a model with this audio encoder reads."""
+def columns_for(audio_encoder: str, recording_statistics: bool = False) -> list[str]:
+    """The Parquet columns a model with this audio encoder (and `model.recording_statistics`) reads."""
     extra = {"mert": ["audio", "audio_samples"], "cqt": ["cqt", "cqt_frames"],
              "both": ["audio", "audio_samples", "cqt", "cqt_frames"], "none": ["cqt", "cqt_frames"]}[audio_encoder]
-    return BASE_COLUMNS + extra
+    return BASE_COLUMNS + extra + (["recording_stats"] if recording_statistics else [])
 
 
 def _pad_stack(arrays: Sequence[np.ndarray], dtype: torch.dtype, min_len: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +56,8 @@ def collate(batch: dict[str, Any], names: Sequence[str], *, stage: str = "expert
     """A numpy batch from Ray Data / pyarrow (dict of column arrays) -> model batch of tensors.
 
     Output keys: audio (B, S) + audio_lengths, cqt (B, F, 168) + cqt_lengths, notes (B, N, 8),
-    note_attrs (B, N, A), note_times (B, N), note_lengths (B,), labels (B, D) with NaN = missing.
+    note_attrs (B, N, A), note_times (B, N), note_lengths (B,), recording_stats (B, 2S) where the rows carry
+    them, labels (B, D) with NaN = missing.
     """
     out: dict[str, torch.Tensor] = {}
     if "audio" in batch:
@@ -78,6 +79,13 @@ def collate(batch: dict[str, Any], names: Sequence[str], *, stage: str = "expert
     out["notes"], out["note_lengths"] = _pad_stack(notes, torch.long)
     out["note_attrs"], _ = _pad_stack(attrs, torch.float32)
     out["note_times"], _ = _pad_stack(times, torch.float32)
+    if "recording_stats" in batch:
+        from model.statistics import n_recording_statistics
+
+        size = n_recording_statistics(C.N_PERF_ATTRS)
+        stats = [unpack_array(b, "f4") for b in batch["recording_stats"]]
+        out["recording_stats"] = torch.as_tensor(np.stack([s if len(s) == size else np.zeros(size, np.float32)
+                                                           for s in stats]), dtype=torch.float32)
     column = target_column(stage)
     if column in batch:
         out["labels"] = torch.as_tensor(label_matrix(batch[column], names))

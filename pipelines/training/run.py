@@ -116,7 +116,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     if storage.exists(diverged_uri):        # an earlier attempt diverged: this one may not (another --init...)
         storage.delete(diverged_uri)
 
-    segments = read_segments(data_uri, columns=columns_for(config.model.audio_encoder), filter_ok=False)
+    columns = columns_for(config.model.audio_encoder, config.model.recording_statistics)
+    segments = read_segments(data_uri, columns=columns, filter_ok=False)
     datasets = {
         split: segments.map_batches(select_rows, batch_format="pyarrow", batch_size=None,
                                     fn_kwargs={"split": split, "originals_only": split != "train" or not t.augmented,

@@ -64,3 +64,44 @@ def test_the_model_reads_the_statistics_only_when_asked():
     assert not torch.allclose(out.scores, without.scores)      # the branch changes the prediction
     assert not math.isclose(float((out.scores[0] - out.scores[1]).abs().sum()),
                             float((without.scores[0] - without.scores[1]).abs().sum()))
+
+
+def test_recording_statistics_are_the_mean_and_spread_of_the_window_statistics():
+    """A recording's context: the mean and spread over its windows of each window's statistics; a loud and a
+    soft window give a spread the windows themselves do not show; windows without notes are left out."""
+    from model.statistics import n_recording_statistics, recording_statistics
+
+    loud = [x.numpy() for x in _window(12, 0.5, 0.8, 12)]
+    soft = [x.numpy() for x in _window(12, 0.5, 0.2, 12)]
+    empty = [x[:0] for x in soft]
+    stats = recording_statistics([loud, soft, empty], N_PERF_ATTRS)
+    size = n_statistics(N_PERF_ATTRS)
+    assert stats.shape == (n_recording_statistics(N_PERF_ATTRS),) == (2 * size,)
+    assert math.isclose(stats[3], 0.5, abs_tol=1e-5)                  # mean velocity over the windows
+    assert math.isclose(stats[size + 3], 0.3, abs_tol=1e-5)           # its spread across them
+    assert math.isclose(stats[N_PERF_ATTRS + 3], 0.0, abs_tol=1e-6)   # each window alone is level
+    one = recording_statistics([loud], N_PERF_ATTRS)
+    assert not one[size:].any()                                       # one window: no spread
+    assert not recording_statistics([empty], N_PERF_ATTRS).any()
+
+
+def test_the_model_reads_recording_statistics_only_when_asked_and_says_when_they_are_missing():
+    import pytest
+
+    from model.statistics import n_recording_statistics
+
+    schema = load_schema("percepiano19")
+    notes, attrs, times = (torch.stack(x) for x in zip(_window(12, 0.5, 0.4, 16), _window(12, 0.25, 0.8, 16)))
+    batch = {"notes": notes, "note_attrs": attrs, "note_times": times, "note_lengths": torch.tensor([12, 12])}
+    assert build_model(load_config("percepiano").model, schema).recording_stats is None
+    torch.manual_seed(0)
+    model = build_model(load_config("percepiano", ["model.recording_statistics=true"]).model, schema).eval()
+    with pytest.raises(KeyError, match="recording_stats.*preprocess"):
+        model(batch)
+    context = torch.zeros(2, n_recording_statistics(N_PERF_ATTRS))
+    context[1, 3] = 1.0
+    with torch.no_grad():
+        same = model({**batch, "recording_stats": torch.zeros_like(context)})
+        other = model({**batch, "recording_stats": context})
+    assert torch.allclose(same.scores[0], other.scores[0])             # each item reads its own context
+    assert not torch.allclose(same.scores[1], other.scores[1])

@@ -50,6 +50,26 @@ def test_rows_cover_the_recording_in_overlapping_windows(records, processor):
     assert not any(r["augment"] for r in rows)                   # no augmentation outside the training split
 
 
+def test_every_window_carries_its_whole_recordings_statistics(records, processor):
+    """recording_stats: the same vector on each window of a recording, made from all its windows' notes, so a
+    model with model.recording_statistics sees the whole performance from any window; another take differs."""
+    from model.statistics import n_recording_statistics, recording_statistics
+
+    def context(record):
+        rows = processor(dict(record, split="val"))
+        stats = {r["recording_stats"] for r in rows}
+        assert len(stats) == 1
+        windows = [(unpack_array(r["notes"], "i2", (8,)), unpack_array(r["note_attrs"], "f4", (C.N_PERF_ATTRS,)),
+                    unpack_array(r["note_times"], "f4")) for r in rows]
+        vector = unpack_array(stats.pop(), "f4")
+        np.testing.assert_array_equal(vector, recording_statistics(windows, C.N_PERF_ATTRS))
+        return vector
+
+    first, second = context(records[0]), context(records[1])
+    assert first.shape == (n_recording_statistics(C.N_PERF_ATTRS),) and np.abs(first[len(first) // 2:]).sum() > 0
+    assert not np.allclose(first, second)
+
+
 def test_training_split_gets_seeded_augmented_copies(records, processor):
     record = dict(records[1], split="train")
     rows = processor(record)

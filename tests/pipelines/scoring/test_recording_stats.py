@@ -1,0 +1,48 @@
+"""model.recording_statistics through the scoring job's own objects: the span preparation gives every window
+the same whole-recording statistics as the preprocessing, so a checkpoint scores a library as it was trained."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipelines import constants as C
+from tests.pipelines.scoring.conftest import SCALE, melody_midi, save_checkpoint
+
+
+def test_scoring_windows_get_the_preprocessings_recording_statistics_and_the_same_scores(tmp_path):
+    from pipelines.config import config_from_dict, load_config
+    from pipelines.features.processor import RecordingProcessor
+    from pipelines.features.rows import unpack_array
+    from pipelines.io.model_files import load_checkpoint, read_checkpoint_meta
+    from pipelines.scoring.infer import load_span_model
+    from pipelines.scoring.prepare import SpanPreparer
+    from pipelines.scoring.run import model_flags
+    from pipelines.training.batches import collate
+
+    melody_midi(SCALE[:50]).write(str(tmp_path / "played.mid"))
+    melody_midi(SCALE[:50]).write(str(tmp_path / "score.mid"))
+    ckpt = save_checkpoint(tmp_path / "model", audio_encoder="none", input_statistics="true",
+                           recording_statistics="true")
+    meta = read_checkpoint_meta(str(ckpt))
+    flags = model_flags(meta["config"])
+    assert flags["use_recording_stats"]
+    base = config_from_dict(meta["config"])
+    window = base.data.train_window_s
+    config = load_config(None, [f"scoring.window_s={window}", f"scoring.overlap={base.data.window_overlap}"],
+                         extra={k: v for k, v in base.to_dict().items() if k != "scoring"})
+    entry = {"recording_id": "r", "midi_uri": str(tmp_path / "played.mid"), "score_uri": str(tmp_path / "score.mid")}
+    spans = list(SpanPreparer(config, **flags)(entry))
+    assert all(s["status"] == "ok" for s in spans), spans[0]["message"]
+    record = {**entry, "audio_uri": None, "split": "test", "labels": {}, "piece_id": "p", "performer_id": "x"}
+    rows = [r for r in RecordingProcessor(config)(record) if not r["augment"]]
+    assert rows and {r["recording_stats"] for r in rows} == {s["recording_stats"] for s in spans} != {b""}
+    assert sum(len(s["win_index"]) for s in spans) == len(rows)
+
+    span_model = load_span_model(str(ckpt), config, use_gpu=False)
+    scored = np.concatenate([np.asarray(span_model.predict_span(s)["win_scores"]) for s in spans])
+    model, _, schema, _ = load_checkpoint(str(ckpt))
+    batch = collate({k: [r[k] for r in rows] for k in rows[0]}, schema.names)
+    with torch.no_grad():
+        direct = model.eval()(batch).scores.numpy()
+    np.testing.assert_allclose(scored, direct, atol=1e-4)
+    assert unpack_array(rows[0]["recording_stats"], "f4").shape[0] == 2 * (2 * C.N_PERF_ATTRS + 5)
