@@ -1,6 +1,13 @@
 """Per-bar feedback benchmark: are the bars with inserted errors flagged, and only those?
 
     .venv/bin/python -m benchmarks.bench_bar_feedback [--quick] [--pieces N] [--no-audio] [--out DIR]
+    .venv/bin/python -m benchmarks.bench_bar_feedback --percepiano 150
+
+`--percepiano N`: instead, the flags on N rated human PercePiano segments (sampled with seed 3), read once
+with the corpus's score MIDIs and once with its MusicXML scores (slurs and staccato marks): skilled pianists,
+so every flag that is not a note error is a likely false alarm; per kind, the share of bars flagged (each
+segment's last bar, cut from a longer performance, counted apart), and the human percentiles of each
+bar measurement behind the articulation flags.
 
 The takes come from `pipelines.demo_corpus.bar_errors.bar_error_takes`: per demo piece (real scores:
 K265 var. 1 and the music21 pieces, 30 s excerpts) a clean natural rendition, one with wrong / missed /
@@ -151,6 +158,56 @@ def main(quick: bool = False, n_pieces: int | None = None, audio: bool = True, s
     return {"markdown": markdown, "figures": figures}
 
 
+def percepiano_flags(n: int = 150, seed: int = 3) -> dict[str, Any]:
+    """Flag rates on rated human PercePiano segments, with score MIDIs and with MusicXML scores."""
+    import os
+    from collections import Counter
+    from pathlib import Path
+
+    import numpy as np
+
+    from pipelines.io.corpora import read_percepiano
+    from pipelines.io.notation import load_score
+    from pipelines.io.performance import load_performance
+    from pipelines.scoring.feedback import analyse
+
+    root = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "percepiano")
+    if not os.path.isdir(root):
+        return {"markdown": f"{root}: not found\n", "rows": []}
+    rows, measures = [], []
+    for xml in (False, True):
+        recs = [r for r in read_percepiano(root, use_xml_scores=xml)
+                if r.labels and r.score_uri and not r.extra["player"].startswith("Score")]
+        recs = [recs[i] for i in np.random.default_rng(seed).permutation(len(recs))[:n]]
+        inner, last = Counter(), Counter()
+        n_inner = n_last = 0
+        values: dict[str, list[float]] = {"duration_ratio": [], "legato_ratio": [], "staccato_ratio": []}
+        for rec in recs:
+            out = analyse(load_score(rec.score_uri), load_performance(rec.midi_uri), _names())
+            n_bars = len(out["bars"])
+            n_inner, n_last = n_inner + n_bars - 1, n_last + 1
+            for b in out["bars"][:-1]:
+                for k in values:
+                    if np.isfinite(b[k]):
+                        values[k].append(b[k])
+            for f in out["flags"]:
+                for i in range(f["bar"], f["last_bar"] + 1):
+                    is_last = i == out["bars"][-1]["bar"]
+                    (last if is_last else inner)[f["kind"]] += 1
+        scores = "MusicXML" if xml else "score MIDI"
+        for kind in sorted(set(inner) | set(last)):
+            rows.append([scores, kind, f"{inner[kind] / max(n_inner, 1):.3f}", f"{last[kind] / max(n_last, 1):.3f}"])
+        for k, v in values.items():
+            if v:
+                q = np.percentile(v, [2, 5, 50, 95, 98])
+                measures.append([scores, k, len(v)] + [f"{x:.3f}" for x in q])
+    md = (f"### Flags on rated human performances ({n} PercePiano segments, seed {seed})\n\n"
+          + markdown_table(["scores", "kind", "share of bars flagged (inner bars)", "share of last bars flagged"], rows)
+          + "\n\nBar measurements behind the articulation flags (inner bars):\n\n"
+          + markdown_table(["scores", "measure", "bars", "2 %", "5 %", "median", "95 %", "98 %"], measures) + "\n")
+    return {"markdown": md, "rows": rows, "measures": measures}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_PIECES} pieces only")
@@ -159,7 +216,12 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the takes, scores and truth JSON here")
     parser.add_argument("--show-misses", action="store_true", help="list the truth errors not flagged")
+    parser.add_argument("--percepiano", type=int, default=0,
+                        help="instead: flag rates on this many rated human PercePiano segments")
     args = parser.parse_args()
+    if args.percepiano:
+        print(percepiano_flags(args.percepiano)["markdown"])
+        raise SystemExit(0)
     result = main(args.quick, args.pieces, not args.no_audio, args.seed, args.out)
     print(result["markdown"])
     if args.show_misses:

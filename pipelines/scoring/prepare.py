@@ -211,7 +211,8 @@ class SpanPreparer:
         bars = measure_bars(score, perf, alignment, evidence=perf.onset_evidence)
         deadline.check("per-bar feedback")
         return (score, perf, alignment, attrs), {"match_rate": f_measure, "score_mismatch": False,
-                                                 "perf_source": perf.source, "bars": bars}
+                                                 "perf_source": perf.source, "bars": bars,
+                                                 "score_format": score.source_format}
 
     # --- entry point -----------------------------------------------------------------------------
     def __call__(self, entry: dict) -> Iterator[dict[str, Any]]:
@@ -236,7 +237,7 @@ class SpanPreparer:
                         raise
                     except Exception as exc:
                         raise _named(entry["score_uri"], "score", exc) from None
-                    first = {k: extra.pop(k) for k in ("bars", "perf_source") if k in extra}
+                    first = {k: extra.pop(k) for k in ("bars", "perf_source", "score_format") if k in extra}
                     info.update(extra)
                 info["has_score"] = bundle is not None
                 yield from self._spans(entry, stream, bundle, info, deadline, started, first)

@@ -583,6 +583,7 @@ BAR_COLUMNS = (
     ("wrong", "wrong", 0, ""), ("extra", "extra", 0, ""), ("unclear", "unclear", 0, ""),
     ("onset dev", "onset_dev_ms", 0, " ms"), ("tempo", "tempo_pct", 1, " %"), ("unsteady", "unsteady_ms", 0, " ms"),
     ("velocity", "velocity", 0, ""), ("contrast", "velocity_contrast", 1, ""), ("length", "duration_ratio", 2, "×"),
+    ("slurred", "legato_ratio", 2, "×"), ("staccato", "staccato_ratio", 2, "×"),
     ("pedal changes", "pedal_held_changes", 0, ""), ("pedal down", "pedal_down_pct", 0, " %"),
     ("attention", "attention", 2, ""),
 )

@@ -83,7 +83,8 @@ BAR_STRUCT = pa.struct([
     ("score_notes", pa.int32()), ("matched", pa.int32()), ("missed", pa.int32()), ("wrong", pa.int32()),
     ("extra", pa.int32()), ("unclear", pa.int32()), ("onset_dev_ms", pa.float64()), ("tempo_pct", pa.float64()),
     ("unsteady_ms", pa.float64()), ("velocity", pa.float64()), ("velocity_contrast", pa.float64()),
-    ("duration_ratio", pa.float64()), ("pedal_down_pct", pa.float64()), ("pedal_held_changes", pa.int32()),
+    ("duration_ratio", pa.float64()), ("legato_ratio", pa.float64()), ("staccato_ratio", pa.float64()),
+    ("pedal_down_pct", pa.float64()), ("pedal_held_changes", pa.int32()),
     ("attention", pa.float64()), ("window_scores", pa.list_(pa.float32())),
 ])
 FLAG_STRUCT = pa.struct([

@@ -153,7 +153,8 @@ class Aggregator:
         if bars:
             F.add_model_to_bars(bars, curve=curve, curve_hop_s=s.curve_hop_s, starts=starts, ends=ends,
                                 scores=scores, duration_s=duration)
-            flags = F.flag_bars(bars, self.names, perf_source=info.get("perf_source", "midi"))
+            flags = F.flag_bars(bars, self.names, perf_source=info.get("perf_source", "midi"),
+                                notated=info.get("score_format") == "musicxml")
             return {"bars": [{k: b.get(k) for k in F.BAR_FIELDS} for b in bars], "bar_flags": flags,
                     "time_flags": [], "observation": F.observation(flags, bars)}
         flags = F.time_flags(starts, ends, scores, sigma, mean, self.names, low)

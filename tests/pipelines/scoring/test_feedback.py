@@ -103,6 +103,57 @@ def test_transcribed_extra_notes_and_pedal_are_not_flagged_from_audio():
     assert set(F.bar_findings(bar, [bar], perf_source="midi")) == {"extra", "articulation"}
 
 
+def test_written_touch_is_flagged_against_its_marks_and_notated_lengths_against_their_own_norm():
+    """Slurred notes played detached and staccato notes held are flagged as such; a bar's notes at 0.2x of
+    their length are clipped against a score MIDI (played-back lengths) and normal against MusicXML's
+    notated lengths, which human pianists play at 0.53x (median bar)."""
+    nan = float("nan")
+    bar = dict(bar=1, index=0, start_s=0.0, end_s=2.0, score_notes=8, matched=8, missed=0, wrong=0, extra=0,
+               unclear=0, onset_dev_ms=0.0, tempo_pct=nan, unsteady_ms=nan, velocity=64.0, velocity_contrast=nan,
+               duration_ratio=0.6, legato_ratio=0.9, staccato_ratio=0.25, pedal_down_pct=nan, pedal_held_changes=0)
+    assert F.bar_findings(bar, [bar], perf_source="midi", notated=True) == {}
+    detached = dict(bar, legato_ratio=0.2)
+    assert F.bar_findings(detached, [detached], perf_source="midi", notated=True)["articulation"][1] == \
+        "slurred notes detached (played 20% of their length)"
+    held = dict(bar, staccato_ratio=1.3)
+    assert "staccato notes held" in F.bar_findings(held, [held], perf_source="midi", notated=True)["articulation"][1]
+    assert F.bar_findings(detached, [detached], perf_source="transcription", notated=True) == {}
+    short = dict(bar, duration_ratio=0.2, legato_ratio=nan, staccato_ratio=nan)
+    assert "clipped" in F.bar_findings(short, [short], perf_source="midi")["articulation"][1]
+    assert F.bar_findings(short, [short], perf_source="midi", notated=True) == {}
+
+
+def test_bars_measure_the_touch_their_score_writes():
+    """measure_bars on a performance whose slurred bars are played legato and staccato bars short: each bar
+    reports its own written touch, and nothing is flagged; the same performance with its slurred notes
+    detached gets 'slurred notes detached' flags."""
+    import dataclasses
+
+    from benchmarks.bench_alignment import PerformanceStyle, render_performance, synthetic_score
+    from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO
+
+    def run(legato: float):
+        rng = np.random.default_rng(0)
+        sp = render_performance(synthetic_score(rng, n_bars=8), PerformanceStyle(), rng)
+        score = dataclasses.replace(sp.score, notes=sp.score.notes.copy(), source_format="musicxml")
+        score.notes["mark"] = np.where(score.notes["bar"] % 2 == 0, MARK_LEGATO, MARK_STACCATO)
+        notes = sp.perf.notes.copy()
+        for i, k in enumerate(sp.perf_score_index):
+            if k >= 0:
+                target = legato if score.notes["mark"][k] == MARK_LEGATO else 0.25
+                length = notes["offset_s"][i] - notes["onset_s"][i]
+                notes["offset_s"][i] = notes["onset_s"][i] + length * target / 0.95
+        return F.analyse(score, dataclasses.replace(sp.perf, notes=notes), NAMES)
+
+    good = run(0.95)
+    assert all(b["legato_ratio"] == pytest.approx(0.95, abs=0.1) for b in good["bars"][0::2])
+    assert all(b["staccato_ratio"] == pytest.approx(0.25, abs=0.05) for b in good["bars"][1::2])
+    assert not [f for f in good["flags"] if f["kind"] == "articulation"]
+    bad = run(0.15)
+    reasons = [f["reason"] for f in bad["flags"] if f["kind"] == "articulation"]
+    assert len(reasons) == 4 and all("slurred notes detached (played 1" in r for r in reasons), reasons
+
+
 def test_without_a_score_low_stretches_become_time_ranges():
     starts = np.arange(10) * 5.0
     ends = starts + 10.0
