@@ -481,6 +481,46 @@ def _build_tokens(score: Score, perf: Performance, pairs: np.ndarray, tempo: Loc
     return tokens[np.lexsort((tokens["pitch"], tokens["kind"], tokens["perf_onset_s"]))]
 
 
+TREMOLO_REACH_S = 0.15          # a tremolo's repeated notes may start this much before or end after its span
+
+
+def tremolo_extras(score: Score, alignment: "Alignment", tempo: LocalTempo | None = None) -> np.ndarray:
+    """bool [n_tokens]: the EXTRA tokens that play out a written tremolo (MARK_TREMOLO): the pitch of a
+    tremolo note of the same voice group, struck inside the group's span (its consecutive tremolo notes,
+    placed in time by the local tempo). The score lists a tremolo as one or two notes and the pianist
+    plays many: those are the written notes, not extra ones."""
+    from pipelines.io.notes import MARK_TREMOLO
+
+    tokens = alignment.tokens
+    out = np.zeros(len(tokens), bool)
+    trem = np.flatnonzero(score.notes["mark"] == MARK_TREMOLO)
+    extra = np.flatnonzero(tokens["kind"] == EXTRA)
+    if not len(trem) or not len(extra):
+        return out
+    tempo = tempo if tempo is not None else alignment.tempo
+    if tempo is None:
+        return out
+    sn = score.notes
+    groups: list[tuple] = []            # (first beat, last beat, pitches, voice) of each run of tremolo notes
+    for voice in np.unique(sn["voice"][trem]):
+        idx = trem[sn["voice"][trem] == voice]
+        idx = idx[np.argsort(sn["onset_beat"][idx], kind="stable")]
+        for i in idx:
+            a, b = float(sn["onset_beat"][i]), float(sn["onset_beat"][i] + sn["duration_beat"][i])
+            if groups and groups[-1][3] == voice and a <= groups[-1][1] + 1e-6:
+                start, end, pitches, _ = groups[-1]
+                groups[-1] = (start, max(end, b), pitches | {int(sn["pitch"][i])}, voice)
+            else:
+                groups.append((a, b, {int(sn["pitch"][i])}, voice))
+    t = tokens["perf_onset_s"][extra]
+    pitch = tokens["pitch"][extra].astype(int)
+    for a, b, pitches, _ in groups:
+        t0, t1 = tempo.time_at(np.array([a, b]))
+        inside = (t >= t0 - TREMOLO_REACH_S) & (t <= t1 + TREMOLO_REACH_S) & np.isin(pitch, list(pitches))
+        out[extra[inside]] = True
+    return out
+
+
 def nearest_matched_score_note(times_s: np.ndarray, matched_onsets_s: np.ndarray,
                                matched_score_index: np.ndarray) -> np.ndarray:
     """i8 [n]: score index of the matched note whose performed onset is nearest each time; -1 if none."""

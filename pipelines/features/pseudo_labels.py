@@ -11,7 +11,8 @@ rubato, dynamics against phrase-level curves.
 
 note_accuracy (needs a score)
     rate = (missed + sum over extra notes of min(1, velocity / EXTRA_FULL_VELOCITY)) / score notes
-    (soft ghost notes count less); penalty = rate / NOTE_ERROR_SCALE.
+    (soft ghost notes count less; the repeated notes that play out a written tremolo are not extra:
+    `align.tremolo_extras`); penalty = rate / NOTE_ERROR_SCALE.
 rhythmic_precision (needs a score)
     e = RMS over score onsets of the median deviation (seconds) of their performed onsets from the
     local-tempo fit (each clipped at TIMING_CLIP_S; grace notes left out); c = RMS within-onset spread
@@ -304,6 +305,7 @@ class _NoteView:
         self.voice = voice                    # i8 [k] stream of each played note (dynamics lines)
         self.tokens = tokens                  # the window's alignment tokens (None without a score)
         self.token_rows = token_rows          # i8: their rows in alignment.tokens (and in attrs)
+        self.tremolo = None                   # bool over tokens: extra notes that play out a written tremolo
 
     @classmethod
     def build(cls, score: Score | None, perf: Performance, alignment, note_mask: np.ndarray | None) -> "_NoteView":
@@ -325,7 +327,10 @@ class _NoteView:
             voice = _register_streams(pitch)
         else:                                          # extra notes join the voice nearest in pitch
             voice = _fill_extra_voices(voice, pitch)
-        return cls(perf, played["perf_index"].astype(np.int64), voice, tokens, rows)
+        view = cls(perf, played["perf_index"].astype(np.int64), voice, tokens, rows)
+        from pipelines.features.align import tremolo_extras
+        view.tremolo = tremolo_extras(score, alignment)[rows]
+        return view
 
     @property
     def notes(self) -> np.ndarray:
@@ -336,7 +341,8 @@ class _NoteView:
             return math.nan
         kind = self.tokens["kind"]
         n_score = int(((kind == MATCHED) | (kind == MISSED)).sum())
-        extra_vel = self.perf.notes["velocity"][self.tokens["perf_index"][kind == EXTRA]].astype(float)
+        extra = (kind == EXTRA) & ~self.tremolo if self.tremolo is not None else kind == EXTRA
+        extra_vel = self.perf.notes["velocity"][self.tokens["perf_index"][extra]].astype(float)
         errors = float((kind == MISSED).sum()) + float(np.minimum(1.0, extra_vel / EXTRA_FULL_VELOCITY).sum())
         if n_score + len(extra_vel) == 0:
             return math.nan

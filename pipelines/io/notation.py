@@ -25,7 +25,7 @@ import numpy as np
 
 from pipelines.constants import CC_SUSTAIN, MIDI_EXTENSIONS, MUSICXML_EXTENSIONS
 from pipelines.io.errors import one_line, parse_midi_bytes
-from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO, SCORE_NOTE_DTYPE, Score
+from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO, MARK_TREMOLO, SCORE_NOTE_DTYPE, Score
 from pipelines.io.performance import pedal_events_from_pretty_midi, pedal_intervals
 from pipelines.io.storage import MAX_SMALL_FILE_BYTES, StorageError, StorageUnavailable, local_path
 
@@ -258,13 +258,17 @@ STACCATO_MARKS = frozenset({"staccato", "staccatissimo", "spiccato"})
 def _musicxml_marks(part, na: np.ndarray) -> np.ndarray:
     """i1 [n]: the written articulation of each row of a part's note array (MARK_* of pipelines.io.notes).
 
-    A note is MARK_LEGATO when a slur of its voice covers its onset and it is not the slur's last note
+    A note with a tremolo (one note or chord repeated, or two alternated; a chord's notes all count, though
+    editors mark one of them) is MARK_TREMOLO. Otherwise it is MARK_LEGATO
+    when a slur of its voice covers its onset and it is not the slur's last note
     (slurred staccato, portato, counts as legato); MARK_STACCATO when it carries a staccato-family mark
     and no slur covers it."""
     import partitura.score as pscore
 
     staccato = {(int(n.start.t), int(n.midi_pitch), int(n.voice or 0)) for n in part.notes_tied
                 if STACCATO_MARKS.intersection(n.articulations or ())}
+    tremolo = {(int(n.start.t), int(n.voice or 0)) for n in part.notes_tied      # the chord mates too
+               if "tremolo" in (getattr(n, "ornaments", None) or ())}
     slurs = []
     for slur in part.iter_all(pscore.Slur):
         first, last = slur.start_note, slur.end_note
@@ -275,7 +279,9 @@ def _musicxml_marks(part, na: np.ndarray) -> np.ndarray:
     marks = np.zeros(len(na), dtype=np.int8)
     onset, pitch, voice = na["onset_div"].astype(np.int64), na["pitch"].astype(np.int64), na["voice"].astype(np.int64)
     for i in range(len(na)):
-        if any(s0 <= onset[i] < s1 and (v is None or v == voice[i]) for s0, s1, v in slurs):
+        if (int(onset[i]), int(voice[i])) in tremolo:
+            marks[i] = MARK_TREMOLO
+        elif any(s0 <= onset[i] < s1 and (v is None or v == voice[i]) for s0, s1, v in slurs):
             marks[i] = MARK_LEGATO
         elif (int(onset[i]), int(pitch[i]), int(voice[i])) in staccato:
             marks[i] = MARK_STACCATO

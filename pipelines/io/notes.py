@@ -29,11 +29,12 @@ SCORE_NOTE_DTYPE = np.dtype([
     ("ts_den", "i2"),
     ("voice", "i2"),           # staff/voice when known, else 0
     ("id", "i4"),              # index of the note in score order (stable across slicing)
-    ("mark", "i1"),            # written articulation: MARK_NONE, MARK_STACCATO or MARK_LEGATO
+    ("mark", "i1"),            # written articulation: MARK_NONE, MARK_STACCATO, MARK_LEGATO or MARK_TREMOLO
 ])
 MARK_NONE = 0                  # no articulation written (or the score cannot write one: score MIDI)
 MARK_STACCATO = 1              # staccato, staccatissimo or spiccato, not under a slur
 MARK_LEGATO = 2                # under a slur and not its last note (to be joined to the next note)
+MARK_TREMOLO = 3               # a tremolo (one note repeated, or two alternated): played as many notes
 
 
 @dataclasses.dataclass

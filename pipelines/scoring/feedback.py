@@ -141,7 +141,8 @@ def measure_bars(score: Score, perf: Performance, alignment, *,
     start_s, end_s = tempo.time_at(starts_beat), tempo.time_at(ends_beat)
     numbers = bar_numbers(score)
 
-    notes = _note_errors(score, perf, tok, tempo, evidence)
+    from pipelines.features.align import tremolo_extras
+    notes = _note_errors(score, perf, tok[~tremolo_extras(score, alignment, tempo)], tempo, evidence)
     timing = _timing(score, perf, tok, tempo, n_bars, starts_beat, ends_beat)
     dyn = _dynamics(score, perf, tok, n_bars)
     art = _articulation(score, perf, tok, tempo, n_bars)

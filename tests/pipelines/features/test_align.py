@@ -103,6 +103,36 @@ def test_refinement_prefers_the_repeated_note_nearest_in_time():
     assert [2, 2] in fixed.tolist() and 3 not in fixed[:, 0]
 
 
+def test_the_repeated_notes_of_a_written_tremolo_are_not_extra_notes():
+    """A bar of quarters, then a two-note tremolo (a C/E chord alternating with G over two beats, as editors
+    write it) played as eighths: the notes it adds play out the tremolo; a stray note of another pitch inside
+    it stays extra, and without the tremolo marks every added note is extra."""
+    from pipelines.features.align import tremolo_extras
+    from pipelines.features.pseudo_labels import pseudo_labels
+    from pipelines.io.notes import MARK_TREMOLO
+
+    rows = [(0.0, 1.0, 72, 1), (1.0, 1.0, 74, 1), (2.0, 1.0, 76, 1), (3.0, 1.0, 77, 1),
+            (4.0, 1.0, 48, 2), (4.0, 1.0, 52, 2), (5.0, 1.0, 55, 2), (4.0, 2.0, 79, 1), (6.0, 2.0, 81, 1)]
+    score = score_from_rows(rows, n_bars=2, qpm=60.0)
+    score.notes["mark"][np.isin(score.notes["pitch"], [48, 52, 55])] = MARK_TREMOLO
+    played = [(0.0, 72), (1.0, 74), (2.0, 76), (3.0, 77), (4.0, 79), (6.0, 81)]
+    played += [(4.0 + 0.5 * k, p) for k in range(4) for p in ((48, 52) if k % 2 == 0 else (55,))]
+    played += [(5.25, 61)]                                            # a stray note
+    onset = np.array([t for t, _ in played]) + 1.0
+    perf = Performance(make_perf_notes(onset, onset + 0.3, [p for _, p in played], [64] * len(played)),
+                       np.zeros(0, PEDAL_DTYPE))
+    al = align(score, perf)
+    explained = tremolo_extras(score, al)
+    extras = al.tokens["kind"] == EXTRA
+    assert extras.sum() == 4 and explained.sum() == 3
+    assert set(al.tokens["pitch"][extras & ~explained]) == {61}
+    unmarked = dataclasses.replace(score, notes=score.notes.copy())
+    unmarked.notes["mark"] = 0
+    assert not tremolo_extras(unmarked, align(unmarked, perf)).any()
+    assert pseudo_labels(score, perf, al)["note_accuracy"] > pseudo_labels(unmarked, perf, align(unmarked, perf))[
+        "note_accuracy"] + 10
+
+
 def test_empty_performance_or_score_gives_all_missed_or_all_extra():
     sp = generated()
     empty_perf = Performance(np.zeros(0, sp.perf.notes.dtype), np.zeros(0, PEDAL_DTYPE))

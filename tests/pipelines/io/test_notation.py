@@ -262,6 +262,14 @@ def test_musicxml_articulation_marks_become_note_marks(tmp_path):
     assert by_onset == {(0.0, 60): L, (0.0, 69): N, (1.0, 62): L, (2.0, 64): N, (3.0, 65): S,
                         (4.0, 67): S, (5.0, 69): L, (6.0, 71): N}
     assert list(slice_bars(score, 1, 1).notes["mark"]) == [S, L, N]
+    tremolo = ARTICULATION_MUSICXML.replace(
+        _xml_note("A", 4, voice=2), _xml_note("A", 4, voice=2, notations='<ornaments><tremolo type="single">3'
+                                               '</tremolo></ornaments>') + _xml_note("C", 4, voice=2, chord=True))
+    (tmp_path / "tremolo.musicxml").write_text(tremolo)
+    marks = {(float(n["onset_beat"]), int(n["pitch"])): int(n["mark"])
+             for n in load_score(str(tmp_path / "tremolo.musicxml")).notes}
+    assert marks[(0.0, 69)] == marks[(0.0, 60)] == 3                 # the chord mate too
+    assert marks[(1.0, 62)] == L
     assert not load_score(str(write_generated_midi(tmp_path / "plain.mid"))).notes["mark"].any()
 
 
