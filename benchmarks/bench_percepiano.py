@@ -107,6 +107,38 @@ def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float
     return found
 
 
+def blend_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {fold k: metrics}} of the mean of a model run's per-recording predictions (its
+    evaluation.json) and gradient boosting's on the same fold: how much the two systems know apart."""
+    from pipelines.evaluation import metrics as E
+    from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
+    from pipelines.evaluation.protocols import protocol_folds
+
+    folds = list(protocol_folds(table["everything"], protocol))
+    X, Y, groups, names, ids = table["X"], table["Y"], table["groups"], table["names"], table["ids"]
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    base = Path(runs) / protocol
+    for path in sorted(base.glob("**/evaluation/evaluation.json")):
+        fold_dir = path.parent.parent
+        if not fold_dir.name.startswith("fold"):
+            continue
+        k = int(fold_dir.name.removeprefix("fold"))
+        per = {r["recording_id"]: r for r in json.loads(path.read_text()).get("per_recording", [])}
+        if k >= len(folds) or not per:
+            continue
+        side = np.array([folds[k][i] for i in ids])
+        train, test = np.isin(side, ["train", "val"]), side == "test"
+        test_ids = [ids[i] for i in np.flatnonzero(test)]
+        if any(i not in per for i in test_ids):
+            continue
+        model = np.array([[per[i][n] for n in names] for i in test_ids])
+        gb = GradientBoostingFeatureBaseline().fit(X[train], Y[train]).predict(X[test])
+        result = E.evaluate(Y[test], (model + gb) / 2.0, None, groups[test], names)
+        variant = str(fold_dir.parent.relative_to(base)) + " + gradient boosting (mean of the two)"
+        found.setdefault(variant, {})[k] = {**{m: float(result["mean"][m]) for m in METRICS}, "ece": float("nan")}
+    return found
+
+
 def scored_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {fold k: metrics}} of the scoring job's results under DIR/<protocol>/<variant>/scored<k>/
     (`jobs/score.py --out` of that fold's test recordings) against the ratings: what a library user gets."""
@@ -159,7 +191,8 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
         for system, folds in systems.items():
             rows.append(f"| {protocol} | {system} | all {len(folds)} | "
                         + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
-        variants = {**model_folds(runs, protocol), **scored_folds(runs, protocol, table)} if runs else {}
+        variants = {**model_folds(runs, protocol), **scored_folds(runs, protocol, table),
+                    **blend_folds(runs, protocol, table)} if runs else {}
         compared: set[tuple[int, ...]] = set()      # fold sets whose baseline rows are in the table already
         for variant, by_fold in variants.items():
             raw[protocol][f"model: {variant}"] = by_fold
