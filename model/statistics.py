@@ -16,9 +16,10 @@ be remade:
 
 `model.recording_statistics: true` adds a second MLP over the same descriptors taken over the whole
 recording: their mean and standard deviation across the recording's windows (`recording_statistics`,
-computed once per recording by the preprocessing and the scoring job and stored with every window as
-`recording_stats`). A window then knows the performance it belongs to: a 10 s window cannot see a
-recording's dynamic range or how its tempo moves between passages.
+computed once per recording by the preprocessing and the scoring job through
+`pipelines.features.processor.recording_stats`, and stored with every window as `recording_stats`). A
+window then knows the performance it belongs to: a 10 s window cannot see a recording's dynamic range or
+how its tempo moves between passages.
 
 Mean pooling of a transformer's outputs can blur such first-order statistics; measured on PercePiano they
 carry much of what the raters judge (loudness, pace, pedal; see benchmarks/RESULTS.md, section
@@ -99,28 +100,18 @@ def n_recording_statistics(n_note_attrs: int) -> int:
     return 2 * n_statistics(n_note_attrs)
 
 
-def recording_statistics(windows: list[tuple], n_note_attrs: int):
-    """[(tokens (N, 8), attrs (N, A), times (N,)) per window of one recording] -> float32 (2S,): the mean
-    and the standard deviation over the windows with notes of each window's `note_statistics` (zeros when
-    no window has notes; a one-window recording has zero spread)."""
-    import numpy as np
-
-    windows = [w for w in windows if len(w[0])]
+def recording_statistics(notes: torch.Tensor, attrs: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor,
+                         n_note_attrs: int) -> torch.Tensor:
+    """The windows of one recording, padded: (W, N, 8) tokens, (W, N, A) attributes, (W, N) onsets, (W,)
+    lengths -> float32 (2S,): the mean and the standard deviation over the windows with notes of each
+    window's `note_statistics` (zeros when no window has notes; one window has zero spread)."""
     size = n_recording_statistics(n_note_attrs)
-    if not windows:
-        return np.zeros(size, np.float32)
-    longest = max(len(w[0]) for w in windows)
-    notes = np.zeros((len(windows), longest, 8), np.int64)
-    attrs = np.zeros((len(windows), longest, n_note_attrs), np.float32)
-    times = np.zeros((len(windows), longest), np.float32)
-    for i, (tok, att, tim) in enumerate(windows):
-        notes[i, : len(tok)], attrs[i, : len(tok)], times[i, : len(tok)] = tok, att, tim
-    lengths = torch.tensor([len(w[0]) for w in windows])
+    keep = lengths > 0
+    if not bool(keep.any()):
+        return torch.zeros(size)
     with torch.no_grad():
-        stats = note_statistics(torch.from_numpy(notes), torch.from_numpy(attrs), torch.from_numpy(times), lengths,
-                                n_note_attrs)
-    out = torch.cat([stats.mean(0), stats.std(0, unbiased=False)])
-    return out.clamp(-CLIP, CLIP).numpy().astype(np.float32)
+        stats = note_statistics(notes[keep], attrs[keep], times[keep], lengths[keep], n_note_attrs)
+    return torch.cat([stats.mean(0), stats.std(0, unbiased=False)]).clamp(-CLIP, CLIP).float()
 
 
 class RecordingStatistics(nn.Module):

@@ -50,6 +50,24 @@ def _stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
+def recording_stats(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """[(tokens (N, 8), attributes (N, N_PERF_ATTRS), onsets (N,)) per window of one recording] -> float32 (2S,),
+    `model.statistics.recording_statistics` of them (the `recording_stats` column; the scoring job's too)."""
+    import torch
+
+    from model.statistics import recording_statistics
+
+    longest = max([len(w[0]) for w in windows] + [1])
+    notes = np.zeros((len(windows), longest, 8), np.int64)
+    attrs = np.zeros((len(windows), longest, C.N_PERF_ATTRS), np.float32)
+    times = np.zeros((len(windows), longest), np.float32)
+    for i, (tok, att, tim) in enumerate(windows):
+        notes[i, : len(tok)], attrs[i, : len(tok)], times[i, : len(tok)] = tok, att, tim
+    lengths = torch.tensor([len(w[0]) for w in windows], dtype=torch.long).reshape(-1)
+    return recording_statistics(torch.from_numpy(notes), torch.from_numpy(attrs), torch.from_numpy(times), lengths,
+                                C.N_PERF_ATTRS).numpy().astype(np.float32)
+
+
 def segment_notes(score: Score, perf: Performance, alignment, attrs: np.ndarray, seg, max_notes: int,
                   tokens_by_offset: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The symbolic input of one window: OctupleMIDI tokens (n, 8), aligned attributes (n, A) and performed
@@ -279,11 +297,9 @@ class RecordingProcessor:
             row["pseudo_json"] = dumps_labels(pseudo)
             rows.append(row)
         if alignment is not None:           # the whole recording's statistics, on each of its windows
-            from model.statistics import recording_statistics
-
-            context = pack_array(recording_statistics(
+            context = pack_array(recording_stats(
                 [(unpack_array(r["notes"], "i2", (8,)), unpack_array(r["note_attrs"], "f4", (C.N_PERF_ATTRS,)),
-                  unpack_array(r["note_times"], "f4")) for r in rows], C.N_PERF_ATTRS), "f4")
+                  unpack_array(r["note_times"], "f4")) for r in rows]), "f4")
             for row in rows:
                 row["recording_stats"] = context
         return rows

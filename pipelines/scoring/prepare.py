@@ -270,11 +270,10 @@ class SpanPreparer:
         tokens_cache: dict[int, np.ndarray] = {}
         context = b""
         if segments is not None and self.use_recording_stats:
-            from model.statistics import recording_statistics
-            from pipelines.features.processor import segment_notes
-            context = pack_array(recording_statistics(
+            from pipelines.features.processor import recording_stats, segment_notes
+            context = pack_array(recording_stats(
                 [segment_notes(score, perf, alignment, attrs, seg, self.config.data.max_notes, tokens_cache)
-                 for seg in segments], C.N_PERF_ATTRS), "f4")
+                 for seg in segments]), "f4")
         info_json = json.dumps(info)
         head_json = json.dumps({**info, **extra_first}) if extra_first else info_json   # bars: first span only
         pool = thumb_pool(duration)

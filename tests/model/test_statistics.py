@@ -71,18 +71,20 @@ def test_recording_statistics_are_the_mean_and_spread_of_the_window_statistics()
     soft window give a spread the windows themselves do not show; windows without notes are left out."""
     from model.statistics import n_recording_statistics, recording_statistics
 
-    loud = [x.numpy() for x in _window(12, 0.5, 0.8, 12)]
-    soft = [x.numpy() for x in _window(12, 0.5, 0.2, 12)]
-    empty = [x[:0] for x in soft]
-    stats = recording_statistics([loud, soft, empty], N_PERF_ATTRS)
+    def context(*windows):
+        notes, attrs, times = (torch.stack(x) for x in zip(*windows))
+        lengths = torch.tensor([int((w[0][:, 0] > 0).sum()) for w in windows])
+        return recording_statistics(notes, attrs, times, lengths, N_PERF_ATTRS)
+
+    loud, soft, empty = _window(12, 0.5, 0.8, 12), _window(12, 0.5, 0.2, 12), _window(0, 0.5, 0.2, 12)
+    stats = context(loud, soft, empty)
     size = n_statistics(N_PERF_ATTRS)
     assert stats.shape == (n_recording_statistics(N_PERF_ATTRS),) == (2 * size,)
     assert math.isclose(stats[3], 0.5, abs_tol=1e-5)                  # mean velocity over the windows
     assert math.isclose(stats[size + 3], 0.3, abs_tol=1e-5)           # its spread across them
     assert math.isclose(stats[N_PERF_ATTRS + 3], 0.0, abs_tol=1e-6)   # each window alone is level
-    one = recording_statistics([loud], N_PERF_ATTRS)
-    assert not one[size:].any()                                       # one window: no spread
-    assert not recording_statistics([empty], N_PERF_ATTRS).any()
+    assert not context(loud)[size:].any()                             # one window: no spread
+    assert not context(empty).any()
 
 
 def test_the_model_reads_recording_statistics_only_when_asked_and_says_when_they_are_missing():

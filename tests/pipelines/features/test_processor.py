@@ -53,7 +53,8 @@ def test_rows_cover_the_recording_in_overlapping_windows(records, processor):
 def test_every_window_carries_its_whole_recordings_statistics(records, processor):
     """recording_stats: the same vector on each window of a recording, made from all its windows' notes, so a
     model with model.recording_statistics sees the whole performance from any window; another take differs."""
-    from model.statistics import n_recording_statistics, recording_statistics
+    from model.statistics import n_recording_statistics
+    from pipelines.features.processor import recording_stats
 
     def context(record):
         rows = processor(dict(record, split="val"))
@@ -62,7 +63,7 @@ def test_every_window_carries_its_whole_recordings_statistics(records, processor
         windows = [(unpack_array(r["notes"], "i2", (8,)), unpack_array(r["note_attrs"], "f4", (C.N_PERF_ATTRS,)),
                     unpack_array(r["note_times"], "f4")) for r in rows]
         vector = unpack_array(stats.pop(), "f4")
-        np.testing.assert_array_equal(vector, recording_statistics(windows, C.N_PERF_ATTRS))
+        np.testing.assert_array_equal(vector, recording_stats(windows))
         return vector
 
     first, second = context(records[0]), context(records[1])
