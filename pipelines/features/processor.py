@@ -14,7 +14,7 @@ import numpy as np
 
 from pipelines import constants as C
 from pipelines.config import Config
-from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array, unpack_array
+from pipelines.features.rows import dumps_labels, empty_row, error_row, pack_array
 from pipelines.io import storage
 from pipelines.io.errors import one_line
 from pipelines.io.notes import Performance, Score, empty_pedal, empty_perf_notes
@@ -260,7 +260,7 @@ class RecordingProcessor:
         labeller = None
         if with_pseudo and variant.label_perf is not None and len(variant.label_perf.notes):
             labeller = _midi_labeller(score, variant.label_perf, [(s.start_s, s.end_s) for s in segments])
-        rows = []
+        rows, windows = [], []                         # windows: each row's symbolic input, for recording_stats
         tokens_by_offset: dict[int, np.ndarray] = {}   # OctupleMIDI bars are relative to the window's first bar
         for seg in segments:
             row = empty_row()
@@ -284,6 +284,7 @@ class RecordingProcessor:
                                                              tokens_by_offset)
                 row.update(notes=pack_array(seg_tokens, "i2"), note_attrs=pack_array(seg_attrs, "f4"),
                            note_times=pack_array(times, "f4"), n_notes=len(seg_tokens))
+                windows.append((seg_tokens, seg_attrs, times))
             if not with_pseudo:
                 pseudo = {}
             elif labeller is not None:
@@ -297,9 +298,7 @@ class RecordingProcessor:
             row["pseudo_json"] = dumps_labels(pseudo)
             rows.append(row)
         if alignment is not None:           # the whole recording's statistics, on each of its windows
-            context = pack_array(recording_stats(
-                [(unpack_array(r["notes"], "i2", (8,)), unpack_array(r["note_attrs"], "f4", (C.N_PERF_ATTRS,)),
-                  unpack_array(r["note_times"], "f4")) for r in rows]), "f4")
+            context = pack_array(recording_stats(windows), "f4")
             for row in rows:
                 row["recording_stats"] = context
         return rows

@@ -21,7 +21,7 @@ import torch
 from pipelines import constants as C
 from pipelines.features.rows import pack_array, unpack_array
 from pipelines.io.errors import one_line
-from pipelines.training.batches import _pad_stack
+from pipelines.training.batches import _pad_stack, recording_stats_matrix
 
 PRED_SCHEMA = pa.schema([
     ("recording_id", pa.string()),
@@ -161,11 +161,7 @@ class SpanModel:
         batch["note_attrs"], _ = _pad_stack([it["attrs"] for it in items], torch.float32)
         batch["note_times"], _ = _pad_stack([it["times"] for it in items], torch.float32)
         if self.uses_recording_stats:
-            from model.statistics import n_recording_statistics
-
-            size = n_recording_statistics(C.N_PERF_ATTRS)
-            batch["recording_stats"] = torch.as_tensor(np.stack(
-                [s if len(s) == size else np.zeros(size, np.float32) for s in (it["recording_stats"] for it in items)]))
+            batch["recording_stats"] = recording_stats_matrix([it["recording_stats"] for it in items])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.no_grad(), self._autocast():
             return self.model(batch)

@@ -37,6 +37,15 @@ def _pad_stack(arrays: Sequence[np.ndarray], dtype: torch.dtype, min_len: int = 
     return torch.as_tensor(out, dtype=dtype), torch.as_tensor(lengths, dtype=torch.long)
 
 
+def recording_stats_matrix(stats: Sequence[np.ndarray]) -> torch.Tensor:
+    """(B, 2S) float32 from each item's `recording_stats` vector; zeros for an item without one (no score)."""
+    from model.statistics import n_recording_statistics
+
+    size = n_recording_statistics(C.N_PERF_ATTRS)
+    return torch.as_tensor(np.stack([s if len(s) == size else np.zeros(size, np.float32) for s in stats]),
+                           dtype=torch.float32).reshape(-1, size)
+
+
 def label_matrix(texts: Iterable[str], names: Sequence[str]) -> np.ndarray:
     """(B, D) float32 labels on 0..100 from JSON dicts; NaN where a dimension has no label."""
     rows = []
@@ -80,12 +89,7 @@ def collate(batch: dict[str, Any], names: Sequence[str], *, stage: str = "expert
     out["note_attrs"], _ = _pad_stack(attrs, torch.float32)
     out["note_times"], _ = _pad_stack(times, torch.float32)
     if "recording_stats" in batch:
-        from model.statistics import n_recording_statistics
-
-        size = n_recording_statistics(C.N_PERF_ATTRS)
-        stats = [unpack_array(b, "f4") for b in batch["recording_stats"]]
-        out["recording_stats"] = torch.as_tensor(np.stack([s if len(s) == size else np.zeros(size, np.float32)
-                                                           for s in stats]), dtype=torch.float32)
+        out["recording_stats"] = recording_stats_matrix([unpack_array(b, "f4") for b in batch["recording_stats"]])
     column = target_column(stage)
     if column in batch:
         out["labels"] = torch.as_tensor(label_matrix(batch[column], names))
