@@ -195,6 +195,9 @@ class TrainConfig(_Section):
     pretrained: Bool = True            # ablation: false ignores model.mert_source/symbolic_source
     freeze: list[str] = []             # parts kept fixed (model.checkpoint.PARTS: audio_encoder, symbolic, ...)
     unfreeze_after_epochs: Int = 0     # ... for this many epochs (0: the whole run)
+    # expert stage: weight of the feature model (gradient boosting on whole-performance descriptors, fit on the
+    # train split after training) in each recording's score; 0: the network alone (pipelines/training/feature_model.py)
+    feature_blend: Float = 0.0
 
     @model_validator(mode="after")
     def _check_ranges(self) -> TrainConfig:
@@ -218,6 +221,7 @@ class TrainConfig(_Section):
         unknown = [p for p in self.freeze if p not in MODEL_PARTS]
         _require(not unknown, f"train.freeze names unknown part {unknown[0] if unknown else ''!r}; "
                               f"choose from {', '.join(MODEL_PARTS)}")
+        _require(0.0 <= self.feature_blend <= 1.0, f"train.feature_blend must be in [0, 1], got {self.feature_blend}")
         _require(self.unfreeze_after_epochs >= 0,
                  f"train.unfreeze_after_epochs must be >= 0, got {self.unfreeze_after_epochs}")
         return self

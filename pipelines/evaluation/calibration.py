@@ -96,9 +96,15 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     from pipelines.evaluation.evaluate import assessable_rows
     from pipelines.io.splits_table import apply_splits
 
+    from pipelines.training.feature_model import FEATURE_COLUMN, check_feature_column, load_feature_model
+
     encoder = config_dict["model"]["audio_encoder"]
+    feature_model = load_feature_model(model_dir, names) if stage == "expert" else None   # calibrate the blend
+    if feature_model is not None:
+        check_feature_column(data_uri)
+    columns = columns_for(encoder, bool(config_dict["model"].get("recording_statistics")))
     table = assessable_rows(original_rows(apply_splits(read_segments_table(
-        data_uri, columns=columns_for(encoder, bool(config_dict["model"].get("recording_statistics")))),
+        data_uri, columns=columns + ([FEATURE_COLUMN] if feature_model is not None else [])),
                                                        splits), split), encoder)
     if labels_lookup is not None and label_col == "labels_json":
         table = _with_labels(table, labels_lookup)
@@ -107,7 +113,7 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
         return {**skipped, "skipped": f"{data_uri}: no segments in the {split!r} split"}
     rec = predict_recordings(model, table, names, label_col,
                              audio_only=bool(config_dict.get("train", {}).get("audio_only", False)),
-                             max_notes=config_dict["model"].get("max_notes"))
+                             max_notes=config_dict["model"].get("max_notes"), feature_model=feature_model)
     labelled = np.isfinite(rec.y_true).any(axis=1)                          # (R,)
     if not labelled.any():
         return {**skipped, "skipped": f"{data_uri}: no recording of the {split!r} split has {stage} labels"}

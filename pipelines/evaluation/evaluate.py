@@ -5,7 +5,9 @@ scoring job's overlap rule (`pipelines.scoring.aggregate.aggregate_windows`: cen
 windows' scores, sigma combining the model's aleatoric sigma and the spread of the windows), so
 evaluation, calibration and scoring see the same recording-level predictions. When the checkpoint has a
 `calibration.json` (`pipelines.evaluation.calibration`), the recording sigma is scaled by its temperature
-and the summary reports the ECE with raw and with calibrated sigma. Targets are the expert labels
+and the summary reports the ECE with raw and with calibrated sigma. When it has a feature model
+(`pipelines.training.feature_model`), the recording scores blend it as scoring does, and the network's own
+scores are reported beside them (`model_network_only`). Targets are the expert labels
 (`labels_json`) or the pseudo-labels, per the checkpoint's stage unless told. Baselines: uniform random,
 training mean, ridge regression on simple audio features.
 """
@@ -84,6 +86,7 @@ class RecordingPredictions:
     y_true: np.ndarray            # (R, D) mean target over the recording's windows; NaN where unlabelled
     groups: np.ndarray            # (R,) piece ids
     segments: int                 # windows predicted
+    network_scores: np.ndarray | None = None   # (R, D) the network's own scores where a feature model blended them
 
 
 def target_for(extra: dict[str, Any], target: str | None) -> str:
@@ -107,18 +110,25 @@ def assessable_rows(table, audio_encoder: str):
 
 
 def predict_recordings(model, table, names: list[str], label_col: str, *, audio_only: bool = False,
-                       max_notes: int | None = None) -> RecordingPredictions:
-    """Predict every window of `table` and aggregate windows and targets to one row per recording."""
+                       max_notes: int | None = None, feature_model=None) -> RecordingPredictions:
+    """Predict every window of `table` and aggregate windows and targets to one row per recording; with a
+    feature model (pipelines/training/feature_model.py), blend it into the recordings' scores as scoring does."""
     pred = predict_segments(model, table, names, audio_only=audio_only, max_notes=max_notes)
     rec_ids = table.column("recording_id").to_pylist()
     ids, scores, sigma = aggregate_by_recording(rec_ids, table.column("start_s").to_pylist(),
                                                 table.column("end_s").to_pylist(), pred["scores"], pred["sigma"])
+    network = None
+    if feature_model is not None:
+        from pipelines.training.feature_model import features_by_recording
+        described = features_by_recording(table)
+        network, scores = scores, feature_model.blend(scores, [described.get(r) for r in ids])
     truth = _mean_target_per_recording(rec_ids, label_matrix(table.column(label_col).to_pylist(), names))
     groups = _first_per_recording(rec_ids, table.column("piece_id").to_pylist())
     empty = np.zeros((0, len(names)))
     return RecordingPredictions(ids=ids, scores=scores, sigma=sigma,
                                 y_true=np.stack([truth[r] for r in ids]) if ids else empty,
-                                groups=np.asarray([groups[r] for r in ids]), segments=table.num_rows)
+                                groups=np.asarray([groups[r] for r in ids]), segments=table.num_rows,
+                                network_scores=network)
 
 
 def _first_per_recording(recording_ids: list[str], values: list[Any]) -> dict[str, Any]:
@@ -159,20 +169,25 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     from pipelines.io.model_files import load_checkpoint
     from pipelines.preprocess import read_segments_table
 
+    from pipelines.training.feature_model import FEATURE_COLUMN, check_feature_column, load_feature_model
+
     model, config_dict, schema, extra = load_checkpoint(checkpoint_uri)
     names = schema.names
     stage = target_for(extra, target)
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
+    feature_model = load_feature_model(checkpoint_uri, names) if stage == "expert" else None
+    if feature_model is not None:
+        check_feature_column(data_uri)
     columns = sorted(set(columns_for(audio_encoder, bool(config_dict["model"].get("recording_statistics"))))
-                     | {"cqt", "cqt_frames"})
+                     | {"cqt", "cqt_frames"} | ({FEATURE_COLUMN} if feature_model is not None else set()))
     table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
     test, train = assessable_rows(original_rows(table, split), audio_encoder), original_rows(table, "train")
     if test.num_rows == 0:
         raise ValueError(f"{data_uri}: no segments in the {split!r} split")
     use_audio_only = bool(config_dict["train"].get("audio_only", False)) if audio_only is None else audio_only
     rec = predict_recordings(model, test, names, label_col, audio_only=use_audio_only,
-                             max_notes=config_dict["model"].get("max_notes"))
+                             max_notes=config_dict["model"].get("max_notes"), feature_model=feature_model)
     ids, scores, y_true, groups = rec.ids, rec.scores, rec.y_true, rec.groups
     calibration = load_calibration(checkpoint_uri)
     sigma = apply_temperature(rec.sigma, calibration, names) if calibration else rec.sigma
@@ -183,6 +198,8 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     y_train = np.stack([train_truth[r] for r in train_rec]) if train_rec else np.full((1, len(names)), np.nan)
 
     results: dict[str, Any] = {"model": E.evaluate(y_true, scores, sigma, groups, names)}
+    if rec.network_scores is not None:       # what the blend adds: the network alone on the same recordings
+        results["model_network_only"] = E.evaluate(y_true, rec.network_scores, sigma, groups, names)
     results["baseline_random"] = E.evaluate(y_true, B.uniform_random_baseline(y_train, len(ids), seed), None,
                                             groups, names)
     results["baseline_mean"] = E.evaluate(y_true, B.mean_baseline(y_train, len(ids)), None, groups, names)
@@ -203,6 +220,9 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     summary = {
         "checkpoint": checkpoint_uri, "data": data_uri, "split": split, "target": stage,
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
+        "feature_model": None if feature_model is None else {
+            "weight": feature_model.weight, "recordings": feature_model.meta.get("recordings"),
+            "fitted": feature_model.meta.get("fitted")},
         "results": results, "omitted": omitted,
         "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),

@@ -297,10 +297,12 @@ class RecordingProcessor:
                 pseudo = {}
             row["pseudo_json"] = dumps_labels(pseudo)
             rows.append(row)
-        if alignment is not None:           # the whole recording's statistics, on each of its windows
+        if alignment is not None:           # the whole recording's statistics and descriptors, on each of its windows
+            from pipelines.features.descriptors import recording_descriptors
             context = pack_array(recording_stats(windows), "f4")
+            described = pack_array(recording_descriptors(perf, score), "f4")
             for row in rows:
-                row["recording_stats"] = context
+                row["recording_stats"], row["perf_features"] = context, described
         return rows
 
     # --- entry point -----------------------------------------------------------------------------

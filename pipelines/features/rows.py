@@ -20,6 +20,7 @@ framework-neutral); `pack_array` / `unpack_array` convert.
 | note_attrs | binary | float32 aligned performance attributes, `n_notes` x N_PERF_ATTRS |
 | note_times | binary | float32 performed onset of each token, seconds from `start_s` |
 | recording_stats | binary | float32 statistics of all the recording's windows (model/statistics.py), on each row |
+| perf_features | binary | float32 [13] performance descriptors (features/descriptors.py), each row; empty: no score |
 | has_score | bool | a score was aligned (else the symbolic part is empty: audio-only) |
 | perf_source | string | midi / transcription / none |
 | labels_json | string | JSON {dimension: 0-100} of expert / ground-truth labels for the recording |
@@ -57,6 +58,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("note_attrs", pa.binary()),
     ("note_times", pa.binary()),
     ("recording_stats", pa.binary()),
+    ("perf_features", pa.binary()),
     ("n_notes", pa.int32()),
     ("has_score", pa.bool_()),
     ("perf_source", pa.string()),
@@ -115,7 +117,7 @@ def empty_row() -> dict[str, Any]:
         "recording_id": "", "segment_index": -1, "split": "", "piece_id": "", "performer_id": "",
         "source_uri": "", "content_hash": "", "start_s": 0.0, "end_s": 0.0, "bar_start": -1,
         "bar_end": -1, "audio": b"", "audio_samples": 0, "cqt": b"", "cqt_frames": 0, "notes": b"",
-        "note_attrs": b"", "note_times": b"", "recording_stats": b"", "n_notes": 0, "has_score": False,
-        "perf_source": "none",
+        "note_attrs": b"", "note_times": b"", "recording_stats": b"", "perf_features": b"", "n_notes": 0,
+        "has_score": False, "perf_source": "none",
         "labels_json": "{}", "pseudo_json": "{}", "augment": "", "status": "ok", "error": "",
     }

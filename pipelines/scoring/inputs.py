@@ -193,14 +193,17 @@ ROW_FORMAT = 2          # bumped when result rows gain content (2: per-bar feedb
 
 
 def model_version(checkpoint_uri: str, config_dict: dict, extra: dict[str, Any]) -> str:
-    """Hash of the checkpoint's weights (ETag / md5), its config, its calibration, the scoring settings
-    that change numbers and the row format: a new checkpoint, setting or row format rescores everything."""
+    """Hash of the checkpoint's weights (ETag / md5), its config, its calibration and feature model, the scoring
+    settings that change numbers and the row format: a new checkpoint, setting or row format rescores everything."""
     from model.checkpoint import WEIGHTS_FILE
     weights = storage.join(checkpoint_uri, WEIGHTS_FILE)
     calibration = storage.join(checkpoint_uri, "calibration.json")
     digest = storage.content_hash(weights)
     calib = storage.read_text(calibration) if storage.exists(calibration) else ""
+    from pipelines.training.feature_model import FEATURE_MODEL_FILE
+    trees = storage.join(checkpoint_uri, FEATURE_MODEL_FILE)
     payload = json.dumps({"weights": digest, "config": config_dict, "calibration": calib, "extra": extra,
-                          "row_format": ROW_FORMAT},
+                          "row_format": ROW_FORMAT,
+                          **({"feature_model": storage.content_hash(trees)} if storage.exists(trees) else {})},
                          sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]

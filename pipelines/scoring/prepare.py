@@ -129,13 +129,15 @@ class SpanPreparer:
     """Callable: entry dict -> iterator of span rows (dicts of SPAN_SCHEMA). Heavy set-up once."""
 
     def __init__(self, config: Config, *, use_audio: bool, use_cqt: bool, use_notes: bool,
-                 use_recording_stats: bool = False, soundfont: str | None = None) -> None:
+                 use_recording_stats: bool = False, use_perf_features: bool = False,
+                 soundfont: str | None = None) -> None:
         from pipelines.features.cqt import CQTExtractor
 
         self.config = config
         self.scoring = config.scoring
         self.use_audio, self.use_cqt, self.use_notes = use_audio, use_cqt, use_notes
         self.use_recording_stats = use_recording_stats and use_notes
+        self.use_perf_features = use_perf_features     # the feature model's descriptors, into the recording's info
         self.cqt = CQTExtractor(device="cpu")          # the model's input (use_cqt) and the report's thumbnail
         self.soundfont = soundfont
         self._transcriber = None
@@ -239,6 +241,9 @@ class SpanPreparer:
                         raise _named(entry["score_uri"], "score", exc) from None
                     first = {k: extra.pop(k) for k in ("bars", "perf_source", "score_format") if k in extra}
                     info.update(extra)
+                    if bundle is not None and self.use_perf_features:
+                        from pipelines.features.descriptors import recording_descriptors
+                        info["perf_features"] = recording_descriptors(bundle[1], bundle[0]).tolist()
                 info["has_score"] = bundle is not None
                 yield from self._spans(entry, stream, bundle, info, deadline, started, first)
         except Exception as exc:  # every failure is one error row, never raised out of the stage

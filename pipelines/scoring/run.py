@@ -56,16 +56,18 @@ def model_flags(config_dict: dict) -> dict[str, bool]:
     return {"use_audio": m["audio_encoder"] in ("mert", "both"),
             "use_cqt": m["audio_encoder"] in ("cqt", "both", "none"),
             "use_notes": bool(m.get("symbolic_encoder")) and not audio_only,
-            "use_recording_stats": bool(m.get("symbolic_encoder") and m.get("recording_statistics")) and not audio_only}
+            "use_recording_stats": bool(m.get("symbolic_encoder") and m.get("recording_statistics")) and not audio_only,
+            "use_perf_features": False}        # run_scoring sets it when the checkpoint has a feature model
 
 
 class Aggregator:
     """Collects the prediction rows of each recording's spans and makes its result row."""
 
     def __init__(self, entries: dict[str, dict], names: list[str], schema, config: Config, run_id: str,
-                 calibration: dict | None = None) -> None:
+                 calibration: dict | None = None, feature_model=None) -> None:
         self.entries, self.names, self.schema, self.config, self.run_id = entries, names, schema, config, run_id
         self.calibration = calibration       # temperature per dimension, applied to aggregated sigma
+        self.feature_model = feature_model   # blended into the recording's score (pipelines/training/feature_model.py)
         self.pending: dict[str, dict[int, dict]] = defaultdict(dict)
         self.done: set[str] = set()
         self.windows = 0
@@ -114,6 +116,9 @@ class Aggregator:
         duration = float(info.get("duration_s", ends.max()))
         weights = window_weights(starts, ends)
         mean, sd = aggregate_windows(starts, ends, scores, sigma, weights)
+        described = info.get("perf_features")
+        if self.feature_model is not None and described:     # as evaluation and calibration blend it
+            mean = self.feature_model.blend(mean[None, :], [np.asarray(described, np.float32)])[0]
         if self.calibration is not None:     # fitted on aggregated recording sigma: applied there (and to windows)
             from pipelines.evaluation.calibration import apply_temperature
             sd = apply_temperature(sd, self.calibration, self.names)
@@ -232,6 +237,9 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
     if config.aggregate_weights is not None:
         mschema = mschema.with_aggregate_weights(list(config.aggregate_weights))
     flags = model_flags(config_dict)
+    from pipelines.training.feature_model import load_feature_model
+    feature_model = load_feature_model(checkpoint_uri, names)     # blended into each recording's score
+    flags["use_perf_features"] = feature_model is not None and flags["use_notes"]
     s = config.scoring
     settings = {k: getattr(s, k) for k in ("window_s", "overlap", "span_windows", "curve_hop_s",
                                            "low_confidence_sigma", "min_match_rate")}
@@ -280,7 +288,8 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
     if calibration is not None:
         from pipelines.evaluation.calibration import apply_temperature
         apply_temperature(np.ones(len(names)), calibration, names)      # a calibration of another schema fails here
-    aggregator = Aggregator({e["recording_id"]: e for e in todo}, names, mschema, config, run_id, calibration)
+    aggregator = Aggregator({e["recording_id"]: e for e in todo}, names, mschema, config, run_id, calibration,
+                            feature_model if flags["use_perf_features"] else None)
     t0 = time.time()
     if todo:
         ctx = ray.data.DataContext.get_current()
@@ -345,6 +354,9 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
                           **{f"{k}_task_s": round(v, 2) for k, v in aggregator.stage_s.items()}},
         "recordings_per_minute": round(counts.get("ok", 0) / (timings["pipeline_s"] / 60.0), 2)
         if counts.get("ok") and timings["pipeline_s"] > 0 else None,
+        "feature_model": None if not flags["use_perf_features"] else {
+            "weight": feature_model.weight, "recordings": feature_model.meta.get("recordings"),
+            "fitted": feature_model.meta.get("fitted")},
         "calibration": None if calibration is None else {
             "temperature": calibration["temperature"], "ece_before_mean": calibration.get("ece_before_mean"),
             "ece_after_mean": calibration.get("ece_after_mean"), "split": calibration.get("split")},

@@ -5,8 +5,10 @@ Pseudo stage: learns the technical pseudo-labels computed by preprocessing. Expe
 labels table (the corpus's labels, or `--labels`), initialised from a pseudo checkpoint. Checkpoints go
 to local or S3 storage (kept: the best N by validation loss, plus the latest); a rerun with the same name
 resumes; a lost worker is restored from the last checkpoint up to `train.max_failures` times. After
-training, the best checkpoint's sigma is calibrated on the val split (`calibration.json` in its model
-directory, `pipelines.evaluation.calibration`); a failure there is logged and never fails the run.
+training, an expert stage with `train.feature_blend` > 0 fits its feature model on the train split
+(`feature_model.pkl`, `pipelines.training.feature_model`), then the best checkpoint's sigma (of the blended
+scores) is calibrated on the val split (`calibration.json` in its model directory,
+`pipelines.evaluation.calibration`); a failure in either is logged and never fails the run.
 """
 from __future__ import annotations
 
@@ -107,6 +109,10 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                          unknown=unknown, labels_uri=labels_uri, augmented=t.augmented), flush=True)
     label_mean, label_std, _ = label_statistics(train_meta, names, t.stage)
     init_line = check_init(model_dir_uri(init), config) if init else None
+    blend = t.feature_blend if t.stage == "expert" else 0.0
+    if blend > 0:                       # before any worker starts: the feature model needs the descriptors
+        from pipelines.training.feature_model import check_feature_column
+        check_feature_column(data_uri)
 
     run_dir = storage.join(storage_uri, name)
     if restart:
@@ -168,6 +174,12 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
         "val_segments": val_rows,
     }
     diverged = json.loads(storage.read_text(diverged_uri)) if storage.exists(diverged_uri) else None
+    summary["feature_model"] = fit_feature_model_best(summary["best_checkpoint"], data_uri, blend,
+                                                      labels_lookup=lookup, splits=splits, seed=t.seed) \
+        if blend > 0 and not diverged else None
+    if blend == 0 and summary["best_checkpoint"]:      # resumed with the blend turned off: the network alone
+        from pipelines.training.feature_model import remove_feature_model
+        remove_feature_model(summary["best_checkpoint"])
     summary["calibration"] = calibrate_best(summary["best_checkpoint"], data_uri, labels_lookup=lookup,
                                             splits=splits) \
         if calibrate and not diverged else None
@@ -223,7 +235,7 @@ class TrainingDiverged(ValueError):
 RUN_FILE = "run.json"       # what a run trains on and with: a rerun by name must match it to resume
 # config keys a resumed run may change: more epochs or patience, other resources
 RESUMABLE_KEYS = {"train.epochs", "train.patience", "train.num_workers", "train.cpus_per_worker",
-                  "train.max_failures", "train.checkpoints_to_keep"}
+                  "train.max_failures", "train.checkpoints_to_keep", "train.feature_blend"}
 
 
 def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri: str | None,
@@ -330,6 +342,28 @@ def check_init(init_uri: str, config: Config) -> str:
     line = transfer_summary(report, init_uri)
     print(line, flush=True)
     return line
+
+
+def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: float, *,
+                           labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None,
+                           seed: int = 0) -> dict[str, Any] | None:
+    """Fit the feature model of the best checkpoint (before its calibration, which then calibrates the blend);
+    prints one line; on failure log it and return {"error": message} (the network's checkpoint stands)."""
+    from pipelines.training.feature_model import fit_feature_model
+
+    if checkpoint_uri is None:
+        return None
+    try:
+        record = fit_feature_model(checkpoint_uri, data_uri, weight, labels_lookup=labels_lookup, splits=splits,
+                                   seed=seed)
+    except Exception as exc:  # an extra like the calibration: the trained network stands without it
+        log.warning("fitting the feature model of %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc,
+                    exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    print(f"feature model: gradient boosting on {len(record['features'])} performance descriptors of "
+          f"{record['recordings']} train recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
+          f"dimensions, weight {weight:g} in each recording's score", flush=True)
+    return record
 
 
 def calibrate_best(checkpoint_uri: str | None, data_uri: str, *,

@@ -2,6 +2,8 @@
 the same whole-recording statistics as the preprocessing, so a checkpoint scores a library as it was trained."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -46,3 +48,50 @@ def test_scoring_windows_get_the_preprocessings_recording_statistics_and_the_sam
         direct = model.eval()(batch).scores.numpy()
     np.testing.assert_allclose(scored, direct, atol=1e-4)
     assert unpack_array(rows[0]["recording_stats"], "f4").shape[0] == 2 * (2 * C.N_PERF_ATTRS + 5)
+
+
+def test_scoring_blends_the_feature_model_with_the_preprocessings_descriptors(tmp_path):
+    """A checkpoint with a feature model: the span preparation computes the same descriptors as the
+    preprocessing stored, and the recording's score is the blend of the network's and the trees'."""
+    from model.schema import DimensionSchema
+    from pipelines.config import config_from_dict, load_config
+    from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
+    from pipelines.features.processor import RecordingProcessor
+    from pipelines.io.model_files import read_checkpoint_meta
+    from pipelines.scoring.infer import load_span_model
+    from pipelines.scoring.prepare import SpanPreparer
+    from pipelines.scoring.run import Aggregator, model_flags
+    from pipelines.training.feature_model import FeatureModel
+
+    melody_midi(SCALE[:50]).write(str(tmp_path / "played.mid"))
+    melody_midi(SCALE[:50]).write(str(tmp_path / "score.mid"))
+    ckpt = save_checkpoint(tmp_path / "model", audio_encoder="none")
+    meta = read_checkpoint_meta(str(ckpt))
+    names = DimensionSchema.from_dict(meta["schema"]).names
+    flags = {**model_flags(meta["config"]), "use_perf_features": True}
+    base = config_from_dict(meta["config"])
+    config = load_config(None, [f"scoring.window_s={base.data.train_window_s}",
+                                f"scoring.overlap={base.data.window_overlap}"],
+                         extra={k: v for k, v in base.to_dict().items() if k != "scoring"})
+    entry = {"recording_id": "r", "midi_uri": str(tmp_path / "played.mid"), "score_uri": str(tmp_path / "score.mid")}
+    spans = list(SpanPreparer(config, **flags)(entry))
+    described = json.loads(spans[0]["info_json"])["perf_features"]
+    record = {**entry, "audio_uri": None, "split": "test", "labels": {}, "piece_id": "p", "performer_id": "x"}
+    rows = [r for r in RecordingProcessor(config)(record) if not r["augment"]]
+    assert np.frombuffer(rows[0]["perf_features"], "<f4").tolist() == described and len(described) == 13
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 13)) + np.asarray(described)[None]
+    trees = FeatureModel(GradientBoostingFeatureBaseline().fit(X, 30 + 5 * X[:, [0]] + np.zeros((40, len(names)))),
+                         names, weight=0.5)
+    span_model = load_span_model(str(ckpt), config, use_gpu=False)
+    preds = [span_model(s) for s in spans]
+    entries = {"r": {**entry, "content_hash": "h", "model_version": "v"}}
+    plain = Aggregator(entries, names, config.schema(), config, "run").add
+    blended = Aggregator(entries, names, config.schema(), config, "run", feature_model=trees).add
+    network = [plain(p) for p in preds][-1]
+    mixed = [blended(p) for p in preds][-1]
+    assert network["status"] == mixed["status"] == "ok"
+    expected = 0.5 * np.asarray(network["scores"]) + 0.5 * trees.predict(np.asarray(described)[None])[0]
+    np.testing.assert_allclose(mixed["scores"], expected, rtol=1e-9)
+    assert mixed["window_scores"] == network["window_scores"]        # windows stay the network's

@@ -27,6 +27,9 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
             quality = take / max(takes - 1, 1)                      # 0 = worst take, 1 = clean
             labels = {d: float(np.clip(35 + 60 * quality + rng.normal(0, 3), 0, 100))
                       for d in dict.fromkeys([*SEED10.names, *(names or [])])}
+            # whole-performance descriptors (the feature model's): the first follows the take's quality
+            descriptors = rng.normal(0, 1, 13).astype(np.float32)
+            descriptors[0] = 40 + 40 * quality + rng.normal(0, 2)
             for s in range(segments):
                 row = empty_row()
                 tokens = np.ones((n_notes, 8), dtype=np.int64) * 2
@@ -46,7 +49,7 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
                            cqt=pack_array(cqt, "f2"), cqt_frames=frames,
                            notes=pack_array(tokens, "i2"), note_attrs=pack_array(attrs, "f4"),
                            note_times=pack_array(np.linspace(0, seconds, n_notes), "f4"), n_notes=n_notes,
-                           has_score=True, perf_source="midi",
+                           has_score=True, perf_source="midi", perf_features=pack_array(descriptors, "f4"),
                            labels_json=json.dumps({d: labels[d] for d in (names or SEED10.names)}),
                            pseudo_json=json.dumps({d: labels[d] for d in SEED10.pseudo_names}))
                 rows.append(row)

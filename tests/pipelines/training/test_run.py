@@ -45,15 +45,23 @@ def test_two_worker_ddp_training_writes_checkpoints_and_resumes_by_name(ray_clus
     assert extra["epoch"] == 1 + val_losses.index(min(val_losses))
     events = [f for _, _, files in os.walk(storage_dir / "run" / "tensorboard") for f in files]
     assert any(f.startswith("events.out.tfevents") for f in events)
-    # rerun the finished run by name: it resumes, finds nothing left to do and keeps its checkpoint
-    again = run_training(config, str(synthetic_features), str(storage_dir), name="run")
+    # rerun the finished run by name: it resumes, finds nothing left to do and keeps its checkpoint; with
+    # train.feature_blend it fits the feature model on the train recordings and calibrates the blend
+    blended = load_config("tiny", FAST + ["train.stage=expert", "train.checkpoints_to_keep=1",
+                                          "train.feature_blend=0.5"])
+    again = run_training(blended, str(synthetic_features), str(storage_dir), name="run")
     assert again["latest_checkpoint"] == first["latest_checkpoint"]
     assert [h["epoch"] for h in _history(again)] == [1, 2]
+    assert again["feature_model"]["recordings"] == 16 and again["feature_model"]["weight"] == 0.5
+    assert os.path.exists(os.path.join(again["best_checkpoint"], "feature_model.pkl"))
+    assert again["calibration"]["recordings"] == 4
     # rerun the same name with more epochs: it resumes at epoch 3 instead of restarting
     config3 = load_config("tiny", FAST + ["train.stage=expert", "train.epochs=3", "train.checkpoints_to_keep=1"])
     second = run_training(config3, str(synthetic_features), str(storage_dir), name="run")
     history = _history(second)
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert second["feature_model"] is None             # train.feature_blend 0: the network's scores alone
+    assert not os.path.exists(os.path.join(second["best_checkpoint"], "feature_model.pkl"))
     assert [h["attempt"] for h in history] == [1, 1, 2]
     # rerun the same name with another learning rate or other data: refused in one line, nothing trained
     other = load_config("tiny", FAST + ["train.stage=expert", "train.lr_head=0.01", "train.checkpoints_to_keep=1"])

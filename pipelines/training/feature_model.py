@@ -1,0 +1,189 @@
+"""The feature model: gradient-boosted trees on a dozen whole-performance descriptors, blended into the
+network's recording scores (`train.feature_blend`).
+
+The network reads 10 s windows and averages their scores, so what belongs to a whole performance (its
+dynamic range, its tempo against the score, how much pedal it uses) reaches it only in pieces. Gradient
+boosting on `pipelines.features.descriptors.performance_features` (13 descriptors of the performance
+against its score) knows those, and the two systems err differently: on PercePiano the mean of their
+per-recording predictions beats both on every protocol (benchmarks/RESULTS.md, section percepiano).
+
+How it runs:
+- preprocessing stores the descriptors of every recording with an aligned score on each of its rows
+  (`perf_features`, float32 [13]); the scoring job computes them alike from the notes it aligns;
+- after the expert stage, `fit_feature_model` fits one tree ensemble per dimension on the train split's
+  recordings (never val or test: the val split then calibrates the blended sigma honestly) and writes
+  `feature_model.pkl` and `feature_model.json` into the best checkpoint's model directory;
+- `jobs/evaluate.py`, the calibration and `jobs/score.py` blend each recording's score as
+  (1 - w) * network + w * trees with w = `train.feature_blend`, for recordings that have the descriptors
+  (a score was aligned) and dimensions the trees were fitted on (at least 20 labelled recordings); the
+  rest keep the network's score. Window scores, attention curves and per-bar feedback stay the network's.
+
+The trees are scikit-learn's `HistGradientBoostingRegressor`, saved with pickle (scikit-learn's own
+persistence): load feature models only from checkpoints you trained, as with any pickled model.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import logging
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pipelines.io import storage
+
+log = logging.getLogger("pianoeval.train")
+
+FEATURE_MODEL_FILE = "feature_model.pkl"
+FEATURE_MODEL_META = "feature_model.json"
+FEATURE_COLUMN = "perf_features"
+
+
+def n_features() -> int:
+    from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
+    return len(PERFORMANCE_FEATURE_NAMES)
+
+
+class FeatureModel:
+    """A fitted feature model: `predict` (R, 13) -> (R, D) and `blend` into the network's scores."""
+
+    def __init__(self, baseline, names: list[str], weight: float, meta: dict[str, Any] | None = None) -> None:
+        self.baseline, self.names, self.weight = baseline, list(names), float(weight)
+        self.meta = meta or {}
+        # dimensions with trees (a dimension with too few labels holds a constant: the network keeps it)
+        self.fitted = np.array([not isinstance(m, float) for m in baseline.models], dtype=bool)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.baseline.predict(np.asarray(features, dtype=np.float32).astype(np.float64))
+
+    def blend(self, scores: np.ndarray, features: list[np.ndarray | None]) -> np.ndarray:
+        """(R, D) network scores and each recording's descriptors (None: none) -> (R, D) blended scores."""
+        out = np.array(scores, dtype=np.float64, copy=True)
+        rows = [i for i, f in enumerate(features) if f is not None and len(f) == n_features()]
+        if not rows or not self.fitted.any():
+            return out
+        trees = self.predict(np.stack([features[i] for i in rows]))
+        w = self.weight
+        for k, i in enumerate(rows):
+            ok = self.fitted & np.isfinite(trees[k]) & np.isfinite(out[i])
+            out[i, ok] = (1.0 - w) * out[i, ok] + w * trees[k, ok]
+        return out
+
+
+def features_by_recording(table) -> dict[str, np.ndarray]:
+    """{recording_id: float32 [13]} from the `perf_features` column (first non-empty row of each recording)."""
+    from pipelines.features.rows import unpack_array
+
+    out: dict[str, np.ndarray] = {}
+    if FEATURE_COLUMN not in table.column_names:
+        return out
+    for rid, blob in zip(table.column("recording_id").to_pylist(), table.column(FEATURE_COLUMN).to_pylist()):
+        if rid not in out and blob:
+            values = unpack_array(blob, "f4")
+            if len(values) == n_features():
+                out[rid] = values
+    return out
+
+
+def check_feature_column(data_uri: str) -> None:
+    """A ValueError in one line when the feature set predates the `perf_features` column."""
+    import pyarrow.dataset as pads
+
+    from pipelines.preprocess import _segments_path
+
+    fs, path = _segments_path(data_uri)
+    if FEATURE_COLUMN not in pads.dataset(path, filesystem=fs, format="parquet").schema.names:
+        raise ValueError(f"{data_uri}: the feature set has no '{FEATURE_COLUMN}' column (made before it existed): "
+                         "remake it with jobs/preprocess.py, or train with --set train.feature_blend=0")
+
+
+def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labels_lookup: dict[str, str] | None = None,
+                      splits: dict[str, str] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Fit the trees on the train split's recordings and write them into the checkpoint's model directory.
+
+    Targets: the expert labels (`labels_json`, or the `--labels` table's), one row per recording (the mean
+    over its windows). Returns the written record (feature_model.json) plus its "uri"."""
+    from model.schema import DimensionSchema
+    from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
+    from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
+    from pipelines.evaluation.evaluate import _mean_target_per_recording, original_rows
+    from pipelines.io.splits_table import apply_splits
+    from pipelines.preprocess import read_segments_table
+    from pipelines.training.batches import label_matrix
+    from pipelines.training.run import model_dir_uri
+
+    model_dir = model_dir_uri(checkpoint_uri)
+    meta = json.loads(storage.read_text(storage.join(model_dir, "model.json")))
+    names = DimensionSchema.from_dict(meta["schema"]).names
+    check_feature_column(data_uri)
+    table = original_rows(apply_splits(read_segments_table(
+        data_uri, columns=["recording_id", "split", "augment", "status", "labels_json", FEATURE_COLUMN]), splits),
+        "train")
+    ids = table.column("recording_id").to_pylist()
+    texts = table.column("labels_json").to_pylist()
+    if labels_lookup is not None:
+        texts = [labels_lookup.get(r, "{}") for r in ids]
+    truth = _mean_target_per_recording(ids, label_matrix(texts, names))
+    features = features_by_recording(table)
+    rec = sorted(r for r in truth if r in features and np.isfinite(truth[r]).any())
+    if not rec:
+        raise ValueError(f"{data_uri}: no labelled train recording has performance features (no aligned score?)")
+    X = np.stack([features[r] for r in rec]).astype(np.float64)
+    Y = np.stack([truth[r] for r in rec])
+    baseline = GradientBoostingFeatureBaseline(seed=seed).fit(X, Y)
+    model = FeatureModel(baseline, names, weight)
+    import sklearn
+
+    record = {"weight": float(weight), "recordings": len(rec), "features": list(PERFORMANCE_FEATURE_NAMES),
+              "dimensions": names, "fitted": [n for n, f in zip(names, model.fitted) if f],
+              "split": "train", "sklearn": sklearn.__version__,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    buffer = io.BytesIO()
+    pickle.dump(baseline, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    storage.write_bytes(storage.join(model_dir, FEATURE_MODEL_FILE), buffer.getvalue())
+    uri = storage.join(model_dir, FEATURE_MODEL_META)
+    storage.write_text(uri, json.dumps(record, indent=2))
+    return {**record, "uri": uri}
+
+
+def load_feature_model(checkpoint_uri: str, names: list[str] | None = None) -> FeatureModel | None:
+    """The checkpoint's feature model, or None when it has none. A CheckpointError in one line when its
+    files are unreadable or its dimensions are not the checkpoint's."""
+    from model.errors import CheckpointError
+    from pipelines.training.run import model_dir_uri
+
+    model_dir = model_dir_uri(checkpoint_uri)
+    meta_uri, pkl_uri = storage.join(model_dir, FEATURE_MODEL_META), storage.join(model_dir, FEATURE_MODEL_FILE)
+    if not storage.exists(meta_uri):
+        return None
+    try:
+        meta = json.loads(storage.read_text(meta_uri))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            baseline = pickle.loads(storage.read_bytes(pkl_uri))
+    except Exception as exc:
+        raise CheckpointError(f"{pkl_uri}: cannot load the feature model ({type(exc).__name__}: {exc})") from None
+    for w in caught:
+        if "version" in str(w.message).lower():
+            log.warning("%s: fitted with scikit-learn %s, loaded with another version; refit it if scores look off",
+                        pkl_uri, meta.get("sklearn"))
+    if names is not None and list(meta.get("dimensions", [])) != list(names):
+        raise CheckpointError(f"{meta_uri}: the feature model's dimensions are not the checkpoint's")
+    return FeatureModel(baseline, meta.get("dimensions", names or []), meta["weight"], meta)
+
+
+def remove_feature_model(checkpoint_uri: str) -> bool:
+    """Delete a checkpoint's feature model files (its scores become the network's alone); True if there were any."""
+    from pipelines.training.run import model_dir_uri
+
+    model_dir = model_dir_uri(checkpoint_uri)
+    found = False
+    for name in (FEATURE_MODEL_META, FEATURE_MODEL_FILE):
+        uri = storage.join(model_dir, name)
+        if storage.exists(uri):
+            storage.delete(uri)
+            found = True
+    return found

@@ -1,0 +1,117 @@
+"""The feature model (train.feature_blend): gradient boosting on whole-performance descriptors, fitted on the
+train split's recordings after the expert stage and blended into each recording's score by the evaluation,
+the calibration and the scoring job alike."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from model.builder import build_model
+from model.checkpoint import save_model
+from pipelines.config import load_config
+from pipelines.evaluation.calibration import calibrate_checkpoint
+from pipelines.evaluation.evaluate import evaluate_checkpoint
+from pipelines.training.feature_model import (FEATURE_MODEL_FILE, FEATURE_MODEL_META, check_feature_column,
+                                              fit_feature_model, load_feature_model, remove_feature_model)
+from tests.pipelines.training.conftest import make_synthetic_features
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    # 8 pieces x 4 takes: 24 train recordings (the trees need 20 labelled ones per dimension)
+    return make_synthetic_features(tmp_path_factory.mktemp("feature_model") / "features", n_pieces=8)
+
+
+def _checkpoint(path, seed: int = 0) -> str:
+    config = load_config("tiny", ["train.stage=expert"])
+    torch.manual_seed(seed)
+    model = build_model(config.model, config.schema(), pretrained=False)
+    save_model(str(path), model, config.to_dict(), config.schema(), {"stage": "expert"})
+    return str(path)
+
+
+def test_the_blend_mixes_trees_and_network_per_recording_and_dimension():
+    from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
+    from pipelines.training.feature_model import FeatureModel
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 13))
+    Y = np.stack([50 + 10 * X[:, 0], np.full(60, np.nan)], axis=1)     # the second dimension has no labels
+    Y[:45, 1] = np.nan
+    model = FeatureModel(GradientBoostingFeatureBaseline().fit(X, Y), ["a", "b"], weight=0.25)
+    assert model.fitted.tolist() == [True, False]
+    network = np.array([[10.0, 20.0], [30.0, 40.0]])
+    blended = model.blend(network, [X[0].astype(np.float32), None])
+    trees = model.predict(X[:1])
+    assert blended[0, 0] == pytest.approx(0.75 * 10.0 + 0.25 * trees[0, 0])
+    assert blended[0, 1] == 20.0                 # no trees for this dimension: the network's score
+    assert blended[1].tolist() == [30.0, 40.0]   # no descriptors (no aligned score): the network's scores
+    assert network[0, 0] == 10.0                 # the input is left alone
+
+
+def test_fitted_on_train_recordings_and_blended_by_evaluation_and_calibration(features, tmp_path):
+    ckpt = _checkpoint(tmp_path / "model")
+    plain = evaluate_checkpoint(ckpt, str(features))
+    assert "model_network_only" not in plain["results"] and plain["feature_model"] is None
+
+    record = fit_feature_model(ckpt, str(features), 0.5)
+    assert record["recordings"] == 24 and record["split"] == "train"
+    assert record["fitted"] == load_config("tiny").schema().names and record["weight"] == 0.5
+    assert json.loads((tmp_path / "model" / FEATURE_MODEL_META).read_text())["recordings"] == 24
+    summary = evaluate_checkpoint(ckpt, str(features), str(tmp_path / "eval"))
+    results = summary["results"]
+    # the network alone is the untrained checkpoint's: the same numbers as before the feature model existed
+    assert results["model_network_only"]["mean"]["mae"] == pytest.approx(plain["results"]["model"]["mean"]["mae"])
+    # the test recordings' scores are the mean of the network's and the trees' (weight 0.5)
+    fm = load_feature_model(ckpt)
+    table = pq.read_table(features / "segments")
+    blob = {r: b for r, b in zip(table.column("recording_id").to_pylist(), table.column("perf_features").to_pylist())}
+    names = fm.names
+    network = {r["recording_id"]: r for r in plain["per_recording"]}
+    for row in summary["per_recording"]:
+        trees = fm.predict(np.frombuffer(blob[row["recording_id"]], "<f4")[None])[0]
+        expected = [0.5 * network[row["recording_id"]][n] + 0.5 * t for n, t in zip(names, trees)]
+        assert [row[n] for n in names] == pytest.approx(expected)
+    # the descriptors follow the takes' quality, the untrained network does not: the blend ranks better
+    assert results["model"]["mean"]["pearson"] > results["model_network_only"]["mean"]["pearson"] + 0.3
+    assert summary["feature_model"] == {"weight": 0.5, "recordings": 24, "fitted": names}
+
+    # the calibration fits the blended scores' sigma, which the evaluation then applies
+    calibrated = calibrate_checkpoint(ckpt, str(features))
+    assert calibrated["recordings"] == 4
+    after = evaluate_checkpoint(ckpt, str(features))
+    assert after["calibration"]["applied"] and [r[n] for r in after["per_recording"] for n in names] == \
+        pytest.approx([r[n] for r in summary["per_recording"] for n in names])
+
+    assert remove_feature_model(ckpt) and not (tmp_path / "model" / FEATURE_MODEL_FILE).exists()
+    assert load_feature_model(ckpt) is None
+
+
+def test_a_feature_set_without_descriptors_is_refused_in_one_line(features, tmp_path):
+    old = tmp_path / "old"
+    (old / "segments").mkdir(parents=True)
+    table = pq.read_table(features / "segments")
+    pq.write_table(table.drop(["perf_features"]), old / "segments" / "part-0.parquet")
+    with pytest.raises(ValueError) as refused:
+        check_feature_column(str(old))
+    text = str(refused.value)
+    assert "\n" not in text and str(old) in text and "perf_features" in text and "jobs/preprocess.py" in text
+    ckpt = _checkpoint(tmp_path / "model")
+    with pytest.raises(ValueError, match="perf_features"):
+        fit_feature_model(ckpt, str(old), 0.5)
+
+
+def test_a_feature_model_of_other_dimensions_is_refused(features, tmp_path):
+    from model.errors import CheckpointError
+
+    ckpt = _checkpoint(tmp_path / "model")
+    fit_feature_model(ckpt, str(features), 0.5)
+    with pytest.raises(CheckpointError, match="dimensions"):
+        load_feature_model(ckpt, ["only", "these"])
+    (tmp_path / "model" / FEATURE_MODEL_FILE).write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match=FEATURE_MODEL_FILE):
+        load_feature_model(ckpt)
