@@ -124,6 +124,8 @@ class PianoAssessor(nn.Module):
     # --- forward ---------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> AssessmentOutput:
         batch_size = _batch_size(batch)
+        if not self.config.performance_attributes and batch.get("note_attrs") is not None:
+            batch = {**batch, "note_attrs": torch.zeros_like(batch["note_attrs"])}     # the ablation
         audio = self._encode_audio(batch)
         score = self._encode_score(batch, batch_size)
         if audio is None and (score is None or not bool((score.lengths > 0).all())):

@@ -110,6 +110,9 @@ class ModelConfig:
     symbolic_dropout: float = 0.1
     octuple_vocab_sizes: tuple[int, ...] = DEFAULT_OCTUPLE_VOCAB_SIZES
     n_note_attrs: int = DEFAULT_N_NOTE_ATTRS
+    # ablation: false zeroes the aligned performance attributes (timing, duration and pedal against the score,
+    # ...) wherever the model reads them; the tokens keep the note's type (played, missed, extra) and velocity
+    performance_attributes: bool = True
     max_notes: int = 512
     # --- fusion ---
     fusion_dim: int = 256

@@ -228,8 +228,11 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),
         "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)},
                            "sigma": {n: float(v) for n, v in zip(names, sd)},
-                           "truth": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, truth)}}
-                          for r, g, row, sd, truth in zip(ids, groups, scores, sigma, y_true)],
+                           "truth": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, truth)},
+                           **({} if net is None else {"network": {n: float(v) for n, v in zip(names, net)}})}
+                          for r, g, row, sd, truth, net in zip(ids, groups, scores, sigma, y_true,
+                                                               rec.network_scores if rec.network_scores is not None
+                                                               else [None] * len(ids))],
     }
     if out_uri:
         write_report(summary, out_uri, y_true, scores, sigma, names)

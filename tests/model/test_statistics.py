@@ -107,3 +107,19 @@ def test_the_model_reads_recording_statistics_only_when_asked_and_says_when_they
         other = model({**batch, "recording_stats": context})
     assert torch.allclose(same.scores[0], other.scores[0])             # each item reads its own context
     assert not torch.allclose(same.scores[1], other.scores[1])
+
+
+def test_without_performance_attributes_the_model_ignores_them():
+    """model.performance_attributes=false (the ablation): windows that differ only in their aligned attributes
+    score the same; with them (the default) they do not."""
+    schema = load_schema("percepiano19")
+    notes, attrs, times = (torch.stack(x) for x in zip(_window(12, 0.5, 0.4, 16), _window(12, 0.5, 0.4, 16)))
+    attrs[1, :, 4] += 0.5                                  # the second window: other timing against the score
+    batch = {"notes": notes, "note_attrs": attrs, "note_times": times, "note_lengths": torch.tensor([12, 12])}
+    for flag, same in (("true", False), ("false", True)):
+        torch.manual_seed(0)
+        model = build_model(load_config("percepiano", [f"model.performance_attributes={flag}"]).model, schema).eval()
+        with torch.no_grad():
+            out = model(batch).scores
+        assert torch.allclose(out[0], out[1]) is same
+    assert attrs[1, 0, 4] != attrs[0, 0, 4]                # the batch itself is left alone

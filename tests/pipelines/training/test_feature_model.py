@@ -76,6 +76,7 @@ def test_fitted_on_train_recordings_and_blended_by_evaluation_and_calibration(fe
         trees = fm.predict(np.frombuffer(blob[row["recording_id"]], "<f4")[None])[0]
         expected = [0.5 * network[row["recording_id"]][n] + 0.5 * t for n, t in zip(names, trees)]
         assert [row[n] for n in names] == pytest.approx(expected)
+        assert row["network"] == pytest.approx({n: network[row["recording_id"]][n] for n in names})
     # the descriptors follow the takes' quality, the untrained network does not: the blend ranks better
     assert results["model"]["mean"]["pearson"] > results["model_network_only"]["mean"]["pearson"] + 0.3
     assert summary["feature_model"] == {"weight": 0.5, "recordings": 24, "fitted": names}
