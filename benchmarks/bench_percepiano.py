@@ -14,7 +14,8 @@ Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_r
 (pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
 DIR/<protocol>/<variant>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/<variant>/fold<k>`) join the
 table, and so do the scoring job's results of a fold's test recordings under DIR/<protocol>/<variant>/scored<k>/
-(`jobs/score.py --input <manifest> --out DIR/<protocol>/<variant>/scored<k>`).
+(`jobs/score.py --input <manifest> --out DIR/<protocol>/<variant>/scored<k>`). A checkpoint with a feature
+model (train.feature_blend) adds its network's own row and its blend at other weights.
 """
 from __future__ import annotations
 
@@ -104,6 +105,41 @@ def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float
         k = int(fold_dir.name.removeprefix("fold"))
         found.setdefault(variant, {})[k] = \
             {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
+        alone = summary["results"].get("model_network_only")       # a checkpoint with a feature model
+        if alone:
+            found.setdefault(f"{variant}, its network alone", {})[k] = \
+                {**{m: float(alone["mean"][m]) for m in METRICS}, "ece": float("nan")}
+    return found
+
+
+BLEND_WEIGHTS = (0.25, 0.75, 1.0)
+
+
+def weight_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {fold k: metrics}} of a blended checkpoint's evaluation re-blended at other weights of its
+    feature model: its per-recording network scores and blend give the trees' (blend = (1-w) net + w trees)."""
+    from pipelines.evaluation import metrics as E
+
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    base = Path(runs) / protocol
+    names, row_of = table["names"], {rid: i for i, rid in enumerate(table["ids"])}
+    for path in sorted(base.glob("**/evaluation.json")):
+        fold_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
+        summary = json.loads(path.read_text())
+        weight = (summary.get("feature_model") or {}).get("weight")
+        per = [r for r in summary.get("per_recording", []) if "network" in r and r["recording_id"] in row_of]
+        if not fold_dir.name.startswith("fold") or not weight or not per:
+            continue
+        k = int(fold_dir.name.removeprefix("fold"))
+        variant = str(fold_dir.parent.relative_to(base)) if fold_dir.parent != base else "ours"
+        net = np.array([[r["network"][n] for n in names] for r in per])
+        blend = np.array([[r[n] for n in names] for r in per])
+        trees = (blend - (1.0 - weight) * net) / weight
+        idx = np.array([row_of[r["recording_id"]] for r in per])
+        for w in BLEND_WEIGHTS:
+            result = E.evaluate(table["Y"][idx], (1.0 - w) * net + w * trees, None, table["groups"][idx], names)
+            found.setdefault(f"{variant}, feature model weight {w:g} instead of {weight:g}", {})[k] = \
+                {**{m: float(result["mean"][m]) for m in METRICS}, "ece": float("nan")}
     return found
 
 
@@ -123,8 +159,9 @@ def blend_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, di
         if not fold_dir.name.startswith("fold"):
             continue
         k = int(fold_dir.name.removeprefix("fold"))
-        per = {r["recording_id"]: r for r in json.loads(path.read_text()).get("per_recording", [])}
-        if k >= len(folds) or not per:
+        summary = json.loads(path.read_text())
+        per = {r["recording_id"]: r for r in summary.get("per_recording", [])}
+        if k >= len(folds) or not per or summary.get("feature_model"):     # blended already
             continue
         side = np.array([folds[k][i] for i in ids])
         train, test = np.isin(side, ["train", "val"]), side == "test"
@@ -192,7 +229,7 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
             rows.append(f"| {protocol} | {system} | all {len(folds)} | "
                         + " | ".join(_cell([f[m] for f in folds]) for m in COLUMNS) + " |")
         variants = {**model_folds(runs, protocol), **scored_folds(runs, protocol, table),
-                    **blend_folds(runs, protocol, table)} if runs else {}
+                    **blend_folds(runs, protocol, table), **weight_folds(runs, protocol, table)} if runs else {}
         compared: set[tuple[int, ...]] = set()      # fold sets whose baseline rows are in the table already
         for variant, by_fold in variants.items():
             raw[protocol][f"model: {variant}"] = by_fold
