@@ -196,7 +196,8 @@ class TrainConfig(_Section):
     freeze: list[str] = []             # parts kept fixed (model.checkpoint.PARTS: audio_encoder, symbolic, ...)
     unfreeze_after_epochs: Int = 0     # ... for this many epochs (0: the whole run)
     # expert stage: weight of the feature model (gradient boosting on whole-performance descriptors, fit on the
-    # train split after training) in each recording's score; 0: the network alone (pipelines/training/feature_model.py)
+    # train and val splits after training) in each recording's score; 0: the network alone
+    # (pipelines/training/feature_model.py)
     feature_blend: Float = 0.0
 
     @model_validator(mode="after")

@@ -113,7 +113,8 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
         return {**skipped, "skipped": f"{data_uri}: no segments in the {split!r} split"}
     rec = predict_recordings(model, table, names, label_col,
                              audio_only=bool(config_dict.get("train", {}).get("audio_only", False)),
-                             max_notes=config_dict["model"].get("max_notes"), feature_model=feature_model)
+                             max_notes=config_dict["model"].get("max_notes"), feature_model=feature_model,
+                             feature_holdout=True)
     labelled = np.isfinite(rec.y_true).any(axis=1)                          # (R,)
     if not labelled.any():
         return {**skipped, "skipped": f"{data_uri}: no recording of the {split!r} split has {stage} labels"}

@@ -110,9 +110,11 @@ def assessable_rows(table, audio_encoder: str):
 
 
 def predict_recordings(model, table, names: list[str], label_col: str, *, audio_only: bool = False,
-                       max_notes: int | None = None, feature_model=None) -> RecordingPredictions:
+                       max_notes: int | None = None, feature_model=None,
+                       feature_holdout: bool = False) -> RecordingPredictions:
     """Predict every window of `table` and aggregate windows and targets to one row per recording; with a
-    feature model (pipelines/training/feature_model.py), blend it into the recordings' scores as scoring does."""
+    feature model (pipelines/training/feature_model.py), blend it into the recordings' scores as scoring does
+    (feature_holdout: val recordings take the trees fitted without them, for the calibration)."""
     pred = predict_segments(model, table, names, audio_only=audio_only, max_notes=max_notes)
     rec_ids = table.column("recording_id").to_pylist()
     ids, scores, sigma = aggregate_by_recording(rec_ids, table.column("start_s").to_pylist(),
@@ -121,7 +123,8 @@ def predict_recordings(model, table, names: list[str], label_col: str, *, audio_
     if feature_model is not None:
         from pipelines.training.feature_model import features_by_recording
         described = features_by_recording(table)
-        network, scores = scores, feature_model.blend(scores, [described.get(r) for r in ids])
+        network, scores = scores, feature_model.blend(scores, [described.get(r) for r in ids], ids,
+                                                      holdout=feature_holdout)
     truth = _mean_target_per_recording(rec_ids, label_matrix(table.column(label_col).to_pylist(), names))
     groups = _first_per_recording(rec_ids, table.column("piece_id").to_pylist())
     empty = np.zeros((0, len(names)))

@@ -10,9 +10,11 @@ per-recording predictions beats both on every protocol (benchmarks/RESULTS.md, s
 How it runs:
 - preprocessing stores the descriptors of every recording with an aligned score on each of its rows
   (`perf_features`, float32 [13]); the scoring job computes them alike from the notes it aligns;
-- after the expert stage, `fit_feature_model` fits one tree ensemble per dimension on the train split's
-  recordings (never val or test: the val split then calibrates the blended sigma honestly) and writes
-  `feature_model.pkl` and `feature_model.json` into the best checkpoint's model directory;
+- after the expert stage, `fit_feature_model` fits one tree ensemble per dimension on the train and val
+  splits' recordings (never test) and writes `feature_model.pkl` and `feature_model.json` into the best
+  checkpoint's model directory; trees fitted on train alone predict the val recordings once more
+  (`feature_model_val.json`), and the calibration blends those: the val split calibrates the blended sigma
+  with trees that never saw it, as the test and a library get;
 - `jobs/evaluate.py`, the calibration and `jobs/score.py` blend each recording's score as
   (1 - w) * network + w * trees with w = `train.feature_blend`, for recordings that have the descriptors
   (a score was aligned) and dimensions the trees were fitted on (at least 20 labelled recordings); the
@@ -39,6 +41,7 @@ log = logging.getLogger("pianoeval.train")
 
 FEATURE_MODEL_FILE = "feature_model.pkl"
 FEATURE_MODEL_META = "feature_model.json"
+FEATURE_MODEL_HOLDOUT = "feature_model_val.json"     # {recording_id: [D]} of val recordings, trees fit on train
 FEATURE_COLUMN = "perf_features"
 
 
@@ -50,22 +53,30 @@ def n_features() -> int:
 class FeatureModel:
     """A fitted feature model: `predict` (R, 13) -> (R, D) and `blend` into the network's scores."""
 
-    def __init__(self, baseline, names: list[str], weight: float, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, baseline, names: list[str], weight: float, meta: dict[str, Any] | None = None,
+                 holdout: dict[str, list[float]] | None = None) -> None:
         self.baseline, self.names, self.weight = baseline, list(names), float(weight)
         self.meta = meta or {}
+        self.holdout = {r: np.asarray(v, dtype=np.float64) for r, v in (holdout or {}).items()}
         # dimensions with trees (a dimension with too few labels holds a constant: the network keeps it)
         self.fitted = np.array([not isinstance(m, float) for m in baseline.models], dtype=bool)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.baseline.predict(np.asarray(features, dtype=np.float32).astype(np.float64))
 
-    def blend(self, scores: np.ndarray, features: list[np.ndarray | None]) -> np.ndarray:
-        """(R, D) network scores and each recording's descriptors (None: none) -> (R, D) blended scores."""
+    def blend(self, scores: np.ndarray, features: list[np.ndarray | None], ids: list[str] | None = None,
+              holdout: bool = False) -> np.ndarray:
+        """(R, D) network scores and each recording's descriptors (None: none) -> (R, D) blended scores.
+        holdout: a val recording (by `ids`) takes the prediction of the trees fitted without it."""
         out = np.array(scores, dtype=np.float64, copy=True)
         rows = [i for i, f in enumerate(features) if f is not None and len(f) == n_features()]
         if not rows or not self.fitted.any():
             return out
         trees = self.predict(np.stack([features[i] for i in rows]))
+        if holdout and ids is not None:
+            for k, i in enumerate(rows):
+                if ids[i] in self.holdout:
+                    trees[k] = self.holdout[ids[i]]
         w = self.weight
         for k, i in enumerate(rows):
             ok = self.fitted & np.isfinite(trees[k]) & np.isfinite(out[i])
@@ -102,7 +113,8 @@ def check_feature_column(data_uri: str) -> None:
 
 def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labels_lookup: dict[str, str] | None = None,
                       splits: dict[str, str] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Fit the trees on the train split's recordings and write them into the checkpoint's model directory.
+    """Fit the trees on the train and val splits' recordings and write them into the checkpoint's model
+    directory, with the val recordings' predictions of trees fitted on train alone (for the calibration).
 
     Targets: the expert labels (`labels_json`, or the `--labels` table's), one row per recording (the mean
     over its windows). Returns the written record (feature_model.json) plus its "uri"."""
@@ -119,31 +131,43 @@ def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labe
     meta = json.loads(storage.read_text(storage.join(model_dir, "model.json")))
     names = DimensionSchema.from_dict(meta["schema"]).names
     check_feature_column(data_uri)
-    table = original_rows(apply_splits(read_segments_table(
+    everything = original_rows(apply_splits(read_segments_table(
         data_uri, columns=["recording_id", "split", "augment", "status", "labels_json", FEATURE_COLUMN]), splits),
-        "train")
-    ids = table.column("recording_id").to_pylist()
-    texts = table.column("labels_json").to_pylist()
+        "all")
+    ids = everything.column("recording_id").to_pylist()
+    texts = everything.column("labels_json").to_pylist()
     if labels_lookup is not None:
         texts = [labels_lookup.get(r, "{}") for r in ids]
     truth = _mean_target_per_recording(ids, label_matrix(texts, names))
-    features = features_by_recording(table)
-    rec = sorted(r for r in truth if r in features and np.isfinite(truth[r]).any())
-    if not rec:
+    side = dict(zip(ids, everything.column("split").to_pylist()))
+    features = features_by_recording(everything)
+    usable = [r for r in sorted(truth) if r in features and np.isfinite(truth[r]).any()]
+    train = [r for r in usable if side[r] == "train"]
+    val = [r for r in usable if side[r] == "val"]
+    if not train:
         raise ValueError(f"{data_uri}: no labelled train recording has performance features (no aligned score?)")
-    X = np.stack([features[r] for r in rec]).astype(np.float64)
-    Y = np.stack([truth[r] for r in rec])
-    baseline = GradientBoostingFeatureBaseline(seed=seed).fit(X, Y)
+
+    def fit(rec: list[str]):
+        return GradientBoostingFeatureBaseline(seed=seed).fit(np.stack([features[r] for r in rec]).astype(np.float64),
+                                                              np.stack([truth[r] for r in rec]))
+
+    holdout: dict[str, list[float]] = {}
+    if val:                                   # the val recordings as trees that never saw them predict them
+        on_train = FeatureModel(fit(train), names, weight)
+        predicted = on_train.predict(np.stack([features[r] for r in val]))
+        holdout = {r: [float(v) for v in row] for r, row in zip(val, predicted)}
+    baseline = fit(train + val)
     model = FeatureModel(baseline, names, weight)
     import sklearn
 
-    record = {"weight": float(weight), "recordings": len(rec), "features": list(PERFORMANCE_FEATURE_NAMES),
+    record = {"weight": float(weight), "recordings": len(train) + len(val), "features": list(PERFORMANCE_FEATURE_NAMES),
               "dimensions": names, "fitted": [n for n, f in zip(names, model.fitted) if f],
-              "split": "train", "sklearn": sklearn.__version__,
+              "splits": {"train": len(train), "val": len(val)}, "sklearn": sklearn.__version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     buffer = io.BytesIO()
     pickle.dump(baseline, buffer, protocol=pickle.HIGHEST_PROTOCOL)
     storage.write_bytes(storage.join(model_dir, FEATURE_MODEL_FILE), buffer.getvalue())
+    storage.write_text(storage.join(model_dir, FEATURE_MODEL_HOLDOUT), json.dumps(holdout))
     uri = storage.join(model_dir, FEATURE_MODEL_META)
     storage.write_text(uri, json.dumps(record, indent=2))
     return {**record, "uri": uri}
@@ -172,7 +196,9 @@ def load_feature_model(checkpoint_uri: str, names: list[str] | None = None) -> F
                         pkl_uri, meta.get("sklearn"))
     if names is not None and list(meta.get("dimensions", [])) != list(names):
         raise CheckpointError(f"{meta_uri}: the feature model's dimensions are not the checkpoint's")
-    return FeatureModel(baseline, meta.get("dimensions", names or []), meta["weight"], meta)
+    holdout_uri = storage.join(model_dir, FEATURE_MODEL_HOLDOUT)
+    holdout = json.loads(storage.read_text(holdout_uri)) if storage.exists(holdout_uri) else {}
+    return FeatureModel(baseline, meta.get("dimensions", names or []), meta["weight"], meta, holdout)
 
 
 def remove_feature_model(checkpoint_uri: str) -> bool:
@@ -181,7 +207,7 @@ def remove_feature_model(checkpoint_uri: str) -> bool:
 
     model_dir = model_dir_uri(checkpoint_uri)
     found = False
-    for name in (FEATURE_MODEL_META, FEATURE_MODEL_FILE):
+    for name in (FEATURE_MODEL_META, FEATURE_MODEL_FILE, FEATURE_MODEL_HOLDOUT):
         uri = storage.join(model_dir, name)
         if storage.exists(uri):
             storage.delete(uri)

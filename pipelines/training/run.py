@@ -347,7 +347,8 @@ def check_init(init_uri: str, config: Config) -> str:
 def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: float, *,
                            labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None,
                            seed: int = 0) -> dict[str, Any] | None:
-    """Fit the feature model of the best checkpoint (before its calibration, which then calibrates the blend);
+    """Fit the feature model of the best checkpoint on the train and val recordings (before its calibration,
+    which then calibrates the blend with the val recordings' out-of-sample trees);
     prints one line; on failure log it and return {"error": message} (the network's checkpoint stands)."""
     from pipelines.training.feature_model import fit_feature_model
 
@@ -361,7 +362,7 @@ def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: fl
                     exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     print(f"feature model: gradient boosting on {len(record['features'])} performance descriptors of "
-          f"{record['recordings']} train recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
+          f"{record['recordings']} train and val recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
           f"dimensions, weight {weight:g} in each recording's score", flush=True)
     return record
 

@@ -33,7 +33,7 @@ def test_blend_adds_and_removes_the_feature_model(tmp_path):
                config.schema(), {"stage": "expert"})
     done = _run("--checkpoint", str(ckpt), "--data", str(features), "--weight", "0.3")
     assert done.returncode == 0, done.stderr
-    assert "24 train recordings" in done.stdout and "weight 0.3" in done.stdout and "calibrated on 4 val" in done.stdout
+    assert "28 train and val recordings" in done.stdout and "weight 0.3" in done.stdout and "calibrated on 4 val" in done.stdout
     assert json.loads((ckpt / "model" / "feature_model.json").read_text())["weight"] == 0.3
     assert (ckpt / "model" / "calibration.json").exists()
 

@@ -59,9 +59,9 @@ def test_fitted_on_train_recordings_and_blended_by_evaluation_and_calibration(fe
     assert "model_network_only" not in plain["results"] and plain["feature_model"] is None
 
     record = fit_feature_model(ckpt, str(features), 0.5)
-    assert record["recordings"] == 24 and record["split"] == "train"
+    assert record["recordings"] == 28 and record["splits"] == {"train": 24, "val": 4}
     assert record["fitted"] == load_config("tiny").schema().names and record["weight"] == 0.5
-    assert json.loads((tmp_path / "model" / FEATURE_MODEL_META).read_text())["recordings"] == 24
+    assert json.loads((tmp_path / "model" / FEATURE_MODEL_META).read_text())["recordings"] == 28
     summary = evaluate_checkpoint(ckpt, str(features), str(tmp_path / "eval"))
     results = summary["results"]
     # the network alone is the untrained checkpoint's: the same numbers as before the feature model existed
@@ -79,7 +79,16 @@ def test_fitted_on_train_recordings_and_blended_by_evaluation_and_calibration(fe
         assert row["network"] == pytest.approx({n: network[row["recording_id"]][n] for n in names})
     # the descriptors follow the takes' quality, the untrained network does not: the blend ranks better
     assert results["model"]["mean"]["pearson"] > results["model_network_only"]["mean"]["pearson"] + 0.3
-    assert summary["feature_model"] == {"weight": 0.5, "recordings": 24, "fitted": names}
+    assert summary["feature_model"] == {"weight": 0.5, "recordings": 28, "fitted": names}
+    # the val recordings also have the predictions of trees fitted on train alone, which the calibration blends
+    val_ids = sorted({r for r, s in zip(table.column("recording_id").to_pylist(), table.column("split").to_pylist())
+                      if s == "val"})
+    assert sorted(fm.holdout) == val_ids
+    net = np.full((len(val_ids), len(names)), 50.0)
+    described = [np.frombuffer(blob[r], "<f4") for r in val_ids]
+    np.testing.assert_allclose(fm.blend(net, described, val_ids, holdout=True),
+                               0.5 * net + 0.5 * np.stack([fm.holdout[r] for r in val_ids]))
+    assert not np.allclose(fm.blend(net, described, val_ids), fm.blend(net, described, val_ids, holdout=True))
 
     # the calibration fits the blended scores' sigma, which the evaluation then applies
     calibrated = calibrate_checkpoint(ckpt, str(features))

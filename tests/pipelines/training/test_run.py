@@ -52,7 +52,7 @@ def test_two_worker_ddp_training_writes_checkpoints_and_resumes_by_name(ray_clus
     again = run_training(blended, str(synthetic_features), str(storage_dir), name="run")
     assert again["latest_checkpoint"] == first["latest_checkpoint"]
     assert [h["epoch"] for h in _history(again)] == [1, 2]
-    assert again["feature_model"]["recordings"] == 16 and again["feature_model"]["weight"] == 0.5
+    assert again["feature_model"]["recordings"] == 20 and again["feature_model"]["weight"] == 0.5
     assert os.path.exists(os.path.join(again["best_checkpoint"], "feature_model.pkl"))
     assert again["calibration"]["recordings"] == 4
     # rerun the same name with more epochs: it resumes at epoch 3 instead of restarting
