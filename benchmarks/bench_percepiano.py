@@ -88,21 +88,29 @@ def baseline_folds(table: dict, protocol: str) -> dict[str, list[dict[str, float
     return out
 
 
+def _fold_of(path: Path, base: Path) -> tuple[str, int] | None:
+    """(variant, fold k) of an evaluation.json under DIR/<protocol>/<variant>/fold<k>/[evaluation/]; None elsewhere."""
+    fold_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
+    if not fold_dir.name.startswith("fold"):
+        return None
+    variant = str(fold_dir.parent.relative_to(base)) if fold_dir.parent != base else "ours"
+    return variant, int(fold_dir.name.removeprefix("fold"))
+
+
 def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {fold k: metrics}} from DIR/<protocol>/<variant>/fold<k>/evaluation.json (jobs/evaluate.py
     --out) or DIR/<protocol>/<variant>/fold<k>/evaluation/evaluation.json (jobs/train.py's own evaluation)."""
     found: dict[str, dict[int, dict[str, float]]] = {}
     base = Path(runs) / protocol
     for path in sorted(base.glob("**/evaluation.json")):
-        fold_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
-        if not fold_dir.name.startswith("fold"):
+        fold = _fold_of(path, base)
+        if fold is None:
             continue
-        variant = str(fold_dir.parent.relative_to(base)) if fold_dir.parent != base else "ours"
+        variant, k = fold
         summary = json.loads(path.read_text())
         result = summary["results"]["model"]["mean"]
         calibration = summary.get("calibration") or {}
         ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
-        k = int(fold_dir.name.removeprefix("fold"))
         found.setdefault(variant, {})[k] = \
             {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
         alone = summary["results"].get("model_network_only")       # a checkpoint with a feature model
@@ -124,14 +132,13 @@ def weight_folds(runs: str, protocol: str, table: dict) -> dict[str, dict[int, d
     base = Path(runs) / protocol
     names, row_of = table["names"], {rid: i for i, rid in enumerate(table["ids"])}
     for path in sorted(base.glob("**/evaluation.json")):
-        fold_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
+        fold = _fold_of(path, base)
         summary = json.loads(path.read_text())
         weight = (summary.get("feature_model") or {}).get("weight")
         per = [r for r in summary.get("per_recording", []) if "network" in r and r["recording_id"] in row_of]
-        if not fold_dir.name.startswith("fold") or not weight or not per:
+        if fold is None or not weight or not per:
             continue
-        k = int(fold_dir.name.removeprefix("fold"))
-        variant = str(fold_dir.parent.relative_to(base)) if fold_dir.parent != base else "ours"
+        variant, k = fold
         net = np.array([[r["network"][n] for n in names] for r in per])
         blend = np.array([[r[n] for n in names] for r in per])
         trees = (blend - (1.0 - weight) * net) / weight

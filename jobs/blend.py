@@ -7,9 +7,8 @@ What `jobs/train.py` does after an expert stage with `train.feature_blend` > 0, 
 without it (or to try another weight): gradient boosting on whole-performance descriptors, fitted on the
 train and val splits' recordings (pipelines/training/feature_model.py), is blended into each recording's
 score by jobs/evaluate.py and jobs/score.py; the val split then calibrates the blended sigma (its trees
-fitted on train alone). --weight 0 removes
-the feature model (the network's scores alone) and recalibrates. Pass the --splits and --labels the
-checkpoint was trained with.
+fitted on train alone). --weight 0 removes the feature model (the network's scores alone) and recalibrates.
+Pass the --splits and --labels the checkpoint was trained with.
 """
 from __future__ import annotations
 

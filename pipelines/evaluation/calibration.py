@@ -96,12 +96,10 @@ def calibrate_checkpoint(checkpoint_uri: str, data_uri: str, split: str = "val",
     from pipelines.evaluation.evaluate import assessable_rows
     from pipelines.io.splits_table import apply_splits
 
-    from pipelines.training.feature_model import FEATURE_COLUMN, check_feature_column, load_feature_model
+    from pipelines.training.feature_model import FEATURE_COLUMN, feature_model_for
 
     encoder = config_dict["model"]["audio_encoder"]
-    feature_model = load_feature_model(model_dir, names) if stage == "expert" else None   # calibrate the blend
-    if feature_model is not None:
-        check_feature_column(data_uri)
+    feature_model = feature_model_for(model_dir, names, stage, data_uri)       # the blend is what is calibrated
     columns = columns_for(encoder, bool(config_dict["model"].get("recording_statistics")))
     table = assessable_rows(original_rows(apply_splits(read_segments_table(
         data_uri, columns=columns + ([FEATURE_COLUMN] if feature_model is not None else [])),

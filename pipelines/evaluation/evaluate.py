@@ -172,16 +172,14 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     from pipelines.io.model_files import load_checkpoint
     from pipelines.preprocess import read_segments_table
 
-    from pipelines.training.feature_model import FEATURE_COLUMN, check_feature_column, load_feature_model
+    from pipelines.training.feature_model import FEATURE_COLUMN, feature_model_for
 
     model, config_dict, schema, extra = load_checkpoint(checkpoint_uri)
     names = schema.names
     stage = target_for(extra, target)
     label_col = target_column(stage)
     audio_encoder = config_dict["model"]["audio_encoder"]
-    feature_model = load_feature_model(checkpoint_uri, names) if stage == "expert" else None
-    if feature_model is not None:
-        check_feature_column(data_uri)
+    feature_model = feature_model_for(checkpoint_uri, names, stage, data_uri)
     columns = sorted(set(columns_for(audio_encoder, bool(config_dict["model"].get("recording_statistics"))))
                      | {"cqt", "cqt_frames"} | ({FEATURE_COLUMN} if feature_model is not None else set()))
     table = apply_splits(read_segments_table(data_uri, columns=columns), splits)
@@ -223,9 +221,7 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     summary = {
         "checkpoint": checkpoint_uri, "data": data_uri, "split": split, "target": stage,
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
-        "feature_model": None if feature_model is None else {
-            "weight": feature_model.weight, "recordings": feature_model.meta.get("recordings"),
-            "fitted": feature_model.meta.get("fitted")},
+        "feature_model": None if feature_model is None else feature_model.summary(),
         "results": results, "omitted": omitted,
         "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),

@@ -354,9 +354,7 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
                           **{f"{k}_task_s": round(v, 2) for k, v in aggregator.stage_s.items()}},
         "recordings_per_minute": round(counts.get("ok", 0) / (timings["pipeline_s"] / 60.0), 2)
         if counts.get("ok") and timings["pipeline_s"] > 0 else None,
-        "feature_model": None if not flags["use_perf_features"] else {
-            "weight": feature_model.weight, "recordings": feature_model.meta.get("recordings"),
-            "fitted": feature_model.meta.get("fitted")},
+        "feature_model": feature_model.summary() if flags["use_perf_features"] else None,
         "calibration": None if calibration is None else {
             "temperature": calibration["temperature"], "ece_before_mean": calibration.get("ece_before_mean"),
             "ece_after_mean": calibration.get("ece_after_mean"), "split": calibration.get("split")},

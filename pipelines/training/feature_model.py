@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
 from pipelines.io import storage
 
 log = logging.getLogger("pianoeval.train")
@@ -45,9 +46,7 @@ FEATURE_MODEL_HOLDOUT = "feature_model_val.json"     # {recording_id: [D]} of va
 FEATURE_COLUMN = "perf_features"
 
 
-def n_features() -> int:
-    from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
-    return len(PERFORMANCE_FEATURE_NAMES)
+N_FEATURES = len(PERFORMANCE_FEATURE_NAMES)
 
 
 class FeatureModel:
@@ -61,6 +60,10 @@ class FeatureModel:
         # dimensions with trees (a dimension with too few labels holds a constant: the network keeps it)
         self.fitted = np.array([not isinstance(m, float) for m in baseline.models], dtype=bool)
 
+    def summary(self) -> dict[str, Any]:
+        """What evaluation summaries and scoring manifests record of it."""
+        return {"weight": self.weight, "recordings": self.meta.get("recordings"), "fitted": self.meta.get("fitted")}
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.baseline.predict(np.asarray(features, dtype=np.float32).astype(np.float64))
 
@@ -69,7 +72,7 @@ class FeatureModel:
         """(R, D) network scores and each recording's descriptors (None: none) -> (R, D) blended scores.
         holdout: a val recording (by `ids`) takes the prediction of the trees fitted without it."""
         out = np.array(scores, dtype=np.float64, copy=True)
-        rows = [i for i, f in enumerate(features) if f is not None and len(f) == n_features()]
+        rows = [i for i, f in enumerate(features) if f is not None and len(f) == N_FEATURES]
         if not rows or not self.fitted.any():
             return out
         trees = self.predict(np.stack([features[i] for i in rows]))
@@ -94,7 +97,7 @@ def features_by_recording(table) -> dict[str, np.ndarray]:
     for rid, blob in zip(table.column("recording_id").to_pylist(), table.column(FEATURE_COLUMN).to_pylist()):
         if rid not in out and blob:
             values = unpack_array(blob, "f4")
-            if len(values) == n_features():
+            if len(values) == N_FEATURES:
                 out[rid] = values
     return out
 
@@ -111,6 +114,15 @@ def check_feature_column(data_uri: str) -> None:
                          "remake it with jobs/preprocess.py, or train with --set train.feature_blend=0")
 
 
+def feature_model_for(checkpoint_uri: str, names: list[str], stage: str, data_uri: str) -> FeatureModel | None:
+    """The feature model an evaluation of `data_uri` against `stage` labels blends (expert targets only), after
+    checking that the feature set has the descriptors; None without one."""
+    model = load_feature_model(checkpoint_uri, names) if stage == "expert" else None
+    if model is not None:
+        check_feature_column(data_uri)
+    return model
+
+
 def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labels_lookup: dict[str, str] | None = None,
                       splits: dict[str, str] | None = None, seed: int = 0) -> dict[str, Any]:
     """Fit the trees on the train and val splits' recordings and write them into the checkpoint's model
@@ -120,16 +132,15 @@ def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labe
     over its windows). Returns the written record (feature_model.json) plus its "uri"."""
     from model.schema import DimensionSchema
     from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
-    from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
     from pipelines.evaluation.evaluate import _mean_target_per_recording, original_rows
+    from pipelines.io.model_files import read_checkpoint_meta
     from pipelines.io.splits_table import apply_splits
     from pipelines.preprocess import read_segments_table
     from pipelines.training.batches import label_matrix
     from pipelines.training.run import model_dir_uri
 
     model_dir = model_dir_uri(checkpoint_uri)
-    meta = json.loads(storage.read_text(storage.join(model_dir, "model.json")))
-    names = DimensionSchema.from_dict(meta["schema"]).names
+    names = DimensionSchema.from_dict(read_checkpoint_meta(model_dir)["schema"]).names
     check_feature_column(data_uri)
     everything = original_rows(apply_splits(read_segments_table(
         data_uri, columns=["recording_id", "split", "augment", "status", "labels_json", FEATURE_COLUMN]), splits),

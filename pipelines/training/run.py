@@ -5,8 +5,8 @@ Pseudo stage: learns the technical pseudo-labels computed by preprocessing. Expe
 labels table (the corpus's labels, or `--labels`), initialised from a pseudo checkpoint. Checkpoints go
 to local or S3 storage (kept: the best N by validation loss, plus the latest); a rerun with the same name
 resumes; a lost worker is restored from the last checkpoint up to `train.max_failures` times. After
-training, an expert stage with `train.feature_blend` > 0 fits its feature model on the train split
-(`feature_model.pkl`, `pipelines.training.feature_model`), then the best checkpoint's sigma (of the blended
+training, an expert stage with `train.feature_blend` > 0 fits its feature model on the train and val
+splits (`feature_model.pkl`, `pipelines.training.feature_model`), then the best checkpoint's sigma (of the blended
 scores) is calibrated on the val split (`calibration.json` in its model directory,
 `pipelines.evaluation.calibration`); a failure in either is logged and never fails the run.
 """
