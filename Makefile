@@ -54,7 +54,7 @@ demo: install
 	$(PY) jobs/demo.py --out $(DEMO_OUT)
 
 test: install browser
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
 test-fast: install browser
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)

@@ -1,7 +1,14 @@
-"""Whole-performance descriptors: a dozen numbers that summarise one performance (its notes and sustain pedal)
-against its score. The feature baselines (pipelines/evaluation/baselines.py) and the feature model that the
-expert stage blends into the network's scores (pipelines/training/feature_model.py) read them; preprocessing
-stores them per recording (`perf_features`) and the scoring job computes them alike.
+"""Whole-performance descriptors: numbers that summarise one performance (its notes and pedals) against its score.
+
+- `performance_features` (13, PERFORMANCE_FEATURE_NAMES): from the performance MIDI and the score alone; the
+  feature baselines (pipelines/evaluation/baselines.py) read these, the "dozen simple features" of issue 11.
+- `aligned_features` (18, ALIGNED_FEATURE_NAMES): from the note alignment's attributes (the same numbers the
+  network reads per note: timing against the local tempo, duration against the written length, wrong and
+  missed notes, pedals), summarised over the whole performance and over its 10 s stretches (how much the
+  loudness, articulation and timing change along it).
+- `recording_descriptors` (31, DESCRIPTOR_NAMES): both, what preprocessing stores per recording
+  (`perf_features`), what the scoring job computes alike, and what the feature model the expert stage blends
+  into the network's scores reads (pipelines/training/feature_model.py).
 """
 from __future__ import annotations
 
@@ -87,6 +94,84 @@ def _onset_groups(onsets: Array, tolerance_s: float = 0.03) -> list[Array]:
     return groups
 
 
-def recording_descriptors(perf, score) -> Array:
-    """float32 [13]: `performance_features` as the feature set stores them and the scoring job computes them."""
-    return performance_features(perf, score).astype(np.float32)
+ALIGNED_FEATURE_NAMES: tuple[str, ...] = (
+    "missed_share",            # score notes not played / all tokens
+    "extra_share",             # performed notes not in the score / all tokens
+    "onset_dev_abs",           # mean |onset deviation from the local tempo|, beats (matched notes)
+    "onset_dev_std",           # its standard deviation (signed)
+    "ioi_ratio_std",           # standard deviation of log(performed IOI / expected IOI)
+    "ioi_ratio_abs",           # mean |log IOI ratio|
+    "ioi_ratio_spread",        # its 90th - 10th percentile
+    "duration_ratio_mean",     # mean log(performed / written duration at the local tempo): articulation
+    "duration_ratio_std",      # its standard deviation
+    "duration_ratio_p10",      # its 10th percentile (the shortest notes)
+    "duration_ratio_p90",      # its 90th percentile (the longest notes)
+    "sustain_share",           # matched notes struck with the sustain pedal down
+    "soft_share",              # ... with una corda down
+    "dynamic_contrast_std",    # standard deviation over 10 s stretches of their mean velocity (/127)
+    "dynamic_contrast_range",  # max - min of the stretches' mean velocity
+    "articulation_contrast",   # standard deviation over stretches of their mean log duration ratio
+    "timing_instability",      # mean over stretches of the standard deviation of log IOI ratio
+    "velocity_duration_corr",  # Pearson r of velocity and log duration ratio over matched notes
+)
+DESCRIPTOR_NAMES: tuple[str, ...] = PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES
+STRETCH_S, STRETCH_HOP_S = 10.0, 5.0      # the stretches of the contrast descriptors: 10 s, every 5 s
+
+
+def aligned_features(attrs: Array, onsets_s: Array) -> Array:
+    """float64 [18] in ALIGNED_FEATURE_NAMES order from the alignment's per-token attributes `attrs`
+    [n, N_PERF_ATTRS] (pipelines.features.attributes.note_attributes) and each token's performed (or, for a
+    missed note, estimated) onset in seconds; zeros without tokens, 0 for a statistic without enough notes."""
+    from pipelines.constants import PERF_ATTR_NAMES
+
+    out = np.zeros(len(ALIGNED_FEATURE_NAMES))
+    attrs = np.asarray(attrs, dtype=np.float64)
+    if attrs.ndim != 2 or len(attrs) == 0:
+        return out
+    col = {name: attrs[:, i] for i, name in enumerate(PERF_ATTR_NAMES)}
+    onsets = np.asarray(onsets_s, dtype=np.float64)
+    played = col["played"] > 0.5
+    onset_dev, ioi, dur, vel = (col[n][played] for n in ("onset_dev", "log_ioi_ratio", "log_duration_ratio",
+                                                          "velocity"))
+
+    def pct(v: Array, q: float) -> float:
+        return float(np.percentile(v, q)) if len(v) else 0.0
+
+    def mean(v: Array) -> float:
+        return float(v.mean()) if len(v) else 0.0
+
+    def std(v) -> float:
+        return float(np.std(v)) if len(v) > 1 else 0.0
+
+    stretch_vel, stretch_dur, stretch_ioi = [], [], []
+    times = onsets[played]
+    if len(times):
+        start, last = float(times.min()), max(float(times.max()) - STRETCH_S, float(times.min()))
+        for s in [*np.arange(start, last, STRETCH_HOP_S), last]:      # the last stretch ends at the last onset
+            inside = (times >= s) & (times <= s + STRETCH_S)
+            if inside.any():
+                stretch_vel.append(vel[inside].mean())
+                stretch_dur.append(dur[inside].mean())
+            if inside.sum() > 2:
+                stretch_ioi.append(ioi[inside].std())
+    corr = 0.0
+    if len(vel) > 2 and vel.std() > 0 and dur.std() > 0:
+        corr = float(np.corrcoef(vel, dur)[0, 1])
+    out[:] = [
+        mean(col["missed"]), mean(col["extra"]),
+        mean(np.abs(onset_dev)), std(onset_dev),
+        std(ioi), mean(np.abs(ioi)), pct(ioi, 90) - pct(ioi, 10),
+        mean(dur), std(dur), pct(dur, 10), pct(dur, 90),
+        mean(col["sustain"][played]), mean(col["soft"][played]),
+        std(stretch_vel), (max(stretch_vel) - min(stretch_vel)) if stretch_vel else 0.0,
+        std(stretch_dur), float(np.mean(stretch_ioi)) if stretch_ioi else 0.0,
+        corr,
+    ]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def recording_descriptors(perf, score, alignment, attrs: Array) -> Array:
+    """float32 [31] in DESCRIPTOR_NAMES order, as the feature set stores them (`perf_features`) and the scoring
+    job computes them: `performance_features` and `aligned_features` of the score's `alignment` to `perf`."""
+    return np.concatenate([performance_features(perf, score),
+                           aligned_features(attrs, alignment.tokens["perf_onset_s"])]).astype(np.float32)

@@ -300,7 +300,7 @@ class RecordingProcessor:
         if alignment is not None:           # the whole recording's statistics and descriptors, on each of its windows
             from pipelines.features.descriptors import recording_descriptors
             context = pack_array(recording_stats(windows), "f4")
-            described = pack_array(recording_descriptors(perf, score), "f4")
+            described = pack_array(recording_descriptors(perf, score, alignment, attrs), "f4")
             for row in rows:
                 row["recording_stats"], row["perf_features"] = context, described
         return rows

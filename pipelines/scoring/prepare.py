@@ -243,7 +243,8 @@ class SpanPreparer:
                     info.update(extra)
                     if bundle is not None and self.use_perf_features:
                         from pipelines.features.descriptors import recording_descriptors
-                        info["perf_features"] = recording_descriptors(bundle[1], bundle[0]).tolist()
+                        score, perf, alignment, attrs = bundle
+                        info["perf_features"] = recording_descriptors(perf, score, alignment, attrs).tolist()
                 info["has_score"] = bundle is not None
                 yield from self._spans(entry, stream, bundle, info, deadline, started, first)
         except Exception as exc:  # every failure is one error row, never raised out of the stage

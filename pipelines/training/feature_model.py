@@ -1,15 +1,15 @@
-"""The feature model: gradient-boosted trees on a dozen whole-performance descriptors, blended into the
+"""The feature model: gradient-boosted trees on 31 whole-performance descriptors, blended into the
 network's recording scores (`train.feature_blend`).
 
 The network reads 10 s windows and averages their scores, so what belongs to a whole performance (its
 dynamic range, its tempo against the score, how much pedal it uses) reaches it only in pieces. Gradient
-boosting on `pipelines.features.descriptors.performance_features` (13 descriptors of the performance
-against its score) knows those, and the two systems err differently: on PercePiano the mean of their
-per-recording predictions beats both on every protocol (benchmarks/RESULTS.md, section percepiano).
+boosting on `pipelines.features.descriptors.recording_descriptors` (13 descriptors of the performance
+against its score and 18 of its note alignment) knows those, and the two systems err differently: on
+PercePiano the blend beats both on every protocol (benchmarks/RESULTS.md, section percepiano).
 
 How it runs:
 - preprocessing stores the descriptors of every recording with an aligned score on each of its rows
-  (`perf_features`, float32 [13]); the scoring job computes them alike from the notes it aligns;
+  (`perf_features`, float32 [31]); the scoring job computes them alike from the notes it aligns;
 - after the expert stage, `fit_feature_model` fits one tree ensemble per dimension on the train and val
   splits' recordings (never test) and writes `feature_model.pkl` and `feature_model.json` into the best
   checkpoint's model directory; trees fitted on train alone predict the val recordings once more
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.features.descriptors import PERFORMANCE_FEATURE_NAMES
+from pipelines.features.descriptors import DESCRIPTOR_NAMES
 from pipelines.io import storage
 
 log = logging.getLogger("pianoeval.train")
@@ -46,11 +46,11 @@ FEATURE_MODEL_HOLDOUT = "feature_model_val.json"     # {recording_id: [D]} of va
 FEATURE_COLUMN = "perf_features"
 
 
-N_FEATURES = len(PERFORMANCE_FEATURE_NAMES)
+N_FEATURES = len(DESCRIPTOR_NAMES)
 
 
 class FeatureModel:
-    """A fitted feature model: `predict` (R, 13) -> (R, D) and `blend` into the network's scores."""
+    """A fitted feature model: `predict` (R, 31) -> (R, D) and `blend` into the network's scores."""
 
     def __init__(self, baseline, names: list[str], weight: float, meta: dict[str, Any] | None = None,
                  holdout: dict[str, list[float]] | None = None) -> None:
@@ -88,7 +88,7 @@ class FeatureModel:
 
 
 def features_by_recording(table) -> dict[str, np.ndarray]:
-    """{recording_id: float32 [13]} from the `perf_features` column (first non-empty row of each recording)."""
+    """{recording_id: float32 [31]} from the `perf_features` column (first non-empty row of each recording)."""
     from pipelines.features.rows import unpack_array
 
     out: dict[str, np.ndarray] = {}
@@ -109,9 +109,19 @@ def check_feature_column(data_uri: str) -> None:
     from pipelines.preprocess import _segments_path
 
     fs, path = _segments_path(data_uri)
-    if FEATURE_COLUMN not in pads.dataset(path, filesystem=fs, format="parquet").schema.names:
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    remake = "remake it with jobs/preprocess.py, or train with --set train.feature_blend=0"
+    if FEATURE_COLUMN not in dataset.schema.names:
         raise ValueError(f"{data_uri}: the feature set has no '{FEATURE_COLUMN}' column (made before it existed): "
-                         "remake it with jobs/preprocess.py, or train with --set train.feature_blend=0")
+                         f"{remake}")
+    for batch in dataset.to_batches(columns=[FEATURE_COLUMN], batch_size=256):
+        blob = next((b for b in batch.column(0).to_pylist() if b), None)
+        if blob is not None:
+            found = len(blob) // 4                           # float32 values
+            if found != N_FEATURES:
+                raise ValueError(f"{data_uri}: the feature set has {found} descriptors per recording (an older "
+                                 f"revision's), the feature model reads {N_FEATURES}: {remake}")
+            return
 
 
 def feature_model_for(checkpoint_uri: str, names: list[str], stage: str, data_uri: str) -> FeatureModel | None:
@@ -171,7 +181,7 @@ def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labe
     model = FeatureModel(baseline, names, weight)
     import sklearn
 
-    record = {"weight": float(weight), "recordings": len(train) + len(val), "features": list(PERFORMANCE_FEATURE_NAMES),
+    record = {"weight": float(weight), "recordings": len(train) + len(val), "features": list(DESCRIPTOR_NAMES),
               "dimensions": names, "fitted": [n for n, f in zip(names, model.fitted) if f],
               "splits": {"train": len(train), "val": len(val)}, "sklearn": sklearn.__version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -207,6 +217,10 @@ def load_feature_model(checkpoint_uri: str, names: list[str] | None = None) -> F
                         pkl_uri, meta.get("sklearn"))
     if names is not None and list(meta.get("dimensions", [])) != list(names):
         raise CheckpointError(f"{meta_uri}: the feature model's dimensions are not the checkpoint's")
+    if getattr(baseline, "n_features", N_FEATURES) != N_FEATURES:
+        raise CheckpointError(f"{meta_uri}: the feature model reads {baseline.n_features} descriptors (an older "
+                              f"revision's), this one computes {N_FEATURES}: refit it with jobs/blend.py on a "
+                              "feature set made by this revision's jobs/preprocess.py")
     holdout_uri = storage.join(model_dir, FEATURE_MODEL_HOLDOUT)
     holdout = json.loads(storage.read_text(holdout_uri)) if storage.exists(holdout_uri) else {}
     return FeatureModel(baseline, meta.get("dimensions", names or []), meta["weight"], meta, holdout)

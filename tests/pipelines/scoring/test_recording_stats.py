@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pipelines import constants as C
+from pipelines.training.feature_model import N_FEATURES
 from tests.pipelines.scoring.conftest import SCALE, melody_midi, save_checkpoint
 
 
@@ -78,10 +79,10 @@ def test_scoring_blends_the_feature_model_with_the_preprocessings_descriptors(tm
     described = json.loads(spans[0]["info_json"])["perf_features"]
     record = {**entry, "audio_uri": None, "split": "test", "labels": {}, "piece_id": "p", "performer_id": "x"}
     rows = [r for r in RecordingProcessor(config)(record) if not r["augment"]]
-    assert np.frombuffer(rows[0]["perf_features"], "<f4").tolist() == described and len(described) == 13
+    assert np.frombuffer(rows[0]["perf_features"], "<f4").tolist() == described and len(described) == N_FEATURES
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(40, 13)) + np.asarray(described)[None]
+    X = rng.normal(size=(40, N_FEATURES)) + np.asarray(described)[None]
     trees = FeatureModel(GradientBoostingFeatureBaseline().fit(X, 30 + 5 * X[:, [0]] + np.zeros((40, len(names)))),
                          names, weight=0.5)
     span_model = load_span_model(str(ckpt), config, use_gpu=False)

@@ -13,6 +13,7 @@ import pytest
 from model.schema import SEED10
 from pipelines import constants as C
 from pipelines.features.rows import SEGMENT_SCHEMA, empty_row, pack_array
+from pipelines.training.feature_model import N_FEATURES
 
 
 def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segments: int = 2, seed: int = 0,
@@ -28,7 +29,7 @@ def make_synthetic_features(out: Path, n_pieces: int = 6, takes: int = 4, segmen
             labels = {d: float(np.clip(35 + 60 * quality + rng.normal(0, 3), 0, 100))
                       for d in dict.fromkeys([*SEED10.names, *(names or [])])}
             # whole-performance descriptors (the feature model's): the first follows the take's quality
-            descriptors = rng.normal(0, 1, 13).astype(np.float32)
+            descriptors = rng.normal(0, 1, N_FEATURES).astype(np.float32)
             descriptors[0] = 40 + 40 * quality + rng.normal(0, 2)
             for s in range(segments):
                 row = empty_row()

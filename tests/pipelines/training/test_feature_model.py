@@ -15,8 +15,9 @@ from model.checkpoint import save_model
 from pipelines.config import load_config
 from pipelines.evaluation.calibration import calibrate_checkpoint
 from pipelines.evaluation.evaluate import evaluate_checkpoint
-from pipelines.training.feature_model import (FEATURE_MODEL_FILE, FEATURE_MODEL_META, check_feature_column,
-                                              fit_feature_model, load_feature_model, remove_feature_model)
+from pipelines.training.feature_model import (FEATURE_MODEL_FILE, FEATURE_MODEL_META, N_FEATURES,
+                                              check_feature_column, fit_feature_model, load_feature_model,
+                                              remove_feature_model)
 from tests.pipelines.training.conftest import make_synthetic_features
 
 
@@ -39,7 +40,7 @@ def test_the_blend_mixes_trees_and_network_per_recording_and_dimension():
     from pipelines.training.feature_model import FeatureModel
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(60, 13))
+    X = rng.normal(size=(60, N_FEATURES))
     Y = np.stack([50 + 10 * X[:, 0], np.full(60, np.nan)], axis=1)     # the second dimension has no labels
     Y[:45, 1] = np.nan
     model = FeatureModel(GradientBoostingFeatureBaseline().fit(X, Y), ["a", "b"], weight=0.25)
@@ -125,3 +126,39 @@ def test_a_feature_model_of_other_dimensions_is_refused(features, tmp_path):
     (tmp_path / "model" / FEATURE_MODEL_FILE).write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match=FEATURE_MODEL_FILE):
         load_feature_model(ckpt)
+
+
+def test_an_older_revisions_descriptors_and_feature_model_are_refused_in_one_line(features, tmp_path):
+    """A feature set or a fitted feature model with the 13 descriptors of an older revision would blend nothing
+    (or the wrong columns): each is refused with a one-line error that says what to run."""
+    import pyarrow as pa
+
+    from model.errors import CheckpointError
+    from pipelines.features.rows import pack_array
+
+    old = tmp_path / "old"
+    (old / "segments").mkdir(parents=True)
+    table = pq.read_table(features / "segments")
+    short = [pack_array(np.frombuffer(b, "<f4")[:13], "f4") if b else b
+             for b in table.column("perf_features").to_pylist()]
+    index = table.column_names.index("perf_features")
+    pq.write_table(table.set_column(index, "perf_features", pa.array(short, pa.binary())),
+                   old / "segments" / "part-0.parquet")
+    with pytest.raises(ValueError) as refused:
+        check_feature_column(str(old))
+    text = str(refused.value)
+    assert "\n" not in text and "13 descriptors" in text and str(N_FEATURES) in text and "jobs/preprocess.py" in text
+    check_feature_column(str(features))                 # this revision's set passes
+
+    ckpt = _checkpoint(tmp_path / "model")
+    fit_feature_model(ckpt, str(features), 0.5)
+    import pickle
+
+    from pipelines.evaluation.baselines import GradientBoostingFeatureBaseline
+    rng = np.random.default_rng(0)
+    names = load_feature_model(ckpt).names
+    stale = GradientBoostingFeatureBaseline().fit(rng.normal(size=(30, 13)), rng.normal(50, 5, (30, len(names))))
+    (tmp_path / "model" / FEATURE_MODEL_FILE).write_bytes(pickle.dumps(stale))
+    with pytest.raises(CheckpointError) as stale_model:
+        load_feature_model(ckpt)
+    assert "13 descriptors" in str(stale_model.value) and "jobs/blend.py" in str(stale_model.value)
