@@ -103,9 +103,11 @@ def features_by_recording(table) -> dict[str, np.ndarray]:
 
 
 def check_feature_column(data_uri: str) -> None:
-    """A ValueError in one line when the feature set predates the `perf_features` column."""
+    """A ValueError in one line when the feature set predates the `perf_features` column or holds another
+    revision's number of descriptors."""
     import pyarrow.dataset as pads
 
+    from pipelines.features.rows import unpack_array
     from pipelines.preprocess import _segments_path
 
     fs, path = _segments_path(data_uri)
@@ -117,7 +119,7 @@ def check_feature_column(data_uri: str) -> None:
     for batch in dataset.to_batches(columns=[FEATURE_COLUMN], batch_size=256):
         blob = next((b for b in batch.column(0).to_pylist() if b), None)
         if blob is not None:
-            found = len(blob) // 4                           # float32 values
+            found = len(unpack_array(blob, "f4"))
             if found != N_FEATURES:
                 raise ValueError(f"{data_uri}: the feature set has {found} descriptors per recording (an older "
                                  f"revision's), the feature model reads {N_FEATURES}: {remake}")
