@@ -134,6 +134,18 @@ def predict_recordings(model, table, names: list[str], label_col: str, *, audio_
                                 network_scores=network)
 
 
+def _novelty_summary(novelty: np.ndarray, feature_model) -> dict[str, Any] | None:
+    """How unfamiliar the evaluated recordings are to the feature model's fitted ones (None: no reference)."""
+    from pipelines.training.feature_model import NOVELTY_FAR
+
+    if feature_model is None or feature_model.reference is None:
+        return None
+    known = novelty[np.isfinite(novelty)]
+    return {"recordings": int(len(known)), "median": float(np.median(known)) if len(known) else None,
+            "widened": float(np.mean(known > 1.0)) if len(known) else None,
+            "far": float(np.mean(known >= NOVELTY_FAR)) if len(known) else None}
+
+
 def _first_per_recording(recording_ids: list[str], values: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rid, value in zip(recording_ids, values):
@@ -192,6 +204,12 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     ids, scores, y_true, groups = rec.ids, rec.scores, rec.y_true, rec.groups
     calibration = load_calibration(checkpoint_uri)
     sigma = apply_temperature(rec.sigma, calibration, names) if calibration else rec.sigma
+    novelty = np.full(len(ids), np.nan)
+    if feature_model is not None:        # unfamiliar music: sigma widened as scoring does (feature_model.py)
+        from pipelines.training.feature_model import features_by_recording
+        described = features_by_recording(test)
+        novelty = feature_model.novelty([described.get(r) for r in ids])
+        sigma = feature_model.widen(sigma, novelty)
 
     train_ids = train.column("recording_id").to_pylist()
     train_truth = _mean_target_per_recording(train_ids, label_matrix(train.column(label_col).to_pylist(), names))
@@ -224,14 +242,16 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
         "feature_model": None if feature_model is None else feature_model.summary(),
         "results": results, "omitted": omitted,
         "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
+        "novelty": _novelty_summary(novelty, feature_model),
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),
         "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)},
                            "sigma": {n: float(v) for n, v in zip(names, sd)},
+                           "novelty": float(nv) if np.isfinite(nv) else None,
                            "truth": {n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, truth)},
                            **({} if net is None else {"network": {n: float(v) for n, v in zip(names, net)}})}
-                          for r, g, row, sd, truth, net in zip(ids, groups, scores, sigma, y_true,
-                                                               rec.network_scores if rec.network_scores is not None
-                                                               else [None] * len(ids))],
+                          for r, g, row, sd, truth, net, nv in zip(ids, groups, scores, sigma, y_true,
+                                                                   rec.network_scores if rec.network_scores is not None
+                                                                   else [None] * len(ids), novelty)],
     }
     if out_uri:
         write_report(summary, out_uri, y_true, scores, sigma, names)

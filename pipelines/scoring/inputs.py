@@ -189,7 +189,7 @@ def hash_entries(entries: list[dict[str, Any]], threads: int = HASH_THREADS) -> 
         return list(pool.map(hash_entry, entries))
 
 
-ROW_FORMAT = 2          # bumped when result rows gain content (2: per-bar feedback): older rows are rescored
+ROW_FORMAT = 3          # bumped when rows gain content (2: per-bar feedback, 3: novelty): older rows are rescored
 
 
 def model_version(checkpoint_uri: str, config_dict: dict, extra: dict[str, Any]) -> str:
@@ -200,10 +200,12 @@ def model_version(checkpoint_uri: str, config_dict: dict, extra: dict[str, Any])
     calibration = storage.join(checkpoint_uri, "calibration.json")
     digest = storage.content_hash(weights)
     calib = storage.read_text(calibration) if storage.exists(calibration) else ""
-    from pipelines.training.feature_model import FEATURE_MODEL_FILE
+    from pipelines.training.feature_model import FEATURE_MODEL_FILE, FEATURE_MODEL_NOVELTY
     trees = storage.join(checkpoint_uri, FEATURE_MODEL_FILE)
+    reference = storage.join(checkpoint_uri, FEATURE_MODEL_NOVELTY)
     payload = json.dumps({"weights": digest, "config": config_dict, "calibration": calib, "extra": extra,
                           "row_format": ROW_FORMAT,
-                          **({"feature_model": storage.content_hash(trees)} if storage.exists(trees) else {})},
+                          **({"feature_model": storage.content_hash(trees)} if storage.exists(trees) else {}),
+                          **({"novelty": storage.content_hash(reference)} if storage.exists(reference) else {})},
                          sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -162,6 +162,7 @@ class Recording:
     observation: str
     cqt: np.ndarray | None                        # uint8 [frames, 88]
     cqt_fps: float | None
+    novelty: float | None = None                  # 1 = as familiar as the training music (results.py)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Recording":
@@ -187,6 +188,7 @@ class Recording:
             time_flags=[f for f in _list(row.get("time_flags")) if f],
             observation=str(row.get("observation") or ""),
             cqt=_cqt_array(row.get("cqt_thumb")), cqt_fps=_num(row.get("cqt_thumb_fps")),
+            novelty=_num(row.get("novelty")),
         )
 
     def is_uncertain(self, i: int) -> bool:
@@ -731,6 +733,9 @@ def render_recording(rec: Recording, run_id: str, window_aggregate: Callable | N
                      'alone, every dimension uncertain.</div>')
     if rec.message:
         parts.append(f'<div class="note">{esc(rec.message)}</div>')
+    if rec.novelty is not None and rec.novelty > 1.0:
+        parts.append(f'<div class="note">This playing is unlike the recordings the model learned from (novelty '
+                     f'{rec.novelty:.1f}; 1 is as familiar as its training music): its uncertainty is widened.</div>')
     parts.append("<h2>Scores</h2>" + scores_svg(rec)
                  + '<p class="muted">0–100 with ±σ; grey bands are uncertain dimensions (σ too large to give a '
                    'number), drawn over score ± σ.</p>')

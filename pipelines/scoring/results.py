@@ -20,6 +20,9 @@
 | match_rate | float64 | alignment F-measure of score and performed notes, 0..1 (NaN without a score) |
 | score_mismatch | bool | a score was given but did not match the playing (another piece, not piano): assessed |
 | | | from audio alone, every dimension flagged low-confidence |
+| novelty | float64 | how unlike the feature model's training recordings this one's descriptors are: 1 = as |
+| | | familiar as the training music is to itself; above 1 sigma widens, at 2 it is what knowing nothing |
+| | | costs (pipelines/training/feature_model.py); NaN without a feature model or an aligned score |
 | dimensions | list<string> | dimension names, in the order of the list columns |
 | scores | list<float32> | per dimension, 0..100 |
 | sigma | list<float32> | per dimension, the calibrated standard deviation on the 0..100 scale |
@@ -73,6 +76,7 @@ _FIXED = [
     ("has_score", pa.bool_()),
     ("match_rate", pa.float64()),
     ("score_mismatch", pa.bool_()),
+    ("novelty", pa.float64()),
     ("dimensions", pa.list_(pa.string())),
     ("scores", pa.list_(pa.float32())),
     ("sigma", pa.list_(pa.float32())),
@@ -135,7 +139,8 @@ def base_row(entry: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
         "content_hash": entry.get("content_hash", ""), "model_version": entry.get("model_version", ""),
         "run_id": "", "scored_in_run": "", "status": "error", "error_kind": "", "message": "",
         "mode": entry_mode(entry), "duration_s": nan, "has_score": False, "match_rate": nan,
-        "score_mismatch": False, "dimensions": list(names), "scores": [], "sigma": [], "low_confidence": [],
+        "score_mismatch": False, "novelty": nan, "dimensions": list(names), "scores": [], "sigma": [],
+        "low_confidence": [],
         "aggregate": nan, "aggregate_sigma": nan, "window_start_s": [], "window_end_s": [], "window_weight": [],
         "window_scores": [], "window_sigma": [], "curve_hop_s": nan, "attention_curve": [], "bars": [],
         "bar_flags": [], "time_flags": [], "observation": "", "cqt_thumb": b"", "cqt_thumb_fps": nan, "seconds": nan,

@@ -123,6 +123,11 @@ class Aggregator:
             from pipelines.evaluation.calibration import apply_temperature
             sd = apply_temperature(sd, self.calibration, self.names)
             sigma = apply_temperature(sigma, self.calibration, self.names)
+        novelty = float("nan")
+        if self.feature_model is not None and described:     # unfamiliar music: sigma widened, as evaluation does
+            novelty = float(self.feature_model.novelty([np.asarray(described, np.float32)])[0])
+            sd = self.feature_model.widen(sd[None, :], np.array([novelty]))[0]
+            sigma = self.feature_model.widen(sigma, np.full(len(sigma), novelty))
         _, curve = attention_curve(starts, ends, att_t, att, duration, s.curve_hop_s)
         mismatch = bool(info.get("score_mismatch", False))
         low = [bool(mismatch or not np.isfinite(v) or v > s.low_confidence_sigma) for v in sd]
@@ -134,7 +139,7 @@ class Aggregator:
         row.update(
             run_id=self.run_id, scored_in_run=self.run_id, status="ok", message=info.get("note", ""),
             duration_s=duration, has_score=bool(info.get("has_score", False)),
-            match_rate=float(info.get("match_rate", float("nan"))), score_mismatch=mismatch,
+            match_rate=float(info.get("match_rate", float("nan"))), score_mismatch=mismatch, novelty=novelty,
             scores=mean.tolist(), sigma=sd.tolist(), low_confidence=low,
             aggregate=float("nan") if aggregate is None else aggregate,
             aggregate_sigma=float("nan") if aggregate is None else self.schema.aggregate_score(sd_by_name),

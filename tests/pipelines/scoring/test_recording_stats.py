@@ -96,3 +96,22 @@ def test_scoring_blends_the_feature_model_with_the_preprocessings_descriptors(tm
     expected = 0.5 * np.asarray(network["scores"]) + 0.5 * trees.predict(np.asarray(described)[None])[0]
     np.testing.assert_allclose(mixed["scores"], expected, rtol=1e-9)
     assert mixed["window_scores"] == network["window_scores"]        # windows stay the network's
+    assert np.isnan(network["novelty"]) and np.isnan(mixed["novelty"])   # no novelty reference: sigma unchanged
+    assert mixed["sigma"] == network["sigma"]
+
+    # with the fitted recordings' reference: familiar playing keeps its sigma, unfamiliar playing widens it
+    from pipelines.training.feature_model import NoveltyReference
+    for shift, widened in ((0.0, False), (40.0, True)):
+        targets = 50 + 20 * rng.normal(size=(40, len(names)))
+        reference = NoveltyReference.fit(X + shift, targets)
+        known = FeatureModel(trees.baseline, names, weight=0.5, reference=reference)
+        row = [Aggregator(entries, names, config.schema(), config, "run", feature_model=known).add(p)
+               for p in preds][-1]
+        assert (row["novelty"] > 2.0) == widened and np.isfinite(row["novelty"])
+        assert row["scores"] == mixed["scores"]                         # scores are left alone
+        if widened:         # as far as knowing nothing: sigma is the fitted labels' spread
+            np.testing.assert_allclose(row["sigma"], np.maximum(reference.spread, network["sigma"]), rtol=1e-6)
+            assert all(np.all(np.asarray(w) >= np.asarray(n) - 1e-9)
+                       for w, n in zip(row["window_sigma"], network["window_sigma"]))
+        else:
+            assert row["novelty"] < 1.5

@@ -162,3 +162,49 @@ def test_an_older_revisions_descriptors_and_feature_model_are_refused_in_one_lin
     with pytest.raises(CheckpointError) as stale_model:
         load_feature_model(ckpt)
     assert "13 descriptors" in str(stale_model.value) and "jobs/blend.py" in str(stale_model.value)
+
+
+def test_unfamiliar_descriptors_widen_sigma_towards_the_labels_spread():
+    from pipelines.training.feature_model import NOVELTY_FAR, NoveltyReference
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, N_FEATURES))
+    Y = np.stack([50 + 10 * rng.normal(size=300), 60 + 4 * rng.normal(size=300)], axis=1)
+    ref = NoveltyReference.fit(X, Y)
+    assert NoveltyReference.fit(X[:5], Y[:5]) is None                  # too few recordings to judge by
+    familiar = ref.novelty(rng.normal(size=(200, N_FEATURES)))
+    assert 0.8 < np.median(familiar) < 1.2                             # new draws of the same music: about 1
+    away = ref.novelty(np.stack([X[0] + step * np.ones(N_FEATURES) for step in (0.0, 1.0, 2.0, 4.0, 8.0)]))
+    assert np.all(np.diff(away) > 0) and away[-1] > NOVELTY_FAR       # farther is more novel
+    sigma = np.array([[5.0, 6.0]] * 4)
+    wide = ref.widen(sigma, np.array([0.5, 1.0 + (NOVELTY_FAR - 1) / 2, NOVELTY_FAR + 3, np.nan]))
+    spread = Y.std(axis=0)
+    assert wide[0].tolist() == [5.0, 6.0] and wide[3].tolist() == [5.0, 6.0]      # familiar or unknown: kept
+    np.testing.assert_allclose(wide[1], np.sqrt(sigma[1] ** 2 + 0.5 * np.maximum(spread ** 2 - sigma[1] ** 2, 0)))
+    np.testing.assert_allclose(wide[2], np.maximum(spread, sigma[2]))   # far away: what knowing nothing costs
+    assert wide[2, 1] == 6.0                                           # never narrowed (spread 4 < sigma 6)
+    again = NoveltyReference.from_bytes(ref.to_bytes())
+    np.testing.assert_allclose(again.novelty(X[:3] + 1), ref.novelty(X[:3] + 1), rtol=1e-6)
+
+
+def test_evaluation_widens_the_sigma_of_unfamiliar_recordings_only(features, tmp_path):
+    from pipelines.training.feature_model import FEATURE_MODEL_NOVELTY
+
+    ckpt = _checkpoint(tmp_path / "model")
+    record = fit_feature_model(ckpt, str(features), 0.5)
+    assert record["novelty"]["neighbours"] == 10 and record["novelty"]["typical_distance"] > 0
+    assert load_feature_model(ckpt).reference is not None
+    widened = evaluate_checkpoint(ckpt, str(features))
+    (tmp_path / "model" / FEATURE_MODEL_NOVELTY).unlink()              # as fitted before the reference existed
+    plain = evaluate_checkpoint(ckpt, str(features))
+    assert plain["novelty"] is None and all(r["novelty"] is None for r in plain["per_recording"])
+    assert widened["novelty"]["recordings"] == len(widened["per_recording"]) > 0
+    names = load_feature_model(ckpt).names
+    assert any(r["novelty"] > 1.0 for r in widened["per_recording"])      # the test pieces are not the fitted ones
+    for w, p in zip(widened["per_recording"], plain["per_recording"]):
+        assert [w[n] for n in names] == pytest.approx([p[n] for n in names])    # scores are left alone
+        ratio = np.array([w["sigma"][n] / p["sigma"][n] for n in names])
+        if w["novelty"] <= 1.0:
+            np.testing.assert_allclose(ratio, 1.0)
+        else:
+            assert np.all(ratio >= 1.0 - 1e-9)
