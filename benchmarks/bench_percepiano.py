@@ -111,6 +111,8 @@ def model_folds(runs: str, protocol: str) -> dict[str, dict[int, dict[str, float
         result = summary["results"]["model"]["mean"]
         calibration = summary.get("calibration") or {}
         ece = calibration.get("ece_calibrated_mean") if calibration.get("applied") else calibration.get("ece_raw_mean")
+        if calibration.get("ece_widened_mean") is not None:      # the sigma scoring shows (unfamiliar music widened)
+            ece = calibration["ece_widened_mean"]
         found.setdefault(variant, {})[k] = \
             {**{m: float(result[m]) for m in METRICS}, "ece": float("nan") if ece is None else float(ece)}
         alone = summary["results"].get("model_network_only")       # a checkpoint with a feature model

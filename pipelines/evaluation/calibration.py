@@ -179,13 +179,17 @@ def apply_temperature(sigma: np.ndarray, calibration: dict[str, Any], names: lis
 
 
 def calibration_summary(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray,
-                        calibration: dict[str, Any] | None, names: list[str]) -> dict[str, Any]:
+                        calibration: dict[str, Any] | None, names: list[str],
+                        widened: np.ndarray | None = None) -> dict[str, Any]:
     """ECE of (R, D) recording predictions with the model's raw sigma and, when there is a calibration, with
-    the calibrated sigma: what `evaluate_checkpoint` reports on its split."""
+    the calibrated sigma, and with the sigma scoring shows after widening it for unfamiliar music (`widened`,
+    when the feature model has a novelty reference): what `evaluate_checkpoint` reports on its split."""
     ece_raw = ece_per_dimension(y_true, y_pred, sigma, names)
+    ece_wide = None if widened is None else ece_per_dimension(y_true, y_pred, widened, names)
     out: dict[str, Any] = {"applied": calibration is not None, "file": None, "fit_split": None, "temperature": None,
                            "ece_raw": ece_raw, "ece_raw_mean": _mean(ece_raw),
-                           "ece_calibrated": None, "ece_calibrated_mean": None}
+                           "ece_calibrated": None, "ece_calibrated_mean": None,
+                           "ece_widened": ece_wide, "ece_widened_mean": None if ece_wide is None else _mean(ece_wide)}
     if calibration is not None:
         ece_cal = ece_per_dimension(y_true, y_pred, apply_temperature(sigma, calibration, names), names)
         out.update(file=calibration.get("uri"), fit_split=calibration.get("split"),

@@ -7,7 +7,8 @@ evaluation, calibration and scoring see the same recording-level predictions. Wh
 `calibration.json` (`pipelines.evaluation.calibration`), the recording sigma is scaled by its temperature
 and the summary reports the ECE with raw and with calibrated sigma. When it has a feature model
 (`pipelines.training.feature_model`), the recording scores blend it as scoring does, and the network's own
-scores are reported beside them (`model_network_only`). Targets are the expert labels
+scores are reported beside them (`model_network_only`), and the sigma of recordings unlike the ones its trees
+were fitted on is widened as scoring widens it (`novelty`, after the calibration). Targets are the expert labels
 (`labels_json`) or the pseudo-labels, per the checkpoint's stage unless told. Baselines: uniform random,
 training mean, ridge regression on simple audio features.
 """
@@ -241,7 +242,8 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
         "recordings": len(ids), "segments": test.num_rows, "audio_only": use_audio_only,
         "feature_model": None if feature_model is None else feature_model.summary(),
         "results": results, "omitted": omitted,
-        "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names),
+        "calibration": calibration_summary(y_true, scores, rec.sigma, calibration, names,
+                                           sigma if np.isfinite(novelty).any() else None),
         "novelty": _novelty_summary(novelty, feature_model),
         "uncertainty": sigma_tracks_error(y_true, scores, sigma),
         "per_recording": [{"recording_id": r, "piece_id": str(g), **{n: float(s) for n, s in zip(names, row)},
@@ -305,6 +307,11 @@ def write_report(summary: dict[str, Any], out_uri: str, y_true, scores, sigma, n
     calibration = summary.get("calibration")
     if calibration:
         text += ["## Calibration of sigma", "", _calibration_line(calibration)]
+    novelty = summary.get("novelty")
+    if novelty and novelty["recordings"]:
+        text += [f"Unfamiliar music: median novelty {novelty['median']:.2f} (1 = as familiar as the training "
+                 f"recordings are to each other); sigma widened for {novelty['widened']:.0%} of the recordings, "
+                 f"to the labels' spread for {novelty['far']:.0%}.", ""]
     u = summary.get("uncertainty")
     if u and u["dimensions"]:
         text += [f"Mean sigma on the half of the recordings the model got most wrong: {u['sigma_wrong_half']:.2f}; "
@@ -330,4 +337,6 @@ def _calibration_line(calibration: dict[str, Any]) -> str:
                  f"split): {fmt(calibration['ece_calibrated_mean'])}")
     else:
         line += "; the checkpoint has no calibration.json"
+    if calibration.get("ece_widened_mean") is not None:
+        line += f"; widened for unfamiliar music (what scoring shows): {fmt(calibration['ece_widened_mean'])}"
     return line + "\n"
