@@ -199,6 +199,8 @@ def test_evaluation_widens_the_sigma_of_unfamiliar_recordings_only(features, tmp
     plain = evaluate_checkpoint(ckpt, str(features))
     assert plain["novelty"] is None and all(r["novelty"] is None for r in plain["per_recording"])
     assert widened["novelty"]["recordings"] == len(widened["per_recording"]) > 0
+    # the ECE of the sigma shown is reported beside the raw one (only where sigma was widened)
+    assert widened["calibration"]["ece_widened_mean"] is not None and plain["calibration"]["ece_widened"] is None
     names = load_feature_model(ckpt).names
     assert any(r["novelty"] > 1.0 for r in widened["per_recording"])      # the test pieces are not the fitted ones
     for w, p in zip(widened["per_recording"], plain["per_recording"]):
