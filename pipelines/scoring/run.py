@@ -334,7 +334,7 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
             writer.add(row)
     writer.flush()
 
-    statuses, seen = _statuses(run, writer.files)
+    statuses, seen, novelty = _statuses(run, writer.files)
     missing = sorted(set(by_id) - set(statuses))
     duplicated = sorted(r for r, n in seen.items() if n > 1)
     counts = Counter(v[0] for v in statuses.values()) if statuses else Counter()
@@ -360,6 +360,8 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
         "recordings_per_minute": round(counts.get("ok", 0) / (timings["pipeline_s"] / 60.0), 2)
         if counts.get("ok") and timings["pipeline_s"] > 0 else None,
         "feature_model": feature_model.summary() if flags["use_perf_features"] else None,
+        "unfamiliar": _unfamiliar(novelty) if flags["use_perf_features"] and feature_model.reference is not None
+        else None,
         "calibration": None if calibration is None else {
             "temperature": calibration["temperature"], "ece_before_mean": calibration.get("ece_before_mean"),
             "ece_after_mean": calibration.get("ece_after_mean"), "split": calibration.get("split")},
@@ -370,17 +372,31 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
     return manifest
 
 
-def _statuses(run: str, files: list[str]) -> tuple[dict[str, tuple[str, str, str]], Counter]:
-    """recording id -> (status, error kind, message) of this run's rows, read back from its parts, and
-    how many rows each recording has (exactly one, unless something is wrong)."""
+def _statuses(run: str, files: list[str]) -> tuple[dict[str, tuple[str, str, str]], Counter, list[float]]:
+    """recording id -> (status, error kind, message) of this run's rows, read back from its parts, how
+    many rows each recording has (exactly one, unless something is wrong), and the known novelty values."""
     out: dict[str, tuple[str, str, str]] = {}
     count: Counter = Counter()
+    novelty: list[float] = []
     for f in files:
-        table = P.read_table(storage.join(run, f), columns=["recording_id", "status", "error_kind", "message"])
+        table = P.read_table(storage.join(run, f),
+                             columns=["recording_id", "status", "error_kind", "message", "novelty"])
         for r in table.to_pylist():
             count[r["recording_id"]] += 1
             out[r["recording_id"]] = (r["status"], r["error_kind"], r["message"])
-    return out, count
+            if r["status"] != "error" and r["novelty"] is not None and np.isfinite(r["novelty"]):
+                novelty.append(float(r["novelty"]))
+    return out, count, novelty
+
+
+def _unfamiliar(novelty: list[float]) -> dict[str, Any]:
+    """How many scored recordings are unlike the feature model's training music (their sigma widened)."""
+    from pipelines.training.feature_model import NOVELTY_FAR
+
+    values = np.asarray(novelty, np.float64)
+    return {"recordings": int(len(values)), "widened": int((values > 1.0).sum()),
+            "far": int((values >= NOVELTY_FAR).sum()),
+            "median_novelty": float(np.median(values)) if len(values) else None}
 
 
 def format_summary(manifest: dict[str, Any], out_uri: str, rows: pa.Table | None = None, limit: int = 12) -> str:
@@ -396,6 +412,11 @@ def format_summary(manifest: dict[str, Any], out_uri: str, rows: pa.Table | None
                      if r["status"] != "error" and r["aggregate"] == r["aggregate"] else "-")
             note = r["mode"] + (" (score set aside)" if r["score_mismatch"] else "")
             lines.append(f"  {r['recording_id'][:32]:<32} {r['status']:<8} {value:>14}  {note}")
+    u = manifest.get("unfamiliar")
+    if u and u["far"]:
+        lines.append(f"  unfamiliar music: {u['far']} of {u['recordings']} recordings are unlike anything the model "
+                     f"was trained on (novelty >= 2), their sigma is the training labels' spread; "
+                     f"{u['widened']} have a widened sigma (the novelty column)")
     for err in manifest["errors"][:limit]:
         lines.append(f"  error [{err['kind']}]: {err['message']}")
     if manifest["other_files_count"] or manifest["unmatched_scores"]:

@@ -68,6 +68,7 @@ def test_nightly_scoring_on_s3(ray_cluster, s3_bucket, scoring_checkpoint, libra
     assert not rows["plain/Étude n°2 ü"]["has_score"] and rows["plain/Étude n°2 ü"]["mode"] == "audio"
     manifest = P.latest_run(out)[1]
     assert manifest["counts"] == {"ok": 4, "skipped": 0, "error": 4} and manifest["complete"]
+    assert scored["novelty"] != scored["novelty"] and manifest["unfamiliar"] is None    # no feature model: NaN
     assert [Path(u).name for u in manifest["other_files"]] == ["notes.txt"]
     assert [Path(u).name for u in manifest["unmatched_scores"]] == ["orphan score.mid"]
     assert "4 ok" in first.stdout and "results:" in first.stdout
