@@ -58,6 +58,7 @@ FEATURE_MODEL_NOVELTY = "feature_model_novelty.npz"  # the fitted recordings' de
 FEATURE_COLUMN = "perf_features"
 NOVELTY_NEIGHBOURS = 10        # novelty: mean distance to this many nearest fitted recordings
 NOVELTY_FAR = 2.0              # ... at this many times the typical distance, sigma is the labels' spread
+NOVELTY_MAX_POINTS = 5000      # a larger training side keeps a seeded sample of this many recordings
 
 
 N_FEATURES = len(DESCRIPTOR_NAMES)
@@ -80,10 +81,14 @@ class NoveltyReference:
         features = np.asarray(features, np.float64)
         if len(features) < 2 * NOVELTY_NEIGHBOURS:
             return None
+        spread = np.nanstd(np.asarray(targets, np.float64), axis=0)
+        if len(features) > NOVELTY_MAX_POINTS:      # distances are measured against the same sample later
+            keep = np.sort(np.random.default_rng(0).choice(len(features), NOVELTY_MAX_POINTS, replace=False))
+            features = features[keep]
         centre, scale = features.mean(axis=0), features.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
         points = ((features - centre) / scale).astype(np.float32)
-        ref = cls(centre, scale, points, 1.0, np.nanstd(np.asarray(targets, np.float64), axis=0))
+        ref = cls(centre, scale, points, 1.0, spread)
         typical = float(np.median(ref._distance(features, leave_one_out=True)))
         ref.typical = typical if typical > 0 else 1.0
         return ref
@@ -96,7 +101,9 @@ class NoveltyReference:
             block = z[start:start + 256]
             d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] - 2.0 * block @ self.points.T.astype(np.float64)
                                    + (self.points.astype(np.float64) ** 2).sum(1)[None, :], 0.0))
-            d = np.sort(d, axis=1)[:, int(leave_one_out):int(leave_one_out) + k]
+            last = int(leave_one_out) + k                 # the nearest (itself, left out) and its k neighbours
+            d = np.partition(d, last - 1, axis=1)[:, :last]
+            d = np.sort(d, axis=1)[:, int(leave_one_out):]
             out[start:start + 256] = d.mean(axis=1)
         return out
 

@@ -210,3 +210,13 @@ def test_evaluation_widens_the_sigma_of_unfamiliar_recordings_only(features, tmp
             np.testing.assert_allclose(ratio, 1.0)
         else:
             assert np.all(ratio >= 1.0 - 1e-9)
+
+
+def test_a_large_training_side_keeps_a_sample_as_its_novelty_reference():
+    from pipelines.training import feature_model as F
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(F.NOVELTY_MAX_POINTS + 700, N_FEATURES))
+    ref = F.NoveltyReference.fit(X, rng.normal(size=(len(X), 3)))
+    assert ref.points.shape == (F.NOVELTY_MAX_POINTS, N_FEATURES)
+    assert 0.8 < np.median(ref.novelty(rng.normal(size=(100, N_FEATURES)))) < 1.2
