@@ -88,6 +88,7 @@ class RecordingPredictions:
     groups: np.ndarray            # (R,) piece ids
     segments: int                 # windows predicted
     network_scores: np.ndarray | None = None   # (R, D) the network's own scores where a feature model blended them
+    novelty: np.ndarray | None = None          # (R,) the feature model's novelty of each recording (NaN: unknown)
 
 
 def target_for(extra: dict[str, Any], target: str | None) -> str:
@@ -120,31 +121,33 @@ def predict_recordings(model, table, names: list[str], label_col: str, *, audio_
     rec_ids = table.column("recording_id").to_pylist()
     ids, scores, sigma = aggregate_by_recording(rec_ids, table.column("start_s").to_pylist(),
                                                 table.column("end_s").to_pylist(), pred["scores"], pred["sigma"])
-    network = None
+    network = novelty = None
     if feature_model is not None:
         from pipelines.training.feature_model import features_by_recording
         described = features_by_recording(table)
         network, scores = scores, feature_model.blend(scores, [described.get(r) for r in ids], ids,
                                                       holdout=feature_holdout)
+        novelty = feature_model.novelty([described.get(r) for r in ids])
     truth = _mean_target_per_recording(rec_ids, label_matrix(table.column(label_col).to_pylist(), names))
     groups = _first_per_recording(rec_ids, table.column("piece_id").to_pylist())
     empty = np.zeros((0, len(names)))
     return RecordingPredictions(ids=ids, scores=scores, sigma=sigma,
                                 y_true=np.stack([truth[r] for r in ids]) if ids else empty,
                                 groups=np.asarray([groups[r] for r in ids]), segments=table.num_rows,
-                                network_scores=network)
+                                network_scores=network, novelty=novelty)
 
 
 def _novelty_summary(novelty: np.ndarray, feature_model) -> dict[str, Any] | None:
-    """How unfamiliar the evaluated recordings are to the feature model's fitted ones (None: no reference)."""
-    from pipelines.training.feature_model import NOVELTY_FAR
+    """How unfamiliar the evaluated recordings are to the feature model's fitted ones, as shares of them
+    (None: no reference)."""
+    from pipelines.training.feature_model import count_unfamiliar
 
     if feature_model is None or feature_model.reference is None:
         return None
-    known = novelty[np.isfinite(novelty)]
-    return {"recordings": int(len(known)), "median": float(np.median(known)) if len(known) else None,
-            "widened": float(np.mean(known > 1.0)) if len(known) else None,
-            "far": float(np.mean(known >= NOVELTY_FAR)) if len(known) else None}
+    c = count_unfamiliar(novelty)
+    n = c["recordings"]
+    return {"recordings": n, "median": c["median_novelty"], "widened": c["widened"] / n if n else None,
+            "far": c["far"] / n if n else None}
 
 
 def _first_per_recording(recording_ids: list[str], values: list[Any]) -> dict[str, Any]:
@@ -205,11 +208,8 @@ def evaluate_checkpoint(checkpoint_uri: str, data_uri: str, out_uri: str | None 
     ids, scores, y_true, groups = rec.ids, rec.scores, rec.y_true, rec.groups
     calibration = load_calibration(checkpoint_uri)
     sigma = apply_temperature(rec.sigma, calibration, names) if calibration else rec.sigma
-    novelty = np.full(len(ids), np.nan)
+    novelty = np.full(len(ids), np.nan) if rec.novelty is None else rec.novelty
     if feature_model is not None:        # unfamiliar music: sigma widened as scoring does (feature_model.py)
-        from pipelines.training.feature_model import features_by_recording
-        described = features_by_recording(test)
-        novelty = feature_model.novelty([described.get(r) for r in ids])
         sigma = feature_model.widen(sigma, novelty)
 
     train_ids = train.column("recording_id").to_pylist()

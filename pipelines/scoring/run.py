@@ -242,7 +242,7 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
     if config.aggregate_weights is not None:
         mschema = mschema.with_aggregate_weights(list(config.aggregate_weights))
     flags = model_flags(config_dict)
-    from pipelines.training.feature_model import load_feature_model
+    from pipelines.training.feature_model import count_unfamiliar, load_feature_model
     feature_model = load_feature_model(checkpoint_uri, names)     # blended into each recording's score
     flags["use_perf_features"] = feature_model is not None and flags["use_notes"]
     s = config.scoring
@@ -360,7 +360,7 @@ def run_scoring(input_uri: str, out_uri: str, checkpoint_uri: str, config: Confi
         "recordings_per_minute": round(counts.get("ok", 0) / (timings["pipeline_s"] / 60.0), 2)
         if counts.get("ok") and timings["pipeline_s"] > 0 else None,
         "feature_model": feature_model.summary() if flags["use_perf_features"] else None,
-        "unfamiliar": _unfamiliar(novelty) if flags["use_perf_features"] and feature_model.reference is not None
+        "unfamiliar": count_unfamiliar(novelty) if flags["use_perf_features"] and feature_model.reference is not None
         else None,
         "calibration": None if calibration is None else {
             "temperature": calibration["temperature"], "ece_before_mean": calibration.get("ece_before_mean"),
@@ -384,19 +384,10 @@ def _statuses(run: str, files: list[str]) -> tuple[dict[str, tuple[str, str, str
         for r in table.to_pylist():
             count[r["recording_id"]] += 1
             out[r["recording_id"]] = (r["status"], r["error_kind"], r["message"])
-            if r["status"] != "error" and r["novelty"] is not None and np.isfinite(r["novelty"]):
+            if r["status"] != "error" and r["novelty"] is not None:
                 novelty.append(float(r["novelty"]))
     return out, count, novelty
 
-
-def _unfamiliar(novelty: list[float]) -> dict[str, Any]:
-    """How many scored recordings are unlike the feature model's training music (their sigma widened)."""
-    from pipelines.training.feature_model import NOVELTY_FAR
-
-    values = np.asarray(novelty, np.float64)
-    return {"recordings": int(len(values)), "widened": int((values > 1.0).sum()),
-            "far": int((values >= NOVELTY_FAR).sum()),
-            "median_novelty": float(np.median(values)) if len(values) else None}
 
 
 def format_summary(manifest: dict[str, Any], out_uri: str, rows: pa.Table | None = None, limit: int = 12) -> str:

@@ -74,6 +74,8 @@ class NoveltyReference:
         self.centre, self.scale = np.asarray(centre, np.float64), np.asarray(scale, np.float64)
         self.points, self.typical = np.asarray(points, np.float32), float(typical)
         self.spread = np.asarray(spread, np.float64)
+        self._points64 = self.points.astype(np.float64)
+        self._norms = (self._points64 ** 2).sum(axis=1)
 
     @classmethod
     def fit(cls, features: np.ndarray, targets: np.ndarray) -> "NoveltyReference | None":
@@ -99,8 +101,8 @@ class NoveltyReference:
         out = np.empty(len(z))
         for start in range(0, len(z), 256):             # (256, N) distances at a time
             block = z[start:start + 256]
-            d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] - 2.0 * block @ self.points.T.astype(np.float64)
-                                   + (self.points.astype(np.float64) ** 2).sum(1)[None, :], 0.0))
+            d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] - 2.0 * block @ self._points64.T
+                                   + self._norms[None, :], 0.0))
             last = int(leave_one_out) + k                 # the nearest (itself, left out) and its k neighbours
             d = np.partition(d, last - 1, axis=1)[:, :last]
             d = np.sort(d, axis=1)[:, int(leave_one_out):]
@@ -129,6 +131,16 @@ class NoveltyReference:
     def from_bytes(cls, data: bytes) -> "NoveltyReference":
         z = np.load(io.BytesIO(data))
         return cls(z["centre"], z["scale"], z["points"], float(z["typical"]), z["spread"])
+
+
+def count_unfamiliar(novelty) -> dict[str, Any]:
+    """Of the recordings with a known novelty (NaN: none), how many had their sigma widened (novelty above 1),
+    how many reached the labels' spread (NOVELTY_FAR), and their median novelty."""
+    values = np.asarray(novelty, np.float64)
+    values = values[np.isfinite(values)]
+    return {"recordings": int(len(values)), "widened": int((values > 1.0).sum()),
+            "far": int((values >= NOVELTY_FAR).sum()),
+            "median_novelty": float(np.median(values)) if len(values) else None}
 
 
 class FeatureModel:

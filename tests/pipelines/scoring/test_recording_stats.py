@@ -118,7 +118,8 @@ def test_scoring_blends_the_feature_model_with_the_preprocessings_descriptors(tm
 
 
 def test_the_run_summary_counts_unfamiliar_recordings():
-    from pipelines.scoring.run import _unfamiliar, format_summary
+    from pipelines.scoring.run import format_summary
+    from pipelines.training.feature_model import count_unfamiliar as _unfamiliar
 
     manifest = {"inputs": 4, "seconds": 3.0, "counts": {"ok": 4, "skipped": 0, "error": 0}, "model_version": "v",
                 "errors": [], "other_files_count": 0, "unmatched_scores": [], "run_id": "r",
