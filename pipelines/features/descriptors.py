@@ -6,7 +6,9 @@
   network reads per note: timing against the local tempo, duration against the written length, wrong and
   missed notes, pedals), summarised over the whole performance and over its 10 s stretches (how much the
   loudness, articulation and timing change along it).
-- `recording_descriptors` (31, DESCRIPTOR_NAMES): both, what preprocessing stores per recording
+- `score_features` (15, SCORE_FEATURE_NAMES): from the score alone (what the music asks for: its tempo,
+  texture, register, written dynamics, pedal and touch), the same for every performance of a passage.
+- `recording_descriptors` (46, DESCRIPTOR_NAMES): all three, what preprocessing stores per recording
   (`perf_features`), what the scoring job computes alike, and what the feature model the expert stage blends
   into the network's scores reads (pipelines/training/feature_model.py).
 """
@@ -114,7 +116,28 @@ ALIGNED_FEATURE_NAMES: tuple[str, ...] = (
     "timing_instability",      # mean over stretches of the standard deviation of log IOI ratio
     "velocity_duration_corr",  # Pearson r of velocity and log duration ratio over matched notes
 )
-DESCRIPTOR_NAMES: tuple[str, ...] = PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES
+# What the music asks for, from the score alone: the same for every performance of a passage. Within a
+# composition a passage's own character sets much of its ratings (a slow, thin passage is heard as slow-paced
+# and sparse whoever plays it); the trees read these beside the performance's descriptors (RESULTS.md,
+# section percepiano: the score descriptors).
+SCORE_FEATURE_NAMES: tuple[str, ...] = (
+    "score_bars",              # bars in the score
+    "score_tempo_qpm",         # first written tempo, quarter notes per minute
+    "score_notes_per_beat",    # written notes per quarter note
+    "score_notes_per_s",       # ... per second at the written tempo
+    "score_pitch_mean",        # MIDI pitch of the written notes, mean
+    "score_pitch_std",         # ... standard deviation
+    "score_pitch_range",       # ... 95th - 5th percentile
+    "score_polyphony",         # written notes per distinct onset
+    "score_low_share",         # written notes below middle C
+    "score_duration_beats",    # mean written length, quarter notes
+    "score_velocity_mean",     # written (deadpan) velocity, mean: the score's dynamics where it has them
+    "score_velocity_std",      # ... standard deviation (0 for a score without dynamics)
+    "score_pedal_share",       # share of the score's length under a written sustain pedal (0 without marks)
+    "score_staccato_share",    # written notes marked staccato (MusicXML; 0 for a score MIDI)
+    "score_legato_share",      # written notes under a slur (MusicXML; 0 for a score MIDI)
+)
+DESCRIPTOR_NAMES: tuple[str, ...] = PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
 STRETCH_S, STRETCH_HOP_S = 10.0, 5.0      # the stretches of the contrast descriptors: 10 s, every 5 s
 
 
@@ -170,8 +193,45 @@ def aligned_features(attrs: Array, onsets_s: Array) -> Array:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def score_features(score) -> Array:
+    """float64 [15] in SCORE_FEATURE_NAMES order from a `Score` alone; zeros for a score without notes."""
+    from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO
+
+    out = np.zeros(len(SCORE_FEATURE_NAMES))
+    notes = score.notes
+    if len(notes) == 0:
+        return out
+    onset_beat = notes["onset_beat"].astype(np.float64)
+    end_beat = float((onset_beat + notes["duration_beat"]).max())
+    if score.n_bars:
+        end_beat = max(end_beat, float(score.bar_starts_beat[-1]))
+    length_beat = max(end_beat - float(min(onset_beat.min(), 0.0)), 1e-3)
+    qpm = float(score.tempo_qpm) if score.tempo_qpm and score.tempo_qpm > 0 else 120.0
+    pitch = notes["pitch"].astype(np.float64)
+    velocity = notes["velocity"].astype(np.float64)
+    pedal = 0.0
+    if score.pedal_beats is not None and len(score.pedal_beats):
+        spans = np.clip(np.asarray(score.pedal_beats, np.float64), 0.0, end_beat)
+        pedal = float(np.clip((spans[:, 1] - spans[:, 0]).sum() / length_beat, 0.0, 1.0))
+    p05, p95 = np.percentile(pitch, [5, 95])
+    out[:] = [
+        score.n_bars, qpm,
+        len(notes) / length_beat, len(notes) / (length_beat * 60.0 / qpm),
+        pitch.mean(), pitch.std(), p95 - p05,
+        len(notes) / len(np.unique(np.round(onset_beat, 3))),
+        float((pitch < 60).mean()),
+        float(notes["duration_beat"].mean()),
+        velocity.mean(), velocity.std(),
+        pedal,
+        float((notes["mark"] == MARK_STACCATO).mean()), float((notes["mark"] == MARK_LEGATO).mean()),
+    ]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def recording_descriptors(perf, score, alignment, attrs: Array) -> Array:
-    """float32 [31] in DESCRIPTOR_NAMES order, as the feature set stores them (`perf_features`) and the scoring
-    job computes them: `performance_features` and `aligned_features` of the score's `alignment` to `perf`."""
+    """float32 [46] in DESCRIPTOR_NAMES order, as the feature set stores them (`perf_features`) and the scoring
+    job computes them: `performance_features` and `aligned_features` of the score's `alignment` to `perf`,
+    then the score's own `score_features`."""
     return np.concatenate([performance_features(perf, score),
-                           aligned_features(attrs, alignment.tokens["perf_onset_s"])]).astype(np.float32)
+                           aligned_features(attrs, alignment.tokens["perf_onset_s"]),
+                           score_features(score)]).astype(np.float32)

@@ -361,7 +361,7 @@ def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: fl
         log.warning("fitting the feature model of %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc,
                     exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-    print(f"feature model: gradient boosting on {len(record['features'])} performance descriptors of "
+    print(f"feature model: gradient boosting on {len(record['features'])} descriptors (performance and score) of "
           f"{record['recordings']} train and val recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
           f"dimensions, weight {weight:g} in each recording's score", flush=True)
     return record

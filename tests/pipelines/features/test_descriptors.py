@@ -7,7 +7,8 @@ import pytest
 
 from pipelines.constants import N_PERF_ATTRS, PERF_ATTR_NAMES
 from pipelines.features.descriptors import (ALIGNED_FEATURE_NAMES, DESCRIPTOR_NAMES, PERFORMANCE_FEATURE_NAMES,
-                                            aligned_features)
+                                            SCORE_FEATURE_NAMES, aligned_features, score_features)
+from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO, SCORE_NOTE_DTYPE, Score
 
 COL = {n: i for i, n in enumerate(PERF_ATTR_NAMES)}
 
@@ -27,10 +28,10 @@ def _named(attrs, onsets) -> dict[str, float]:
     return dict(zip(ALIGNED_FEATURE_NAMES, aligned_features(attrs, onsets)))
 
 
-def test_the_descriptor_names_are_the_baselines_thirteen_then_the_aligned_eighteen():
-    assert len(PERFORMANCE_FEATURE_NAMES) == 13 and len(ALIGNED_FEATURE_NAMES) == 18
-    assert DESCRIPTOR_NAMES == PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES
-    assert len(set(DESCRIPTOR_NAMES)) == 31
+def test_the_descriptor_names_are_the_baselines_thirteen_the_aligned_eighteen_then_the_scores_fifteen():
+    assert len(PERFORMANCE_FEATURE_NAMES) == 13 and len(ALIGNED_FEATURE_NAMES) == 18 and len(SCORE_FEATURE_NAMES) == 15
+    assert DESCRIPTOR_NAMES == PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
+    assert len(set(DESCRIPTOR_NAMES)) == 46
 
 
 def test_an_even_performance_has_no_contrast_and_its_shares_by_hand():
@@ -90,3 +91,49 @@ def test_a_short_or_empty_performance_gives_finite_numbers():
     attrs, onsets = _played(n=2, seconds=0.5)
     out = aligned_features(attrs, onsets)
     assert np.all(np.isfinite(out)) and len(out) == 18
+
+
+def _score(n_bars=4, per_bar=4, chord=1, pitch=64, velocity=64, tempo_qpm=120.0, marks=None, pedal=None) -> Score:
+    """4/4 bars of `per_bar` onsets a bar, `chord` notes at each (pitch, pitch + 4, ...)."""
+    step = 4.0 / per_bar
+    rows = [(bar * 4.0 + k * step, step, pitch + 4 * c, velocity, bar, k * step)
+            for bar in range(n_bars) for k in range(per_bar) for c in range(chord)]
+    notes = np.zeros(len(rows), dtype=SCORE_NOTE_DTYPE)
+    for i, (onset, dur, p, v, bar, pos) in enumerate(rows):
+        notes[i] = (onset, dur, onset * 60 / tempo_qpm, dur * 60 / tempo_qpm, p, v, bar, pos, 4, 4, 0, i, 0)
+    if marks is not None:
+        notes["mark"] = marks(len(notes))
+    return Score(notes=notes, bar_starts_beat=np.arange(n_bars) * 4.0, tempo_qpm=tempo_qpm,
+                 pedal_beats=None if pedal is None else np.asarray(pedal, np.float64))
+
+
+def _score_named(score) -> dict[str, float]:
+    return dict(zip(SCORE_FEATURE_NAMES, score_features(score)))
+
+
+def test_the_score_descriptors_read_tempo_texture_register_and_marks_by_hand():
+    plain = _score_named(_score())
+    assert plain["score_bars"] == 4 and plain["score_tempo_qpm"] == 120.0
+    assert plain["score_notes_per_beat"] == pytest.approx(1.0) and plain["score_notes_per_s"] == pytest.approx(2.0)
+    assert plain["score_polyphony"] == pytest.approx(1.0) and plain["score_duration_beats"] == pytest.approx(1.0)
+    assert plain["score_pedal_share"] == 0.0 and plain["score_staccato_share"] == plain["score_legato_share"] == 0.0
+    assert plain["score_low_share"] == 0.0 and plain["score_velocity_std"] == 0.0
+
+    # a faster written tempo: more notes a second, the same notes a beat
+    fast = _score_named(_score(tempo_qpm=180.0))
+    assert fast["score_notes_per_s"] == pytest.approx(3.0)
+    assert fast["score_notes_per_beat"] == plain["score_notes_per_beat"]
+    # chords: polyphony and density, nothing about tempo
+    chords = _score_named(_score(chord=3))
+    assert chords["score_polyphony"] == pytest.approx(3.0) and chords["score_notes_per_beat"] == pytest.approx(3.0)
+    assert chords["score_tempo_qpm"] == 120.0 and chords["score_pitch_std"] > 0
+    # the bass register, the written pedal over half the length, and the marks
+    assert _score_named(_score(pitch=40))["score_low_share"] == 1.0
+    assert _score_named(_score(pedal=[[0.0, 4.0], [8.0, 12.0]]))["score_pedal_share"] == pytest.approx(0.5)
+    marked = _score_named(_score(marks=lambda n: np.where(np.arange(n) % 2, MARK_STACCATO, MARK_LEGATO)))
+    assert marked["score_staccato_share"] == pytest.approx(0.5) and marked["score_legato_share"] == pytest.approx(0.5)
+
+
+def test_an_empty_score_gives_zeros():
+    empty = Score(notes=np.zeros(0, dtype=SCORE_NOTE_DTYPE), bar_starts_beat=np.zeros(0))
+    assert np.array_equal(score_features(empty), np.zeros(len(SCORE_FEATURE_NAMES)))
