@@ -26,8 +26,10 @@ the training side's, so on a composition unlike anything trained on the calibrat
 (PercePiano's composition split: sigma 8.4 against an RMSE of 12.6, ECE 0.14). With the trees the checkpoint
 keeps the fitted recordings' standardised descriptors. A recording's novelty is the mean distance to its
 NOVELTY_NEIGHBOURS nearest fitted recordings over the typical one (the median of the same distance among the
-fitted recordings, each without itself): 1 is as familiar as the training music is to itself. From 1 to
-NOVELTY_FAR its sigma widens linearly towards what knowing nothing costs, the spread of the fitted labels:
+fitted recordings, each without itself): 1 is as familiar as the training music is to itself. Each
+standardised descriptor counts at most NOVELTY_Z_CLIP standard deviations (one the training side never varied
+would otherwise weigh by its unit). From 1 to NOVELTY_FAR its sigma widens linearly towards what knowing
+nothing costs, the spread of the fitted labels:
 sigma'^2 = sigma^2 + lam * max(spread^2 - sigma^2, 0), lam = clip((novelty - 1) / (NOVELTY_FAR - 1), 0, 1).
 Scores are left alone. `jobs/evaluate.py` and `jobs/score.py` apply it after the calibration and report each
 recording's `novelty` (RESULTS.md, section percepiano: ECE 0.140 -> 0.085 on the composition split).
@@ -60,6 +62,9 @@ FEATURE_COLUMN = "perf_features"
 NOVELTY_NEIGHBOURS = 10        # novelty: mean distance to this many nearest fitted recordings
 NOVELTY_FAR = 2.0              # ... at this many times the typical distance, sigma is the labels' spread
 NOVELTY_MAX_POINTS = 5000      # a larger training side keeps a seeded sample of this many recordings
+NOVELTY_Z_CLIP = 5.0           # a standardised descriptor counts at most this many standard deviations away:
+                               # one the fitted recordings never varied (every training score at one written
+                               # tempo) would otherwise make novelty depend on that descriptor's unit
 
 
 N_FEATURES = len(DESCRIPTOR_NAMES)
@@ -90,14 +95,14 @@ class NoveltyReference:
             features = features[keep]
         centre, scale = features.mean(axis=0), features.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
-        points = ((features - centre) / scale).astype(np.float32)
+        points = np.clip((features - centre) / scale, -NOVELTY_Z_CLIP, NOVELTY_Z_CLIP).astype(np.float32)
         ref = cls(centre, scale, points, 1.0, spread)
         typical = float(np.median(ref._distance(features, leave_one_out=True)))
         ref.typical = typical if typical > 0 else 1.0
         return ref
 
     def _distance(self, features: np.ndarray, leave_one_out: bool = False) -> np.ndarray:
-        z = (np.asarray(features, np.float64) - self.centre) / self.scale
+        z = np.clip((np.asarray(features, np.float64) - self.centre) / self.scale, -NOVELTY_Z_CLIP, NOVELTY_Z_CLIP)
         k = min(NOVELTY_NEIGHBOURS, len(self.points) - int(leave_one_out))
         out = np.empty(len(z))
         for start in range(0, len(z), 256):             # (256, N) distances at a time

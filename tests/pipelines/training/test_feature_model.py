@@ -220,3 +220,19 @@ def test_a_large_training_side_keeps_a_sample_as_its_novelty_reference():
     ref = F.NoveltyReference.fit(X, rng.normal(size=(len(X), 3)))
     assert ref.points.shape == (F.NOVELTY_MAX_POINTS, N_FEATURES)
     assert 0.8 < np.median(ref.novelty(rng.normal(size=(100, N_FEATURES)))) < 1.2
+
+
+def test_a_descriptor_the_training_side_never_varied_counts_as_far_whatever_its_unit():
+    from pipelines.training.feature_model import NOVELTY_FAR, NoveltyReference
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, N_FEATURES))
+    X[:, -1] = 120.0                                   # every training score at one written tempo
+    ref = NoveltyReference.fit(X, rng.normal(50, 10, (200, 2)))
+    query = rng.normal(size=(20, N_FEATURES))
+    slower, much_slower = query.copy(), query.copy()
+    query[:, -1], slower[:, -1], much_slower[:, -1] = 120.0, 100.0, 40.0
+    at, off, far_off = ref.novelty(query), ref.novelty(slower), ref.novelty(much_slower)
+    assert np.all(off > at)                            # the new tempo makes every recording less familiar ...
+    np.testing.assert_allclose(off, far_off)           # ... by as much whatever the difference in its unit
+    assert np.median(off) < 3 * NOVELTY_FAR            # and one descriptor does not swamp all the others
