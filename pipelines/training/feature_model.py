@@ -70,6 +70,11 @@ NOVELTY_Z_CLIP = 5.0           # a standardised descriptor counts at most this m
 N_FEATURES = len(DESCRIPTOR_NAMES)
 
 
+def _standardised(features: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(R, F) descriptors -> (R, F) float64 standard deviations from the centre, each within NOVELTY_Z_CLIP."""
+    return np.clip((np.asarray(features, np.float64) - centre) / scale, -NOVELTY_Z_CLIP, NOVELTY_Z_CLIP)
+
+
 class NoveltyReference:
     """How unlike the fitted recordings a recording's descriptors are, and the sigma that follows (see the
     module docstring). centre, scale: f8 [46] standardisation; points: f4 [N, 46] standardised fitted
@@ -95,14 +100,13 @@ class NoveltyReference:
             features = features[keep]
         centre, scale = features.mean(axis=0), features.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
-        points = np.clip((features - centre) / scale, -NOVELTY_Z_CLIP, NOVELTY_Z_CLIP).astype(np.float32)
-        ref = cls(centre, scale, points, 1.0, spread)
+        ref = cls(centre, scale, _standardised(features, centre, scale).astype(np.float32), 1.0, spread)
         typical = float(np.median(ref._distance(features, leave_one_out=True)))
         ref.typical = typical if typical > 0 else 1.0
         return ref
 
     def _distance(self, features: np.ndarray, leave_one_out: bool = False) -> np.ndarray:
-        z = np.clip((np.asarray(features, np.float64) - self.centre) / self.scale, -NOVELTY_Z_CLIP, NOVELTY_Z_CLIP)
+        z = _standardised(features, self.centre, self.scale)
         k = min(NOVELTY_NEIGHBOURS, len(self.points) - int(leave_one_out))
         out = np.empty(len(z))
         for start in range(0, len(z), 256):             # (256, N) distances at a time

@@ -119,13 +119,13 @@ def test_scoring_blends_the_feature_model_with_the_preprocessings_descriptors(tm
 
 def test_the_run_summary_counts_unfamiliar_recordings():
     from pipelines.scoring.run import format_summary
-    from pipelines.training.feature_model import count_unfamiliar as _unfamiliar
+    from pipelines.training.feature_model import count_unfamiliar
 
     manifest = {"inputs": 4, "seconds": 3.0, "counts": {"ok": 4, "skipped": 0, "error": 0}, "model_version": "v",
                 "errors": [], "other_files_count": 0, "unmatched_scores": [], "run_id": "r",
-                "unfamiliar": _unfamiliar([0.9, 1.3, 2.0, 3.5])}
+                "unfamiliar": count_unfamiliar([0.9, 1.3, 2.0, 3.5])}
     assert manifest["unfamiliar"] == {"recordings": 4, "widened": 3, "far": 2, "median_novelty": 1.65}
     text = format_summary(manifest, "/tmp/out")
     assert "unfamiliar music: 2 of 4 recordings" in text and "3 have a widened sigma" in text
-    manifest["unfamiliar"] = _unfamiliar([0.9, 1.2])
+    manifest["unfamiliar"] = count_unfamiliar([0.9, 1.2])
     assert "unfamiliar" not in format_summary(manifest, "/tmp/out")        # nothing far: no line
