@@ -10,8 +10,8 @@ writes (piece: 5 folds grouped by passage; performer: 5 folds grouped by player;
 Schubert D960 mvt. 2, mvt. 3 and Beethoven WoO 80, test on the third). Baselines fit on train + val of each
 fold: the training mean, ridge regression and gradient boosting on `performance_features` (13 descriptors
 of the performance MIDI against its score). Pairwise accuracy: pairs of performances of the same passage.
-Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`
-(pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
+Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`, and the pairwise
+accuracy that the raters' own agreement allows (pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
 DIR/<protocol>/<variant>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/<variant>/fold<k>`) join the
 table, and so do the scoring job's results of a fold's test recordings under DIR/<protocol>/<variant>/scored<k>/
 (`jobs/score.py --input <manifest> --out DIR/<protocol>/<variant>/scored<k>`). A checkpoint with a feature
@@ -223,12 +223,21 @@ def _cell(values: list[float]) -> str:
 
 
 def main(data: str | None = None, runs: str | None = None) -> dict:
-    from pipelines.evaluation.human_ceiling import read_raw_ratings, split_half_agreement
+    from pipelines.evaluation.human_ceiling import pairwise_agreement, read_raw_ratings, split_half_agreement
+    from pipelines.io.corpora import CorpusError, parse_percepiano_name
 
     started = time.time()
     data = str(data or DATA)
     table = corpus_table(data)
-    ceiling = split_half_agreement(read_raw_ratings(os.path.join(data, "ratings_raw.csv")))
+    ratings = read_raw_ratings(os.path.join(data, "ratings_raw.csv"))
+    ceiling = split_half_agreement(ratings)
+    passages = {}
+    for name in ratings:
+        try:
+            passages[name] = parse_percepiano_name(name)["passage"]
+        except CorpusError:
+            continue
+    ranking = pairwise_agreement(ratings, passages)
     rows, raw = [], {}
     for protocol in ("piece", "performer", "work"):
         systems = baseline_folds(table, protocol)
@@ -268,6 +277,13 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
         f"(for r: {ceiling['r_ceiling_mean']:.3f}); per dimension from "
         f"{np.nanmin(ceiling['reliability']):.2f} to {np.nanmax(ceiling['reliability']):.2f}.",
         "",
+        f"Human ceiling for pairwise accuracy (the same raters, pairs of performances of one passage, "
+        f"{ranking['groups']} passages, {ranking['repeats']} random rater splits): half the raters order the "
+        f"other half's pairs at {ranking['split_half_mean']:.3f}; a fresh panel of half the size would order "
+        f"this panel's at {ranking['fresh_half_panel_mean']:.3f}; a model that knew every performance's true "
+        f"score, at {ranking['perfect_model_mean']:.3f} (per dimension from {np.nanmin(ranking['perfect_model']):.2f} "
+        f"to {np.nanmax(ranking['perfect_model']):.2f}): the ceiling for pairwise accuracy.",
+        "",
         "Published R² (the full dataset, four compositions; their piece split is by passage):",
         "",
         "| model | piece split | performer split |",
@@ -277,7 +293,7 @@ def main(data: str | None = None, runs: str | None = None) -> dict:
         f"{machine()}. {time.time() - started:.0f} s.",
     ])
     print(markdown)
-    return {"markdown": markdown, "folds": raw, "ceiling": ceiling}
+    return {"markdown": markdown, "folds": raw, "ceiling": ceiling, "pairwise_ceiling": ranking}
 
 
 def write_scoring_manifest(data: str, splits_csv: str, out_csv: str, split: str = "test") -> int:

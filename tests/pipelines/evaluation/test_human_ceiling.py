@@ -44,3 +44,40 @@ def test_unreadable_ratings_are_one_line(tmp_path):
         read_raw_ratings(str(bad))
     with pytest.raises(RatingsError, match="cannot read"):
         read_raw_ratings(str(tmp_path / "missing.csv"))
+
+
+def test_the_pairwise_ceiling_is_what_a_model_knowing_the_true_scores_reaches(rng):
+    """From the raters' answers alone, the estimate finds the pairwise accuracy that the performances' true
+    scores reach against the panel's mean, and what a fresh panel of half the size reaches; the raw
+    split-half agreement sits well below both."""
+    from pipelines.evaluation.human_ceiling import SCORE_PER_ANSWER, pairwise_agreement
+    from pipelines.evaluation.metrics import pairwise_ranking
+
+    n_groups, per_group, raters, dims = 60, 8, 12, 3
+    passage_level = rng.normal(4.0, 0.5, (n_groups, 1, dims))
+    truth = (passage_level + rng.normal(0.0, 0.45, (n_groups, per_group, dims))).reshape(-1, dims)
+    groups = np.repeat(np.arange(n_groups), per_group)
+
+    def panel(size):
+        return truth[:, None, :] + rng.normal(0.0, 1.6, (len(truth), size, dims))
+
+    answers = panel(raters)
+    ratings = {f"seg_{i}": answers[i] for i in range(len(truth))}
+    found = pairwise_agreement(ratings, {f"seg_{i}": str(g) for i, g in enumerate(groups)}, repeats=10)
+    means = answers.mean(axis=1) * SCORE_PER_ANSWER
+    fresh = panel(raters // 2).mean(axis=1) * SCORE_PER_ANSWER
+    true_acc = np.mean([pairwise_ranking(means[:, d], truth[:, d] * SCORE_PER_ANSWER, groups)[0] for d in range(dims)])
+    fresh_acc = np.mean([pairwise_ranking(means[:, d], fresh[:, d], groups)[0] for d in range(dims)])
+    assert found["segments"] == len(truth) and found["groups"] == n_groups
+    assert found["split_half_mean"] < true_acc - 0.08
+    assert abs(found["perfect_model_mean"] - true_acc) < 0.03
+    assert abs(found["fresh_half_panel_mean"] - fresh_acc) < 0.03
+    assert found["split_half_mean"] < found["fresh_half_panel_mean"] < found["perfect_model_mean"]
+
+
+def test_pairwise_agreement_needs_grouped_segments(rng):
+    from pipelines.evaluation.human_ceiling import pairwise_agreement
+
+    ratings = {f"seg_{i}": rng.normal(4, 1, (5, 19)) for i in range(10)}
+    with pytest.raises(RatingsError, match="grouped segments"):
+        pairwise_agreement(ratings, {"seg_0": "a", "other": "b"})
