@@ -10,12 +10,13 @@ writes (piece: 5 folds grouped by passage; performer: 5 folds grouped by player;
 Schubert D960 mvt. 2, mvt. 3 and Beethoven WoO 80, test on the third). Baselines fit on train + val of each
 fold: the training mean, ridge regression and gradient boosting on `performance_features` (13 descriptors
 of the performance MIDI against its score). Pairwise accuracy: pairs of performances of the same passage.
-Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`, and the pairwise
-accuracy that the raters' own agreement allows (pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of the model under
-DIR/<protocol>/<variant>/fold<k>/ (`jobs/evaluate.py --splits ... --out DIR/<protocol>/<variant>/fold<k>`) join the
-table, and so do the scoring job's results of a fold's test recordings under DIR/<protocol>/<variant>/scored<k>/
-(`jobs/score.py --input <manifest> --out DIR/<protocol>/<variant>/scored<k>`). A checkpoint with a feature
-model (train.feature_blend) adds its network's own row and its blend at other weights.
+Human ceiling: the Spearman-Brown reliability of the mean rating from `ratings_raw.csv`, and the pairwise accuracy
+that the raters' own agreement allows (pipelines/evaluation/human_ceiling.py). --runs DIR: evaluation.json files of
+the model under DIR/<protocol>/<variant>/fold<k>/ (`jobs/evaluate.py --splits ... --out
+DIR/<protocol>/<variant>/fold<k>`) join the table, and so do the scoring job's results of a fold's test recordings
+under DIR/<protocol>/<variant>/scored<k>/ (`jobs/score.py --input <manifest> --out
+DIR/<protocol>/<variant>/scored<k>`). A checkpoint with a feature model (train.feature_blend) adds its network's
+own row and its blend at other weights.
 """
 from __future__ import annotations
 
