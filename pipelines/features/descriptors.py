@@ -8,7 +8,11 @@
   loudness, articulation and timing change along it).
 - `score_features` (15, SCORE_FEATURE_NAMES): from the score alone (what the music asks for: its tempo,
   texture, register, written dynamics, pedal and touch), the same for every performance of a passage.
-- `recording_descriptors` (46, DESCRIPTOR_NAMES): all three, what preprocessing stores per recording
+- `technical_features` (16, TECHNICAL_FEATURE_NAMES): the fault measures behind the pseudo-labels
+  (`pipelines.features.pseudo_labels.technical_statistics`: timing, chord spread, tempo drift, velocity
+  jitter and shaping, durations against the written ones, harmony-aware pedal blur, dryness against the
+  written pedal), each judged against human norms, on the performance's notes only (no audio).
+- `recording_descriptors` (62, DESCRIPTOR_NAMES): all four, what preprocessing stores per recording
   (`perf_features`), what the scoring job computes alike, and what the feature model the expert stage blends
   into the network's scores reads (pipelines/training/feature_model.py).
 """
@@ -137,7 +141,20 @@ SCORE_FEATURE_NAMES: tuple[str, ...] = (
     "score_staccato_share",    # written notes marked staccato (MusicXML; 0 for a score MIDI)
     "score_legato_share",      # written notes under a slur (MusicXML; 0 for a score MIDI)
 )
-DESCRIPTOR_NAMES: tuple[str, ...] = PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
+# The pseudo-labels' fault measures (pipelines/features/pseudo_labels.py, `technical_statistics`), whole
+# performance, no audio: within passage several track what raters hear (RESULTS.md, section pseudo_labels:
+# written_dry against "pedal sparse <-> saturated" 0.73), and the trees reading them gain on every protocol
+# (section percepiano: the technical descriptors). A statistic that cannot be computed reads its fill value.
+TECHNICAL_STATISTICS: tuple[tuple[str, float], ...] = (      # (statistic, fill value where not computable)
+    ("timing_rms_s", 0.0), ("chord_spread_s", 0.0), ("tempo_drift", 0.0),   # tempo_drift as its size
+    ("error_rate", 0.0), ("velocity_jitter", 0.0), ("velocity_shaping", 0.0), ("chord_unevenness", 0.0),
+    ("voicing_lead", 0.0), ("loud_excess", 0.0), ("harsh_fraction", 0.0), ("duration_bias", 0.0),
+    ("duration_spread", 0.0), ("pedal_blur", 0.0), ("pedal_dry", 0.0),
+    ("pedal_written_dry", -1.0), ("pedal_written_held", -1.0),          # -1: the score writes no pedal
+)
+TECHNICAL_FEATURE_NAMES: tuple[str, ...] = tuple(f"tech_{name}" for name, _ in TECHNICAL_STATISTICS)
+DESCRIPTOR_NAMES: tuple[str, ...] = (PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
+                                     + TECHNICAL_FEATURE_NAMES)
 STRETCH_S, STRETCH_HOP_S = 10.0, 5.0      # the stretches of the contrast descriptors: 10 s, every 5 s
 
 
@@ -228,10 +245,24 @@ def score_features(score) -> Array:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def technical_features(score, perf, alignment, attrs: Array | None = None) -> Array:
+    """float64 [16] in TECHNICAL_FEATURE_NAMES order: the pseudo-labels' fault measures of the whole
+    performance against its score (no audio), each statistic's fill value where it cannot be computed."""
+    from pipelines.features.pseudo_labels import technical_statistics
+
+    stats = technical_statistics(score, perf, alignment, attrs)
+    out = np.array([stats.get(name, np.nan) for name, _ in TECHNICAL_STATISTICS], dtype=np.float64)
+    drift = TECHNICAL_FEATURE_NAMES.index("tech_tempo_drift")
+    out[drift] = abs(out[drift])             # rushing or dragging alike
+    fill = np.array([value for _, value in TECHNICAL_STATISTICS])
+    return np.where(np.isfinite(out), out, fill)
+
+
 def recording_descriptors(perf, score, alignment, attrs: Array) -> Array:
-    """float32 [46] in DESCRIPTOR_NAMES order, as the feature set stores them (`perf_features`) and the scoring
+    """float32 [62] in DESCRIPTOR_NAMES order, as the feature set stores them (`perf_features`) and the scoring
     job computes them: `performance_features` and `aligned_features` of the score's `alignment` to `perf`,
-    then the score's own `score_features`."""
+    the score's own `score_features`, then the `technical_features`."""
     return np.concatenate([performance_features(perf, score),
                            aligned_features(attrs, alignment.tokens["perf_onset_s"]),
-                           score_features(score)]).astype(np.float32)
+                           score_features(score),
+                           technical_features(score, perf, alignment, attrs)]).astype(np.float32)

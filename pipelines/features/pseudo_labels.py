@@ -600,13 +600,14 @@ def _written_pedal_statistics(score: Score, perf: Performance, alignment, view: 
     t0, t1 = tempo.time_at(marks[inside, 0]), tempo.time_at(marks[inside, 1])
     length = np.maximum(t1 - t0, 0.0)
     sustain = np.array([damper.mean_sustain(a, b) for a, b in zip(t0, t1)])
-    dry = float(np.sum(length * (1.0 - sustain)) / length.sum()) if length.sum() > 0 else math.nan
+    dry = float(np.clip(np.sum(length * (1.0 - sustain)) / length.sum(), 0.0, 1.0)) if length.sum() > 0 else math.nan
     releases, gap = score.pedal_beats[:-1, 1], score.pedal_beats[1:, 0] - score.pedal_beats[:-1, 1]
     changes = releases[(releases >= lo) & (releases <= hi) & (gap >= 0.0) & (gap <= WRITTEN_CHANGE_BEATS)]
     held = math.nan
     if len(changes):
         at = tempo.time_at(changes)
-        held = float(np.mean([1.0 - damper.max_damping(t - WRITTEN_CHANGE_S, t + WRITTEN_CHANGE_S) for t in at]))
+        held = float(np.clip(np.mean([1.0 - damper.max_damping(t - WRITTEN_CHANGE_S, t + WRITTEN_CHANGE_S)
+                                      for t in at]), 0.0, 1.0))
     return {"pedal_written_dry": dry, "pedal_written_held": held}
 
 

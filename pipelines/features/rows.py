@@ -20,7 +20,7 @@ framework-neutral); `pack_array` / `unpack_array` convert.
 | note_attrs | binary | float32 aligned performance attributes, `n_notes` x N_PERF_ATTRS |
 | note_times | binary | float32 performed onset of each token, seconds from `start_s` |
 | recording_stats | binary | float32 statistics of all the recording's windows (model/statistics.py), on each row |
-| perf_features | binary | float32 [46] performance, alignment and score descriptors (descriptors.py); empty: no score |
+| perf_features | binary | float32 [62] performance, alignment, score and fault descriptors (descriptors.py); empty: no score |
 | has_score | bool | a score was aligned (else the symbolic part is empty: audio-only) |
 | perf_source | string | midi / transcription / none |
 | labels_json | string | JSON {dimension: 0-100} of expert / ground-truth labels for the recording |

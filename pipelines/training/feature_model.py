@@ -1,16 +1,17 @@
-"""The feature model: gradient-boosted trees on 46 whole-performance descriptors, blended into the
+"""The feature model: gradient-boosted trees on 62 whole-performance descriptors, blended into the
 network's recording scores (`train.feature_blend`).
 
 The network reads 10 s windows and averages their scores, so what belongs to a whole performance (its
 dynamic range, its tempo against the score, how much pedal it uses) reaches it only in pieces. Gradient
 boosting on `pipelines.features.descriptors.recording_descriptors` (13 descriptors of the performance
-against its score, 18 of its note alignment and 15 of the score alone) knows those, and the two systems
+against its score, 18 of its note alignment, 15 of the score alone and 16 fault measures of the
+pseudo-labels) knows those, and the two systems
 err differently: on PercePiano the blend beats both on every protocol (benchmarks/RESULTS.md, section
 percepiano).
 
 How it runs:
 - preprocessing stores the descriptors of every recording with an aligned score on each of its rows
-  (`perf_features`, float32 [46]); the scoring job computes them alike from the notes it aligns;
+  (`perf_features`, float32 [62]); the scoring job computes them alike from the notes it aligns;
 - after the expert stage, `fit_feature_model` fits one tree ensemble per dimension on the train and val
   splits' recordings (never test) and writes `feature_model.pkl` and `feature_model.json` into the best
   checkpoint's model directory; trees fitted on train alone predict the val recordings once more
@@ -77,7 +78,7 @@ def _standardised(features: np.ndarray, centre: np.ndarray, scale: np.ndarray) -
 
 class NoveltyReference:
     """How unlike the fitted recordings a recording's descriptors are, and the sigma that follows (see the
-    module docstring). centre, scale: f8 [46] standardisation; points: f4 [N, 46] standardised fitted
+    module docstring). centre, scale: f8 [62] standardisation; points: f4 [N, 62] standardised fitted
     recordings; typical: their median leave-one-out neighbour distance; spread: f8 [D] their labels' std."""
 
     def __init__(self, centre: np.ndarray, scale: np.ndarray, points: np.ndarray, typical: float,
@@ -90,7 +91,7 @@ class NoveltyReference:
 
     @classmethod
     def fit(cls, features: np.ndarray, targets: np.ndarray) -> "NoveltyReference | None":
-        """From the fitted recordings' descriptors (N, 46) and labels (N, D); None under 2 x NOVELTY_NEIGHBOURS."""
+        """From the fitted recordings' descriptors (N, 62) and labels (N, D); None under 2 x NOVELTY_NEIGHBOURS."""
         features = np.asarray(features, np.float64)
         if len(features) < 2 * NOVELTY_NEIGHBOURS:
             return None
@@ -120,7 +121,7 @@ class NoveltyReference:
         return out
 
     def novelty(self, features: np.ndarray) -> np.ndarray:
-        """(R, 46) -> (R,): neighbour distance over the typical one (1 = as familiar as the training music)."""
+        """(R, 62) -> (R,): neighbour distance over the typical one (1 = as familiar as the training music)."""
         return self._distance(np.atleast_2d(features)) / self.typical
 
     def widen(self, sigma: np.ndarray, novelty: np.ndarray) -> np.ndarray:
@@ -154,7 +155,7 @@ def count_unfamiliar(novelty) -> dict[str, Any]:
 
 
 class FeatureModel:
-    """A fitted feature model: `predict` (R, 46) -> (R, D), `blend` into the network's scores, and with a
+    """A fitted feature model: `predict` (R, 62) -> (R, D), `blend` into the network's scores, and with a
     `NoveltyReference` the `novelty` of recordings and the sigma it `widen`s."""
 
     def __init__(self, baseline, names: list[str], weight: float, meta: dict[str, Any] | None = None,
@@ -206,7 +207,7 @@ class FeatureModel:
 
 
 def features_by_recording(table) -> dict[str, np.ndarray]:
-    """{recording_id: float32 [46]} from the `perf_features` column (first non-empty row of each recording)."""
+    """{recording_id: float32 [62]} from the `perf_features` column (first non-empty row of each recording)."""
     from pipelines.features.rows import unpack_array
 
     out: dict[str, np.ndarray] = {}

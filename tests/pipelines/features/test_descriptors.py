@@ -7,7 +7,8 @@ import pytest
 
 from pipelines.constants import N_PERF_ATTRS, PERF_ATTR_NAMES
 from pipelines.features.descriptors import (ALIGNED_FEATURE_NAMES, DESCRIPTOR_NAMES, PERFORMANCE_FEATURE_NAMES,
-                                            SCORE_FEATURE_NAMES, aligned_features, score_features)
+                                            SCORE_FEATURE_NAMES, TECHNICAL_FEATURE_NAMES, aligned_features,
+                                            recording_descriptors, score_features, technical_features)
 from pipelines.io.notes import MARK_LEGATO, MARK_STACCATO, SCORE_NOTE_DTYPE, Score
 
 COL = {n: i for i, n in enumerate(PERF_ATTR_NAMES)}
@@ -28,10 +29,12 @@ def _named(attrs, onsets) -> dict[str, float]:
     return dict(zip(ALIGNED_FEATURE_NAMES, aligned_features(attrs, onsets)))
 
 
-def test_the_descriptor_names_are_the_baselines_thirteen_the_aligned_eighteen_then_the_scores_fifteen():
+def test_the_descriptor_names_are_the_baselines_thirteen_the_aligned_eighteen_the_scores_fifteen_then_sixteen():
     assert len(PERFORMANCE_FEATURE_NAMES) == 13 and len(ALIGNED_FEATURE_NAMES) == 18 and len(SCORE_FEATURE_NAMES) == 15
-    assert DESCRIPTOR_NAMES == PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
-    assert len(set(DESCRIPTOR_NAMES)) == 46
+    assert len(TECHNICAL_FEATURE_NAMES) == 16
+    assert DESCRIPTOR_NAMES == (PERFORMANCE_FEATURE_NAMES + ALIGNED_FEATURE_NAMES + SCORE_FEATURE_NAMES
+                                + TECHNICAL_FEATURE_NAMES)
+    assert len(set(DESCRIPTOR_NAMES)) == 62
 
 
 def test_an_even_performance_has_no_contrast_and_its_shares_by_hand():
@@ -137,3 +140,39 @@ def test_the_score_descriptors_read_tempo_texture_register_and_marks_by_hand():
 def test_an_empty_score_gives_zeros():
     empty = Score(notes=np.zeros(0, dtype=SCORE_NOTE_DTYPE), bar_starts_beat=np.zeros(0))
     assert np.array_equal(score_features(empty), np.zeros(len(SCORE_FEATURE_NAMES)))
+
+
+def _technical(style, seed=0, pedal_marks=False):
+    import dataclasses
+
+    from benchmarks.bench_alignment import PerformanceStyle, render_performance, synthetic_score
+    from pipelines.features.align import align
+    from pipelines.features.attributes import note_attributes
+
+    rng = np.random.default_rng(seed)
+    sp = render_performance(synthetic_score(rng, n_bars=12), dataclasses.replace(PerformanceStyle(), **style), rng)
+    if pedal_marks:
+        bars = np.append(sp.score.bar_starts_beat, sp.score.notes["onset_beat"].max() + 4.0)
+        sp.score.pedal_beats = np.stack([bars[:-1], bars[1:] - 1 / 64], axis=1)
+    al = align(sp.score, sp.perf)
+    attrs = note_attributes(sp.score, sp.perf, al)
+    whole = recording_descriptors(sp.perf, sp.score, al, attrs)
+    tech = technical_features(sp.score, sp.perf, al, attrs)
+    assert np.allclose(whole[-len(TECHNICAL_FEATURE_NAMES):], tech.astype(np.float32))
+    return dict(zip(TECHNICAL_FEATURE_NAMES, tech))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_technical_descriptors_grow_with_their_own_fault_and_fill_what_the_score_cannot_give():
+    """The pseudo-labels' fault measures reach the trees: onset jitter grows the timing one, a drift grows the
+    drift's size whichever way it goes, and the written-pedal ones read -1 unless the score marks the pedal."""
+    timing = [_technical({"jitter_s": j})["tech_timing_rms_s"] for j in (0.005, 0.03, 0.08)]
+    assert timing == sorted(timing) and timing[-1] > 3 * timing[0]
+    steady = _technical({"drift": 0.0})["tech_tempo_drift"]
+    rushing, dragging = _technical({"drift": -0.3})["tech_tempo_drift"], _technical({"drift": 0.3})["tech_tempo_drift"]
+    assert rushing > steady + 0.1 and dragging > steady + 0.1
+    unmarked = _technical({"pedal": "bar"})
+    assert unmarked["tech_pedal_written_dry"] == -1.0 and unmarked["tech_pedal_written_held"] == -1.0
+    marked, dry = _technical({"pedal": "bar"}, pedal_marks=True), _technical({"pedal": "none"}, pedal_marks=True)
+    assert 0.0 <= marked["tech_pedal_written_dry"] < 0.1 < 0.9 < dry["tech_pedal_written_dry"] <= 1.0
+    assert all(np.isfinite(v) for v in unmarked.values())
