@@ -176,3 +176,18 @@ def test_the_technical_descriptors_grow_with_their_own_fault_and_fill_what_the_s
     marked, dry = _technical({"pedal": "bar"}, pedal_marks=True), _technical({"pedal": "none"}, pedal_marks=True)
     assert 0.0 <= marked["tech_pedal_written_dry"] < 0.1 < 0.9 < dry["tech_pedal_written_dry"] <= 1.0
     assert all(np.isfinite(v) for v in unmarked.values())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_technical_descriptors_of_one_or_no_played_note_are_finite():
+    import dataclasses
+
+    from benchmarks.bench_alignment import PerformanceStyle, render_performance, synthetic_score
+    from pipelines.features.align import align
+
+    sp = render_performance(synthetic_score(np.random.default_rng(0), n_bars=2), PerformanceStyle(),
+                            np.random.default_rng(0))
+    for keep in (1, 0):
+        perf = dataclasses.replace(sp.perf, notes=sp.perf.notes[:keep])
+        out = technical_features(sp.score, perf, align(sp.score, perf))
+        assert len(out) == len(TECHNICAL_FEATURE_NAMES) and np.all(np.isfinite(out))
