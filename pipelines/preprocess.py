@@ -110,7 +110,7 @@ class ProcessRecordings:
                 try:
                     write_rows(self.fs, self.path, name, rows)
                 except OSError as exc:        # pyarrow's I/O errors; a bad row (ArrowInvalid) still raises
-                    raise storage._explain(storage.join(self.segments_uri, name), exc) from None
+                    raise _write_error(storage.join(self.segments_uri, name), exc) from None
                 return len(rows), tries, ""
             except storage.StorageUnavailable as exc:
                 if time.monotonic() + delay > deadline:
@@ -121,6 +121,17 @@ class ProcessRecordings:
                 delay = min(2 * delay, 10.0)
             except storage.StorageError as exc:
                 return 0, tries, one_line(exc)
+
+
+def _write_error(uri: str, exc: OSError) -> storage.StorageError:
+    """The storage error of a failed write. On S3 a new object is never legitimately "not found" once its
+    bucket exists: a 404 there is an upload lost while the endpoint failed (a multipart upload the server
+    forgot as it went down), so it is retried like an unreachable endpoint instead of failing the run."""
+    err = storage._explain(uri, exc)
+    if storage.is_s3(uri) and str(err).endswith(": no such file or directory"):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return storage.StorageUnavailable(f"{uri}: the S3 endpoint lost the write ({first})")
+    return err
 
 
 def record_file_name(recording_id: str) -> str:

@@ -357,3 +357,19 @@ def test_an_s3_outage_is_ridden_out_or_stops_the_run_unpublished_and_a_rerun_acc
     listed = storage.boto3_client().list_objects_v2(Bucket=s3_bucket[5:], Prefix="features/segments",
                                                     Delimiter="/")
     assert [p["Prefix"] for p in listed.get("CommonPrefixes", [])] == [f"features/{manifest['segments_dir']}/"]
+
+
+def test_a_write_that_s3_loses_while_failing_is_retried_and_other_write_errors_are_not(s3_bucket, tmp_path):
+    """A 404 on writing a new object (a multipart upload the endpoint forgot as it went down) is a fault of
+    the moment, retried like an unreachable endpoint; a missing bucket or a vanished local folder is not."""
+    from pipelines.preprocess import _write_error
+
+    lost = _write_error(f"{s3_bucket}/features/rec-1.parquet", OSError(
+        "When completing multiple part upload for key 'rec-1.parquet': AWS Error NO_SUCH_UPLOAD during "
+        "CompleteMultipartUpload operation: The specified upload does not exist."))
+    assert isinstance(lost, storage.StorageUnavailable) and "lost the write" in str(lost)
+    assert "rec-1.parquet" in str(lost) and "\n" not in str(lost)
+    no_bucket = _write_error("s3://no-such-bucket-for-this-test/features/rec-1.parquet", FileNotFoundError("404"))
+    assert not isinstance(no_bucket, storage.StorageUnavailable) and "bucket does not exist" in str(no_bucket)
+    local = _write_error(str(tmp_path / "gone" / "rec-1.parquet"), FileNotFoundError("gone"))
+    assert not isinstance(local, storage.StorageUnavailable) and "no such file or directory" in str(local)
