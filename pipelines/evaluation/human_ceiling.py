@@ -72,15 +72,7 @@ def split_half_agreement(ratings: dict[str, np.ndarray], repeats: int = 50, seed
     n_dims = segments[0].shape[1]
     rs = np.full((repeats, n_dims), np.nan)
     for rep in range(repeats):
-        halves = np.full((len(segments), 2, n_dims), np.nan)
-        for i, answers in enumerate(segments):
-            order = rng.permutation(len(answers))
-            cut = len(answers) // 2
-            for h, rows in enumerate((order[:cut], order[cut:])):
-                part = answers[rows]
-                with np.errstate(all="ignore"):
-                    counts = np.sum(np.isfinite(part), axis=0)
-                    halves[i, h] = np.where(counts > 0, np.nansum(part, axis=0) / np.maximum(counts, 1), np.nan)
+        halves = np.stack([np.stack(_half_means(answers, rng)) for answers in segments])    # (S, 2, D)
         for d in range(n_dims):
             a, b = halves[:, 0, d], halves[:, 1, d]
             ok = np.isfinite(a) & np.isfinite(b)
@@ -96,6 +88,8 @@ def split_half_agreement(ratings: dict[str, np.ndarray], repeats: int = 50, seed
 
 
 def _half_means(answers: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A segment's (raters, D) answers split at random into two halves: each half's mean per dimension
+    (NaN where a half has no answer)."""
     order = rng.permutation(len(answers))
     cut = len(answers) // 2
     out = []
