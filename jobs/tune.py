@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.io import storage
-    from tune.search import run_search, summary_table
+    from tune.search import check_sweep, run_search, summary_table
 
     config = _common.training_config(args)
     name = args.name or f"{config.name}-{config.train.stage}-sweep"
     _common.start_console("tune", storage.join(args.storage, name), args.verbose)
+    check_sweep(config, args.data, args.storage, name=name, samples=args.samples, space=args.space,   # before Ray
+                metric=args.metric, init=args.init, labels_uri=args.labels)
     _common.init_ray(args.address)
     summary = run_search(config, args.data, args.storage, name=name, samples=args.samples, space=args.space,
                          max_concurrent=args.max_concurrent, metric=args.metric, seed=args.seed,

@@ -81,16 +81,12 @@ def sweep_fingerprint(config: Config, params: list[Param], data_uri: str, metric
             "metric": metric, "init": init, "labels": labels_uri}
 
 
-def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, samples: int,
-               space: str | dict | None = None, max_concurrent: int | None = None, metric: str = "val_loss",
-               seed: int = 0, grace_period: int = 1, reduction_factor: int = 2, init: str | None = None,
-               labels_uri: str | None = None, verbose: bool = False) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns its summary: rows per trial, the best trial and where best/ is."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
+def check_sweep(config: Config, data_uri: str, storage_uri: str, *, name: str, samples: int,
+                space: str | dict | None = None, metric: str = "val_loss", init: str | None = None,
+                labels_uri: str | None = None) -> dict[str, Any]:
+    """Every check a sweep makes before it starts (metric, samples, search space, bucket, and a rerun of the
+    name with other settings), each failure a one-line ConfigError; needs no Ray, so `jobs/tune.py` calls
+    it before starting one. Returns what `run_search` goes on with."""
     # trials run in their own working directories: relative local paths must not follow them there
     data_uri, storage_uri = _absolute(data_uri), _absolute(storage_uri)
     init, labels_uri = (_absolute(init) if init else None), (_absolute(labels_uri) if labels_uri else None)
@@ -104,7 +100,24 @@ def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, sa
     sweep_uri = storage.join(storage_uri, name)
     fingerprint = sweep_fingerprint(config, params, data_uri, metric, init, labels_uri)
     fingerprint["samples"] = samples
-    resuming = _check_resume(sweep_uri, fingerprint)
+    return {"data": data_uri, "storage": storage_uri, "init": init, "labels": labels_uri, "params": params,
+            "sweep": sweep_uri, "fingerprint": fingerprint, "resuming": _check_resume(sweep_uri, fingerprint)}
+
+
+def run_search(config: Config, data_uri: str, storage_uri: str, *, name: str, samples: int,
+               space: str | dict | None = None, max_concurrent: int | None = None, metric: str = "val_loss",
+               seed: int = 0, grace_period: int = 1, reduction_factor: int = 2, init: str | None = None,
+               labels_uri: str | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns its summary: rows per trial, the best trial and where best/ is."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    plan = check_sweep(config, data_uri, storage_uri, name=name, samples=samples, space=space, metric=metric,
+                       init=init, labels_uri=labels_uri)
+    data_uri, storage_uri, init, labels_uri = plan["data"], plan["storage"], plan["init"], plan["labels"]
+    params, sweep_uri, fingerprint, resuming = plan["params"], plan["sweep"], plan["fingerprint"], plan["resuming"]
     if max_concurrent is None:
         max_concurrent = default_max_concurrent(config, ray.cluster_resources())
     epochs = config.train.epochs

@@ -182,6 +182,7 @@ def test_killed_sweep_resumes_and_keeps_finished_trials(features, tmp_path):
     assert changed.wait(timeout=300) == 2
     refusal = changed.text().strip().splitlines()[-1]
     assert refusal.startswith("error: ") and "another config" in refusal and "--name" in refusal
+    assert "Ray dashboard" not in changed.text()          # refused before a Ray is started for it
 
     second = Job(tmp_path, args)
     code = second.wait(timeout=900)
