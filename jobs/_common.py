@@ -19,8 +19,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", "PIANOEVAL-PROGRESS")
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str = "tiny") -> None:
+    from pipelines.config import available_presets
+
     parser.add_argument("--config", default=default,
-                        help="a preset (tiny, mert-v1-95m, mert-v1-330m, demo) or a YAML file")
+                        help=f"a preset ({', '.join(available_presets())}) or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     parser.add_argument("--address", default=None,

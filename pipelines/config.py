@@ -3,7 +3,7 @@
 A run's configuration is a `Config` (model, data, augmentation, training, scoring, dimension schema):
 pydantic models for the pipeline sections and the stdlib dataclass `model.config.ModelConfig` for the
 model, which pydantic validates field by field and which checks itself in `__post_init__`.
-It is built from built-in defaults, then a preset (`tiny`, `mert-v1-95m`, `mert-v1-330m`, `demo`) or a
+It is built from built-in defaults, then a preset (`tiny`, `mert-v1-95m`, `mert-v1-330m`, `percepiano`) or a
 YAML file (which may name a `preset:` to start from), then `section.key=value` overrides from the
 command line. Every value is type- and range-checked; every failure is one `ConfigError` whose one-line
 message names the dotted path of the key. The resolved config is saved with every output.
