@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.add_config_args(parser)
     args = parser.parse_args(argv)
 
-    from pipelines.training.run import run_training
+    from pipelines.training.run import check_rerun, run_fingerprint, run_training
 
     config = _common.training_config(args)
     name = args.name or f"{config.name}-{config.train.stage}"
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     _common.start_console("train", storage.join(args.storage, name), args.verbose)
     print(f"training {name} ({config.train.stage} stage, {config.schema().name}, {config.train.num_workers} "
           f"workers) on {args.data}", flush=True)
+    if not args.restart:       # a rerun with other settings is refused before a Ray is started for it
+        check_rerun(storage.join(args.storage, name),
+                    run_fingerprint(config, args.data, args.init, args.labels, args.splits))
     _common.init_ray(args.address)
     summary = run_training(config, args.data, args.storage, name=name, init=args.init, labels_uri=args.labels,
                            restart=args.restart, splits_uri=args.splits)

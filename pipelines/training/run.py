@@ -251,10 +251,17 @@ def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri:
 
 def check_resume(run_dir: str, fingerprint: dict[str, Any]) -> None:
     """Record what a new run trains on; refuse, in one line, to resume a run made with other settings."""
+    if not check_rerun(run_dir, fingerprint):
+        storage.write_text(storage.join(run_dir, RUN_FILE), json.dumps(fingerprint, indent=2, default=str))
+
+
+def check_rerun(run_dir: str, fingerprint: dict[str, Any]) -> bool:
+    """True when a run of this name exists and was made with these settings (it will resume), False when there
+    is none; a one-line ConfigError when it was made with other settings. Writes nothing and needs no Ray, so
+    `jobs/train.py` refuses such a rerun before it starts one."""
     uri = storage.join(run_dir, RUN_FILE)
     if not storage.exists(uri):
-        storage.write_text(uri, json.dumps(fingerprint, indent=2, default=str))
-        return
+        return False
     saved = json.loads(storage.read_text(uri))
     changed = []
     for what in ("data", "init", "labels", "splits"):
@@ -269,6 +276,7 @@ def check_resume(run_dir: str, fingerprint: dict[str, Any]) -> None:
         raise ConfigError(f"{run_dir}: a run of this name was made with other settings ({'; '.join(changed[:2])}"
                           f"{more}); rerun with its settings to resume it, use --restart to start it over, "
                           "or pick a new --name")
+    return True
 
 
 def clear_run(run_dir: str) -> None:
