@@ -124,14 +124,9 @@ class ProcessRecordings:
 
 
 def _write_error(uri: str, exc: OSError) -> storage.StorageError:
-    """The storage error of a failed write. On S3 a new object is never legitimately "not found" once its
-    bucket exists: a 404 there is an upload lost while the endpoint failed (a multipart upload the server
-    forgot as it went down), so it is retried like an unreachable endpoint instead of failing the run."""
-    err = storage._explain(uri, exc)
-    if storage.is_s3(uri) and str(err).endswith(": no such file or directory"):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return storage.StorageUnavailable(f"{uri}: the S3 endpoint lost the write ({first})")
-    return err
+    """The storage error of a failed write of a recording's rows: a 404 that S3 gives for a new object while
+    it fails is retried like an unreachable endpoint instead of failing the run (`storage._explain`)."""
+    return storage._explain(uri, exc, writing=True)
 
 
 def record_file_name(recording_id: str) -> str:

@@ -111,7 +111,10 @@ def boto3_client():
         config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}))
 
 
-def _explain(uri: str, exc: BaseException) -> StorageError:
+def _explain(uri: str, exc: BaseException, *, writing: bool = False) -> StorageError:
+    """The one-line StorageError of a failed storage call. writing: the call wrote a new object, which on S3
+    is never legitimately "not found" once its bucket exists; such a 404 is an upload the endpoint lost as it
+    failed (a multipart upload it forgot as it went down), a StorageUnavailable to retry."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = text.lower()
     if "nosuchbucket" in low or "bucket does not exist" in low or "the specified bucket" in low:
@@ -124,6 +127,8 @@ def _explain(uri: str, exc: BaseException) -> StorageError:
             or "404" in low:
         if is_s3(uri) and not _bucket_exists(uri[len("s3://"):].split("/", 1)[0]):
             return StorageError(f"{uri}: bucket does not exist")
+        if writing and is_s3(uri):
+            return StorageUnavailable(f"{uri}: the S3 endpoint lost the write ({text})")
         return StorageError(f"{uri}: no such file or directory")
     if "connect" in low or "curl" in low or "timed out" in low or "timeout" in low:
         return StorageUnavailable(f"{uri}: cannot reach the S3 endpoint ({_endpoint() or 'AWS'}): {text}")
