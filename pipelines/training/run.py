@@ -130,6 +130,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
                                                **selection})
         for split in ("train", "val")
     }
+    if cache_datasets(data_uri, t.cache_datasets_mib):   # read once, not once an epoch
+        datasets = {split: ds.materialize() for split, ds in datasets.items()}
     tensorboard_uri = storage.join(run_dir, "tensorboard")
     tensorboard_local = storage.resolve(tensorboard_uri)[1] if not storage.is_s3(storage_uri) else \
         os.path.join(tempfile.mkdtemp(prefix="pianoeval-tb-"), name)
@@ -235,7 +237,26 @@ class TrainingDiverged(ValueError):
 RUN_FILE = "run.json"       # what a run trains on and with: a rerun by name must match it to resume
 # config keys a resumed run may change: more epochs or patience, other resources
 RESUMABLE_KEYS = {"train.epochs", "train.patience", "train.num_workers", "train.cpus_per_worker",
-                  "train.max_failures", "train.checkpoints_to_keep", "train.feature_blend"}
+                  "train.max_failures", "train.checkpoints_to_keep", "train.feature_blend", "train.cache_datasets_mib"}
+
+
+def cache_datasets(data_uri: str, limit_mib: float) -> bool:
+    """Whether a run on `data_uri` reads its datasets once and keeps them in Ray's object store: when the
+    published segment files total at most `limit_mib` MiB and at most a quarter of the object store.
+    Otherwise every epoch reads the Parquet files again (Ray Data streams them), which costs each epoch a
+    read and a filter of every row, and on a small machine the CPU those read tasks take from training."""
+    import pyarrow.fs as pafs
+    import ray
+
+    from pipelines.preprocess import _segments_path
+
+    if limit_mib <= 0:
+        return False
+    fs, path = _segments_path(data_uri)
+    size = sum(info.size or 0 for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+               if info.type == pafs.FileType.File)
+    store = ray.cluster_resources().get("object_store_memory", 0.0)
+    return size <= limit_mib * 2 ** 20 and size <= store / 4
 
 
 def run_fingerprint(config: Config, data_uri: str, init: str | None, labels_uri: str | None,

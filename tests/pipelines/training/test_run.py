@@ -179,6 +179,19 @@ def test_missing_split_is_a_clear_error(ray_cluster, synthetic_features, tmp_pat
 
 
 
+def test_small_feature_sets_are_read_once_and_large_ones_streamed(ray_cluster, synthetic_features):
+    import ray
+
+    from pipelines.training.run import cache_datasets
+
+    size = sum(p.stat().st_size for p in (synthetic_features / "segments").rglob("*") if p.is_file())
+    assert size < ray.cluster_resources()["object_store_memory"] / 4
+    assert cache_datasets(str(synthetic_features), 1024)
+    assert not cache_datasets(str(synthetic_features), 0)                    # switched off
+    assert not cache_datasets(str(synthetic_features), size / 2 ** 20 * 0.9)  # over the limit: streamed
+    assert cache_datasets(str(synthetic_features), size / 2 ** 20 * 1.1)
+
+
 @pytest.mark.slow
 def test_a_nan_loss_stops_the_run_in_one_line_and_restart_starts_it_over(ray_cluster, synthetic_features, tmp_path):
     import pyarrow as pa
@@ -197,7 +210,8 @@ def test_a_nan_loss_stops_the_run_in_one_line_and_restart_starts_it_over(ray_clu
             cqt = unpack_array(row["cqt"], "f2")
             row["cqt"] = pack_array(np.full(cqt.shape, np.inf, dtype=np.float32), "f2")
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
-    config = load_config("tiny", FAST + ["train.stage=expert"])
+    # the datasets streamed from the Parquet files each epoch (not kept in the object store): that path too
+    config = load_config("tiny", FAST + ["train.stage=expert", "train.cache_datasets_mib=0"])
     with pytest.raises(TrainingDiverged) as diverged:
         run_training(config, str(synthetic_features), str(tmp_path / "runs"), name="nan")
     message = str(diverged.value)
