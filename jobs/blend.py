@@ -25,11 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", default=None, help="the labels table the checkpoint was trained with")
     parser.add_argument("--weight", type=float, default=0.5,
                         help="the feature model's share of each recording's score, 0..1 (default 0.5; 0: remove it)")
+    parser.add_argument("--rank", type=int, default=0,
+                        help="project the trees' predictions onto this many leading principal components of the "
+                             "training ratings (train.feature_rank; default 0: each dimension's trees as they are)")
     parser.add_argument("--seed", type=int, default=0)
     _common.add_verbose_arg(parser)
     args = parser.parse_args(argv)
     if not 0.0 <= args.weight <= 1.0:
         parser.error(f"--weight must be in [0, 1], got {args.weight}")
+    if args.rank < 0:
+        parser.error(f"--rank must be >= 0, got {args.rank}")
 
     from pipelines.io import storage
     from pipelines.io.splits_table import read_splits_table
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         lookup = _labels_lookup(args.labels, names)
     if args.weight > 0:
         record = fit_feature_model_best(checkpoint, args.data, args.weight, labels_lookup=lookup, splits=splits,
-                                        seed=args.seed)
+                                        seed=args.seed, rank=args.rank)
         if record and "error" in record:
             raise SystemExit(f"{checkpoint}: the feature model was not fitted: {record['error']}")
     elif remove_feature_model(checkpoint):

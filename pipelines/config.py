@@ -199,6 +199,9 @@ class TrainConfig(_Section):
     # train and val splits after training) in each recording's score; 0: the network alone
     # (pipelines/training/feature_model.py)
     feature_blend: Float = 0.0
+    # the feature model's trees' predictions projected onto this many leading principal components of the
+    # training ratings (0: each dimension's trees as they are); benchmarks/RESULTS.md, "percepiano"
+    feature_rank: Int = 0
     # MiB: training and val datasets whose segment files total at most this (and at most a quarter of Ray's
     # object store) are read once and kept in the object store for every epoch, instead of being read from
     # the Parquet files again each epoch; 0: always read them each epoch (benchmarks/RESULTS.md, "train")
@@ -226,6 +229,7 @@ class TrainConfig(_Section):
         unknown = [p for p in self.freeze if p not in MODEL_PARTS]
         _require(not unknown, f"train.freeze names unknown part {unknown[0] if unknown else ''!r}; "
                               f"choose from {', '.join(MODEL_PARTS)}")
+        _require(self.feature_rank >= 0, f"train.feature_rank must be >= 0, got {self.feature_rank}")
         _require(self.cache_datasets_mib >= 0, f"train.cache_datasets_mib must be >= 0, got {self.cache_datasets_mib}")
         _require(0.0 <= self.feature_blend <= 1.0, f"train.feature_blend must be in [0, 1], got {self.feature_blend}")
         _require(self.unfreeze_after_epochs >= 0,

@@ -104,17 +104,49 @@ class LinearFeatureBaseline:
             raise ValueError(f"X has {features.shape[1]} features, the baseline was fit on {self.n_features}")
         columns = [np.full(features.shape[0], m) if isinstance(m, float) else m.predict(features)
                    for m in self.models]
-        out = np.stack(columns, axis=1)
+        out = self._joint(np.stack(columns, axis=1))
         return np.clip(out, SCORE_MIN, SCORE_MAX) if self.clip else out
+
+    def _joint(self, out: Array) -> Array:
+        """The per-dimension predictions [M, D] adjusted together (subclasses); as they are here."""
+        return out
 
 
 class GradientBoostingFeatureBaseline(LinearFeatureBaseline):
     """Gradient-boosted trees (scikit-learn's histogram GBM) per dimension, same interface and clipping as
-    `LinearFeatureBaseline`; small trees, shrinkage and L2 for a few hundred rows."""
+    `LinearFeatureBaseline`; small trees, shrinkage and L2 for a few hundred rows.
 
-    def __init__(self, clip: bool = True, seed: int = 0, max_iter: int = 200, learning_rate: float = 0.05) -> None:
+    rank k > 0 (fewer than the dimensions): the D predictions of a recording are projected onto the k leading
+    principal components of the training labels (each dimension standardised), so that correlated dimensions
+    (PercePiano's 19) share what their trees found instead of each keeping its own noise. Fitted only when
+    every dimension has trees and at least 20 training rows carry every label; otherwise left off
+    (`projection` None)."""
+
+    def __init__(self, clip: bool = True, seed: int = 0, max_iter: int = 200, learning_rate: float = 0.05,
+                 rank: int = 0) -> None:
         super().__init__(clip=clip)
-        self.seed, self.max_iter, self.learning_rate = seed, max_iter, learning_rate
+        self.seed, self.max_iter, self.learning_rate, self.rank = seed, max_iter, learning_rate, rank
+        self.projection: tuple[Array, Array, Array] | None = None
+
+    def fit(self, X: Any, Y: Any) -> "GradientBoostingFeatureBaseline":
+        super().fit(X, Y)
+        self.projection = None
+        labels = as_matrix(Y, "Y")
+        complete = labels[np.all(np.isfinite(labels), axis=1)]
+        if 0 < self.rank < labels.shape[1] and len(complete) >= max(20, self.rank + 1) and \
+                not any(isinstance(m, float) for m in self.models):
+            centre, scale = complete.mean(axis=0), complete.std(axis=0)
+            scale = np.where(scale > 1e-9, scale, 1.0)
+            _, _, components = np.linalg.svd((complete - centre) / scale, full_matrices=False)
+            self.projection = (centre, scale, components[:self.rank])
+        return self
+
+    def _joint(self, out: Array) -> Array:
+        projection = getattr(self, "projection", None)        # None in trees pickled before the option
+        if projection is None:
+            return out
+        centre, scale, components = projection
+        return ((out - centre) / scale) @ components.T @ components * scale + centre
 
     def _fit_dimension(self, features: Array, column: Array):
         from sklearn.ensemble import HistGradientBoostingRegressor

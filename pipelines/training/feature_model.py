@@ -255,7 +255,7 @@ def feature_model_for(checkpoint_uri: str, names: list[str], stage: str, data_ur
 
 
 def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labels_lookup: dict[str, str] | None = None,
-                      splits: dict[str, str] | None = None, seed: int = 0) -> dict[str, Any]:
+                      splits: dict[str, str] | None = None, seed: int = 0, rank: int = 0) -> dict[str, Any]:
     """Fit the trees on the train and val splits' recordings and write them into the checkpoint's model
     directory, with the val recordings' predictions of trees fitted on train alone (for the calibration).
 
@@ -290,8 +290,8 @@ def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labe
         raise ValueError(f"{data_uri}: no labelled train recording has performance features (no aligned score?)")
 
     def fit(rec: list[str]):
-        return GradientBoostingFeatureBaseline(seed=seed).fit(np.stack([features[r] for r in rec]).astype(np.float64),
-                                                              np.stack([truth[r] for r in rec]))
+        return GradientBoostingFeatureBaseline(seed=seed, rank=rank).fit(
+            np.stack([features[r] for r in rec]).astype(np.float64), np.stack([truth[r] for r in rec]))
 
     holdout: dict[str, list[float]] = {}
     if val:                                   # the val recordings as trees that never saw them predict them
@@ -305,6 +305,7 @@ def fit_feature_model(checkpoint_uri: str, data_uri: str, weight: float, *, labe
     import sklearn
 
     record = {"weight": float(weight), "recordings": len(train) + len(val), "features": list(DESCRIPTOR_NAMES),
+              "rank": rank if baseline.projection is not None else 0,
               "novelty": None if reference is None else {"neighbours": NOVELTY_NEIGHBOURS, "far": NOVELTY_FAR,
                                                          "typical_distance": reference.typical},
               "dimensions": names, "fitted": [n for n, f in zip(names, model.fitted) if f],

@@ -177,7 +177,8 @@ def run_training(config: Config, data_uri: str, storage_uri: str, *, name: str, 
     }
     diverged = json.loads(storage.read_text(diverged_uri)) if storage.exists(diverged_uri) else None
     summary["feature_model"] = fit_feature_model_best(summary["best_checkpoint"], data_uri, blend,
-                                                      labels_lookup=lookup, splits=splits, seed=t.seed) \
+                                                      labels_lookup=lookup, splits=splits, seed=t.seed,
+                                                      rank=t.feature_rank) \
         if blend > 0 and not diverged else None
     if blend == 0 and summary["best_checkpoint"]:      # resumed with the blend turned off: the network alone
         from pipelines.training.feature_model import remove_feature_model
@@ -237,7 +238,8 @@ class TrainingDiverged(ValueError):
 RUN_FILE = "run.json"       # what a run trains on and with: a rerun by name must match it to resume
 # config keys a resumed run may change: more epochs or patience, other resources
 RESUMABLE_KEYS = {"train.epochs", "train.patience", "train.num_workers", "train.cpus_per_worker",
-                  "train.max_failures", "train.checkpoints_to_keep", "train.feature_blend", "train.cache_datasets_mib"}
+                  "train.max_failures", "train.checkpoints_to_keep", "train.feature_blend", "train.cache_datasets_mib",
+                  "train.feature_rank"}
 
 
 def cache_datasets(data_uri: str, limit_mib: float) -> bool:
@@ -375,7 +377,7 @@ def check_init(init_uri: str, config: Config) -> str:
 
 def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: float, *,
                            labels_lookup: dict[str, str] | None = None, splits: dict[str, str] | None = None,
-                           seed: int = 0) -> dict[str, Any] | None:
+                           seed: int = 0, rank: int = 0) -> dict[str, Any] | None:
     """Fit the feature model of the best checkpoint on the train and val recordings (before its calibration,
     which then calibrates the blend with the val recordings' out-of-sample trees);
     prints one line; on failure log it and return {"error": message} (the network's checkpoint stands)."""
@@ -385,14 +387,15 @@ def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: fl
         return None
     try:
         record = fit_feature_model(checkpoint_uri, data_uri, weight, labels_lookup=labels_lookup, splits=splits,
-                                   seed=seed)
+                                   seed=seed, rank=rank)
     except Exception as exc:  # an extra like the calibration: the trained network stands without it
         log.warning("fitting the feature model of %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc,
                     exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     print(f"feature model: gradient boosting on {len(record['features'])} descriptors (performance and score) of "
           f"{record['recordings']} train and val recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
-          f"dimensions, weight {weight:g} in each recording's score", flush=True)
+          f"dimensions{f', projected on {rank} components' if record.get('rank') else ''}, weight {weight:g} in each "
+          "recording's score", flush=True)
     return record
 
 

@@ -1,5 +1,6 @@
 """jobs/blend.py: a trained checkpoint gains a feature model and a calibration of its blend; --weight 0 takes
-the feature model away again; a feature set without descriptors is refused in one line."""
+the feature model away again; --rank refits it with its predictions projected on the ratings' leading
+components; a feature set without descriptors is refused in one line."""
 from __future__ import annotations
 
 import json
@@ -36,6 +37,13 @@ def test_blend_adds_and_removes_the_feature_model(tmp_path):
     assert "28 train and val recordings" in done.stdout and "weight 0.3" in done.stdout and "calibrated on 4 val" in done.stdout
     assert json.loads((ckpt / "model" / "feature_model.json").read_text())["weight"] == 0.3
     assert (ckpt / "model" / "calibration.json").exists()
+
+    # refitted with the trees' predictions projected on the ratings' 2 leading components
+    ranked = _run("--checkpoint", str(ckpt), "--data", str(features), "--weight", "0.3", "--rank", "2")
+    assert ranked.returncode == 0 and "projected on 2 components" in ranked.stdout, ranked.stderr
+    assert json.loads((ckpt / "model" / "feature_model.json").read_text())["rank"] == 2
+    bad = _run("--checkpoint", str(ckpt), "--data", str(features), "--rank", "-1")
+    assert bad.returncode == 2 and "--rank must be >= 0" in bad.stderr
 
     removed = _run("--checkpoint", str(ckpt), "--data", str(features), "--weight", "0")
     assert removed.returncode == 0 and "feature model removed" in removed.stdout

@@ -148,6 +148,32 @@ def _performance(notes, pedal=()):
     return Performance(np.array(notes, dtype=PERF_NOTE_DTYPE), np.array(list(pedal), dtype=PEDAL_DTYPE))
 
 
+def test_gradient_boosting_rank_shares_correlated_dimensions_and_is_off_where_it_cannot_fit(rng):
+    """Twelve dimensions that are two underlying qualities plus rating noise: projecting the trees' predictions
+    on two components recovers the qualities better than twelve separate sets of trees."""
+    n, dims = 400, 12
+    X = rng.normal(size=(n, 8))
+    qualities = np.stack([np.tanh(X[:, 0] + X[:, 1] ** 2 / 2), np.sin(X[:, 2]) * X[:, 3]], axis=1)   # [n, 2]
+    truth = 50 + 10 * qualities @ rng.normal(size=(2, dims))                                          # [n, 12]
+    Y = truth + rng.normal(scale=8.0, size=truth.shape)                                               # noisy ratings
+    train, test = slice(0, 300), slice(300, n)
+    separate = B.GradientBoostingFeatureBaseline().fit(X[train], Y[train])
+    joint = B.GradientBoostingFeatureBaseline(rank=2).fit(X[train], Y[train])
+    assert separate.projection is None and joint.projection is not None
+    error = {name: float(np.mean((m.predict(X[test]) - truth[test]) ** 2)) for name, m in
+             (("separate", separate), ("joint", joint))}
+    assert error["joint"] < 0.8 * error["separate"], error
+    assert np.all((joint.predict(X[test]) >= E.SCORE_MIN) & (joint.predict(X[test]) <= E.SCORE_MAX))
+    # trees pickled before the option (no projection attribute) predict as they did
+    del separate.projection
+    assert separate.predict(X[test]).shape == (100, dims)
+    # no projection where it cannot be fitted: rank >= dimensions, too few fully labelled rows
+    assert B.GradientBoostingFeatureBaseline(rank=dims).fit(X[train], Y[train]).projection is None
+    gappy = Y[train].copy()
+    gappy[np.arange(300) % 20 != 0, 0] = np.nan                          # 15 rows carry every label
+    assert B.GradientBoostingFeatureBaseline(rank=2).fit(X[train], gappy).projection is None
+
+
 def test_performance_features_by_hand():
     features = dict(zip(B.PERFORMANCE_FEATURE_NAMES, B.performance_features(_performance(
         [(0.0, 0.5, 60, 40), (0.0, 0.5, 72, 80), (1.0, 1.5, 62, 60), (2.0, 2.5, 64, 60)],
