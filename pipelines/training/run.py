@@ -247,16 +247,13 @@ def cache_datasets(data_uri: str, limit_mib: float) -> bool:
     published segment files total at most `limit_mib` MiB and at most a quarter of the object store.
     Otherwise every epoch reads the Parquet files again (Ray Data streams them), which costs each epoch a
     read and a filter of every row, and on a small machine the CPU those read tasks take from training."""
-    import pyarrow.fs as pafs
     import ray
 
-    from pipelines.preprocess import _segments_path
+    from pipelines.preprocess import published_segments
 
     if limit_mib <= 0:
         return False
-    fs, path = _segments_path(data_uri)
-    size = sum(info.size or 0 for info in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-               if info.type == pafs.FileType.File)
+    size = sum(f.size for f in storage.list_files(published_segments(data_uri), with_hash=False))
     store = ray.cluster_resources().get("object_store_memory", 0.0)
     return size <= limit_mib * 2 ** 20 and size <= store / 4
 
@@ -392,10 +389,10 @@ def fit_feature_model_best(checkpoint_uri: str | None, data_uri: str, weight: fl
         log.warning("fitting the feature model of %s failed: %s: %s", checkpoint_uri, type(exc).__name__, exc,
                     exc_info=True)
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    projected = f", projected on {record['rank']} components" if record["rank"] else ""
     print(f"feature model: gradient boosting on {len(record['features'])} descriptors (performance and score) of "
           f"{record['recordings']} train and val recordings, {len(record['fitted'])} of {len(record['dimensions'])} "
-          f"dimensions{f', projected on {rank} components' if record.get('rank') else ''}, weight {weight:g} in each "
-          "recording's score", flush=True)
+          f"dimensions{projected}, weight {weight:g} in each recording's score", flush=True)
     return record
 
 
